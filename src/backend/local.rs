@@ -1,0 +1,256 @@
+//! The local-disk backend.
+//!
+//! A write goes to a temporary file in the target folder, is fsynced, then linked to its final name
+//! (`link` fails if the name exists, which makes the write create-only and atomic) and the folder is
+//! fsynced. A crash leaves at most a `.tmp-*` file, which listings ignore.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::{not_found, Backend, Capabilities, FileType};
+use crate::error::{Error, Result};
+
+/// A repository in a folder on a local filesystem.
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    /// A backend rooted at `root` (which need not exist yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The folder of the repository.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, t: FileType, name: &str) -> PathBuf {
+        self.root.join(t.path_of(name))
+    }
+
+    fn io_err(&self, what: &str, path: &Path, e: std::io::Error) -> Error {
+        let hint = match e.kind() {
+            ErrorKind::StorageFull => " (the disk is full: free space, then run the command again; stored data is unharmed)",
+            ErrorKind::PermissionDenied => " (check the permissions of the repository folder)",
+            ErrorKind::ReadOnlyFilesystem => " (the filesystem is read-only)",
+            _ => "",
+        };
+        Error::io(format!("{what} {}{hint}", path.display()), e)
+    }
+
+    fn map_read_err(&self, t: FileType, name: &str, path: &Path, e: std::io::Error) -> Error {
+        if e.kind() == ErrorKind::NotFound {
+            not_found(t, name)
+        } else {
+            self.io_err("reading", path, e)
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn create(&self) -> Result<()> {
+        if self.path(FileType::Config, "").exists() {
+            return Err(Error::AlreadyExists {
+                file_type: FileType::Config,
+                name: self.location(),
+            });
+        }
+        for t in FileType::ALL {
+            if t == FileType::Config {
+                continue;
+            }
+            let dir = self.root.join(t.dir());
+            fs::create_dir_all(&dir).map_err(|e| self.io_err("creating", &dir, e))?;
+        }
+        for i in 0..=255u8 {
+            let dir = self.root.join("data").join(hex::encode([i]));
+            fs::create_dir_all(&dir).map_err(|e| self.io_err("creating", &dir, e))?;
+        }
+        sync_dir(&self.root).map_err(|e| self.io_err("syncing", &self.root, e))
+    }
+
+    fn list(&self, t: FileType) -> Result<Vec<(String, u64)>> {
+        if t == FileType::Config {
+            return match fs::metadata(self.path(t, "")) {
+                Ok(m) => Ok(vec![(String::new(), m.len())]),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(vec![]),
+                Err(e) => Err(self.io_err("reading", &self.path(t, ""), e)),
+            };
+        }
+        let base = self.root.join(t.dir());
+        let mut dirs = vec![base.clone()];
+        if t == FileType::Pack {
+            dirs.clear();
+            match fs::read_dir(&base) {
+                Ok(rd) => {
+                    for e in rd {
+                        let e = e.map_err(|e| self.io_err("listing", &base, e))?;
+                        if e.file_type().map(|f| f.is_dir()).unwrap_or(false) {
+                            dirs.push(e.path());
+                        }
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(vec![]),
+                Err(e) => return Err(self.io_err("listing", &base, e)),
+            }
+        }
+        let mut out = Vec::new();
+        for dir in dirs {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.io_err("listing", &dir, e)),
+            };
+            for e in rd {
+                let e = e.map_err(|e| self.io_err("listing", &dir, e))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                match e.metadata() {
+                    Ok(m) if m.is_file() => out.push((name, m.len())),
+                    Ok(_) => {}
+                    // Removed between listing and stat: a concurrent prune or unlock; not ours to report.
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(err) => return Err(self.io_err("reading", &e.path(), err)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn read(&self, t: FileType, name: &str) -> Result<Vec<u8>> {
+        let path = self.path(t, name);
+        fs::read(&path).map_err(|e| self.map_read_err(t, name, &path, e))
+    }
+
+    fn read_range(&self, t: FileType, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let path = self.path(t, name);
+        let mut f = File::open(&path).map_err(|e| self.map_read_err(t, name, &path, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| self.io_err("reading", &path, e))?;
+        let len_usize = usize::try_from(len).map_err(|_| {
+            Error::integrity(t.path_of(name), format!("range length {len} too large"))
+        })?;
+        let mut buf = Vec::with_capacity(len_usize);
+        f.take(len)
+            .read_to_end(&mut buf)
+            .map_err(|e| self.io_err("reading", &path, e))?;
+        if buf.len() != len_usize {
+            return Err(Error::integrity(
+                t.path_of(name),
+                format!(
+                    "truncated: wanted {len} bytes at offset {offset}, got {}",
+                    buf.len()
+                ),
+            ));
+        }
+        Ok(buf)
+    }
+
+    fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()> {
+        let path = self.path(t, name);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        if !dir.exists() {
+            fs::create_dir_all(&dir).map_err(|e| self.io_err("creating", &dir, e))?;
+        }
+        let tmp = dir.join(format!(".tmp-{}", hex::encode(rand::random::<[u8; 8]>())));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| self.io_err("creating", &tmp, e))?;
+            f.write_all(data)
+                .map_err(|e| self.io_err("writing", &tmp, e))?;
+            f.sync_all().map_err(|e| self.io_err("syncing", &tmp, e))?;
+            drop(f);
+            match fs::hard_link(&tmp, &path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    return Err(Error::AlreadyExists {
+                        file_type: t,
+                        name: name.to_string(),
+                    })
+                }
+                // Filesystems without hard links: check, then rename (not atomic against a racing writer
+                // of the same random name, which does not happen).
+                Err(_) => {
+                    if path.exists() {
+                        return Err(Error::AlreadyExists {
+                            file_type: t,
+                            name: name.to_string(),
+                        });
+                    }
+                    fs::rename(&tmp, &path).map_err(|e| self.io_err("renaming", &tmp, e))?;
+                }
+            }
+            sync_dir(&dir).map_err(|e| self.io_err("syncing", &dir, e))
+        })();
+        let _ = fs::remove_file(&tmp);
+        result
+    }
+
+    fn remove(&self, t: FileType, name: &str) -> Result<()> {
+        let path = self.path(t, name);
+        fs::remove_file(&path).map_err(|e| self.map_read_err(t, name, &path, e))?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir).map_err(|e| self.io_err("syncing", dir, e))?;
+        }
+        Ok(())
+    }
+
+    fn stat(&self, t: FileType, name: &str) -> Result<u64> {
+        let path = self.path(t, name);
+        fs::metadata(&path)
+            .map(|m| m.len())
+            .map_err(|e| self.map_read_err(t, name, &path, e))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable_writes: true,
+            atomic_create: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path().join("repo"));
+        super::super::conformance::run_all(&b);
+    }
+
+    #[test]
+    fn leftover_temp_files_are_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        b.create().unwrap();
+        fs::write(dir.path().join("index/.tmp-1234"), b"partial").unwrap();
+        b.write(FileType::Index, &"ab".repeat(32), b"x").unwrap();
+        let names: Vec<_> = b
+            .list(FileType::Index)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, vec!["ab".repeat(32)]);
+    }
+}

@@ -1,0 +1,169 @@
+//! Storage backends: opaque bytes by (file type, name).
+//!
+//! A backend knows nothing of encryption, packs or snapshots: the repository layer wraps it from outside.
+//! Objects are write-once: [`Backend::write`] fails with [`Error::AlreadyExists`] instead of replacing an
+//! object, so that a crashed or concurrent writer can never damage what is stored. Every backend runs
+//! the same [`conformance`] suite.
+
+pub mod conformance;
+pub mod local;
+pub mod memory;
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// The kinds of object a repository stores, each in its own folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum FileType {
+    /// The single `config` object.
+    Config,
+    /// Key slots under `keys/`.
+    Key,
+    /// Packs under `data/<2 hex>/`.
+    Pack,
+    /// Index files under `index/`.
+    Index,
+    /// Snapshots under `snapshots/`.
+    Snapshot,
+    /// Locks under `locks/`.
+    Lock,
+}
+
+impl FileType {
+    /// Every file type, in the order `init` creates their folders.
+    pub const ALL: [FileType; 6] = [
+        FileType::Config,
+        FileType::Key,
+        FileType::Pack,
+        FileType::Index,
+        FileType::Snapshot,
+        FileType::Lock,
+    ];
+
+    /// The folder (or, for the config, the file name) of this type.
+    pub fn dir(self) -> &'static str {
+        match self {
+            FileType::Config => "config",
+            FileType::Key => "keys",
+            FileType::Pack => "data",
+            FileType::Index => "index",
+            FileType::Snapshot => "snapshots",
+            FileType::Lock => "locks",
+        }
+    }
+
+    /// The path of object `name` inside the repository, with `/` separators.
+    pub fn path_of(self, name: &str) -> String {
+        match self {
+            FileType::Config => "config".to_string(),
+            FileType::Pack => format!("data/{}/{name}", name.get(..2).unwrap_or("00")),
+            _ => format!("{}/{name}", self.dir()),
+        }
+    }
+}
+
+impl fmt::Display for FileType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileType::Config => "config",
+            FileType::Key => "key",
+            FileType::Pack => "pack",
+            FileType::Index => "index",
+            FileType::Snapshot => "snapshot",
+            FileType::Lock => "lock",
+        })
+    }
+}
+
+/// What a backend can promise.
+#[derive(Clone, Copy, Debug)]
+pub struct Capabilities {
+    /// A write is durable (fsynced) when it returns.
+    pub durable_writes: bool,
+    /// Create-only writes are atomic against a concurrent writer of the same name.
+    pub atomic_create: bool,
+}
+
+/// An object store holding opaque bytes by file type and name.
+///
+/// Names are what the repository layer chose (64 hex digits, or empty for the config); a backend
+/// must not interpret them beyond laying them out.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Where the repository lives, for messages.
+    fn location(&self) -> String;
+
+    /// Creates the folders of an empty repository.
+    ///
+    /// # Errors
+    /// I/O errors, and [`Error::AlreadyExists`] when a config object is already there.
+    fn create(&self) -> Result<()>;
+
+    /// Lists the objects of type `t` with their sizes, in no particular order.
+    ///
+    /// # Errors
+    /// I/O errors of the store.
+    fn list(&self, t: FileType) -> Result<Vec<(String, u64)>>;
+
+    /// Reads a whole object.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when it does not exist; I/O errors.
+    fn read(&self, t: FileType, name: &str) -> Result<Vec<u8>>;
+
+    /// Reads `len` bytes at `offset`; fewer bytes than asked is an error.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::IntegrityMismatch`] when the object is shorter than the range.
+    fn read_range(&self, t: FileType, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+
+    /// Stores a new object; never replaces an existing one.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] when the name is taken; I/O errors (a full disk among them).
+    fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()>;
+
+    /// Removes an object.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when it does not exist; I/O errors.
+    fn remove(&self, t: FileType, name: &str) -> Result<()>;
+
+    /// The size of an object.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when it does not exist; I/O errors.
+    fn stat(&self, t: FileType, name: &str) -> Result<u64>;
+
+    /// Whether an object exists.
+    ///
+    /// # Errors
+    /// I/O errors other than absence.
+    fn exists(&self, t: FileType, name: &str) -> Result<bool> {
+        match self.stat(t, name) {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What this backend promises.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable_writes: false,
+            atomic_create: false,
+        }
+    }
+}
+
+pub(crate) fn not_found(t: FileType, name: &str) -> Error {
+    Error::NotFound {
+        kind: t.to_string(),
+        id: if name.is_empty() {
+            t.dir().to_string()
+        } else {
+            name.to_string()
+        },
+    }
+}

@@ -1,0 +1,598 @@
+//! The backup job: scan paths, reuse unchanged files of the parent snapshot, chunk and save the rest,
+//! write trees, then commit index and snapshot.
+//!
+//! Small files are read whole and processed in parallel (one file per worker); large files are read by
+//! one thread that cuts chunks while the workers hash, compress and pack them, so that reading and the
+//! CPU work overlap and memory stays bounded.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use crate::chunker::Chunker;
+use crate::error::{Error, Result};
+use crate::format::{
+    BlobType, Node, NodeType, Snapshot, Summary, Tree, SNAPSHOT_VERSION, TREE_VERSION,
+};
+use crate::id::{BlobId, SnapshotId};
+use crate::repo::lock::LockGuard;
+use crate::repo::saver::BlobSaver;
+use crate::repo::Repository;
+
+/// Files at least this large are streamed through the pipeline; smaller ones are read whole.
+const STREAM_THRESHOLD: u64 = 8 * 1024 * 1024;
+
+/// What to back up and how to describe it.
+#[derive(Default)]
+pub struct BackupOptions {
+    /// Files and folders to back up.
+    pub paths: Vec<PathBuf>,
+    /// Read from standard input instead, storing it under this name.
+    pub stdin_filename: Option<String>,
+    /// Tags (key to value).
+    pub tags: BTreeMap<String, String>,
+    /// Host name to record (default: this host).
+    pub host: Option<String>,
+    /// Version label.
+    pub label: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Read every file even if the parent says it is unchanged.
+    pub force: bool,
+    /// Compare against this snapshot instead of the latest one of the same host and paths.
+    pub parent: Option<SnapshotId>,
+    /// Snapshot time (default: now).
+    pub time: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Progress callbacks (the CLI shows a bar; tests pass [`NoProgress`]).
+pub trait Progress: Sync {
+    /// The total bytes to read is now known.
+    fn start(&self, _total_bytes: u64, _files: u64) {}
+    /// `n` more bytes were processed.
+    fn bytes(&self, _n: u64) {}
+    /// The job is done.
+    fn finish(&self) {}
+}
+
+/// Progress that shows nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// What a backup produced.
+#[derive(Debug)]
+pub struct BackupResult {
+    /// The new snapshot's id.
+    pub id: SnapshotId,
+    /// The new snapshot.
+    pub snapshot: Snapshot,
+    /// Files that could not be read, with the reason (the snapshot is partial when not empty).
+    pub warnings: Vec<String>,
+}
+
+enum Item {
+    File {
+        node: Node,
+        path: PathBuf,
+        read: bool,
+    },
+    Dir {
+        node: Node,
+        children: BTreeMap<String, Item>,
+    },
+    Other {
+        node: Node,
+    },
+}
+
+fn meta_node(name: &str, t: NodeType, m: &fs::Metadata) -> Node {
+    Node {
+        name: name.to_string(),
+        node_type: t,
+        mode: m.mode() & 0o7777,
+        mtime_ns: m
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.mtime_nsec()),
+        size: if t == NodeType::File { m.len() } else { 0 },
+        inode: m.ino(),
+        device: m.dev(),
+        content: vec![],
+        subtree: None,
+        link_target: None,
+    }
+}
+
+fn dir_node(name: &str) -> Node {
+    Node {
+        name: name.to_string(),
+        node_type: NodeType::Dir,
+        mode: 0o755,
+        mtime_ns: 0,
+        size: 0,
+        inode: 0,
+        device: 0,
+        content: vec![],
+        subtree: None,
+        link_target: None,
+    }
+}
+
+struct Scan<'a> {
+    repo: &'a Repository,
+    force: bool,
+    warnings: Vec<String>,
+    summary: Summary,
+}
+
+impl Scan<'_> {
+    fn parent_children(&self, parent: Option<&Node>) -> Option<Tree> {
+        let sub = parent.filter(|n| n.node_type == NodeType::Dir)?.subtree?;
+        match self.repo.load_tree(&sub) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(
+                    "parent tree {} unreadable ({e}); reading files again",
+                    sub.short()
+                );
+                None
+            }
+        }
+    }
+
+    /// Scans `path` (named `name` in its directory) against the parent's node of the same name.
+    fn scan(&mut self, path: &Path, name: &str, parent: Option<&Node>) -> Option<Item> {
+        let m = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.warnings.push(format!("{}: {e}", path.display()));
+                self.summary.files_failed += 1;
+                return None;
+            }
+        };
+        let ft = m.file_type();
+        if ft.is_file() {
+            let mut node = meta_node(name, NodeType::File, &m);
+            self.summary.total_files += 1;
+            self.summary.total_bytes += node.size;
+            let unchanged = parent.filter(|p| {
+                p.node_type == NodeType::File
+                    && p.size == node.size
+                    && p.mtime_ns == node.mtime_ns
+                    && p.inode == node.inode
+                    && (p.size == 0 || !p.content.is_empty())
+            });
+            match (unchanged, self.force) {
+                (Some(p), false) => {
+                    node.content = p.content.clone();
+                    self.summary.files_unchanged += 1;
+                    Some(Item::File {
+                        node,
+                        path: path.to_path_buf(),
+                        read: false,
+                    })
+                }
+                _ => {
+                    if parent.is_some() {
+                        self.summary.files_changed += 1;
+                    } else {
+                        self.summary.files_new += 1;
+                    }
+                    Some(Item::File {
+                        node,
+                        path: path.to_path_buf(),
+                        read: true,
+                    })
+                }
+            }
+        } else if ft.is_dir() {
+            self.summary.dirs += 1;
+            let node = meta_node(name, NodeType::Dir, &m);
+            let ptree = self.parent_children(parent);
+            let rd = match fs::read_dir(path) {
+                Ok(rd) => rd,
+                Err(e) => {
+                    self.warnings.push(format!("{}: {e}", path.display()));
+                    self.summary.files_failed += 1;
+                    return None;
+                }
+            };
+            let mut children = BTreeMap::new();
+            for e in rd {
+                let e = match e {
+                    Ok(e) => e,
+                    Err(err) => {
+                        self.warnings.push(format!("{}: {err}", path.display()));
+                        continue;
+                    }
+                };
+                let Some(cname) = e.file_name().to_str().map(str::to_string) else {
+                    self.warnings.push(format!(
+                        "{}: file name is not UTF-8; skipped",
+                        e.path().display()
+                    ));
+                    self.summary.files_failed += 1;
+                    continue;
+                };
+                let pnode = ptree
+                    .as_ref()
+                    .and_then(|t| t.nodes.iter().find(|n| n.name == cname));
+                if let Some(item) = self.scan(&e.path(), &cname, pnode) {
+                    children.insert(cname, item);
+                }
+            }
+            Some(Item::Dir { node, children })
+        } else if ft.is_symlink() {
+            let mut node = meta_node(name, NodeType::Symlink, &m);
+            match fs::read_link(path) {
+                Ok(t) => node.link_target = Some(t.to_string_lossy().into_owned()),
+                Err(e) => {
+                    self.warnings.push(format!("{}: {e}", path.display()));
+                    return None;
+                }
+            }
+            Some(Item::Other { node })
+        } else {
+            self.warnings.push(format!(
+                "{}: not a regular file, folder or link; skipped",
+                path.display()
+            ));
+            None
+        }
+    }
+}
+
+fn collect_files<'i>(item: &'i mut Item, out: &mut Vec<&'i mut Item>) {
+    match item {
+        Item::File { read: true, .. } => out.push(item),
+        Item::Dir { children, .. } => children.values_mut().for_each(|c| collect_files(c, out)),
+        _ => {}
+    }
+}
+
+/// Chunks and saves one file, returning its content ids.
+fn save_file(
+    saver: &BlobSaver<'_>,
+    chunker: &Chunker,
+    path: &Path,
+    size: u64,
+    progress: &dyn Progress,
+) -> Result<Vec<BlobId>> {
+    let what = path.display().to_string();
+    let mut f = File::open(path).map_err(|e| Error::io(format!("opening {what}"), e))?;
+    if size < STREAM_THRESHOLD {
+        let mut data = Vec::with_capacity(size as usize);
+        f.read_to_end(&mut data)
+            .map_err(|e| Error::io(format!("reading {what}"), e))?;
+        let mut ids = Vec::new();
+        let mut pos = 0;
+        for len in chunker.split(&data) {
+            ids.push(saver.save(BlobType::Data, &data[pos..pos + len])?);
+            pos += len;
+        }
+        progress.bytes(data.len() as u64);
+        return Ok(ids);
+    }
+    let (tx, rx) = sync_channel::<(usize, Vec<u8>)>(8);
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let mut n = 0;
+            chunker.stream(f, 4 * chunker.max_size(), &what, |batch| {
+                for c in batch {
+                    tx.send((n, c)).map_err(|_| Error::Interrupted)?;
+                    n += 1;
+                }
+                Ok(())
+            })
+        });
+        let saved: Vec<(usize, Result<BlobId>)> = rx
+            .into_iter()
+            .par_bridge()
+            .map(|(i, c)| {
+                let r = saver.save(BlobType::Data, &c);
+                progress.bytes(c.len() as u64);
+                (i, r)
+            })
+            .collect();
+        let read = reader
+            .join()
+            .map_err(|_| Error::InvalidInput("reader thread panicked".into()))?;
+        let mut saved = saved;
+        saved.sort_by_key(|(i, _)| *i);
+        let ids = saved
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect::<Result<Vec<_>>>()?;
+        read?;
+        Ok(ids)
+    })
+}
+
+fn save_trees(saver: &BlobSaver<'_>, children: BTreeMap<String, Item>) -> Result<BlobId> {
+    let mut nodes = Vec::with_capacity(children.len());
+    for (_, item) in children {
+        nodes.push(match item {
+            Item::File { node, .. } | Item::Other { node } => node,
+            Item::Dir { mut node, children } => {
+                node.subtree = Some(save_trees(saver, children)?);
+                node
+            }
+        });
+    }
+    saver.save(
+        BlobType::Tree,
+        &Tree {
+            version: TREE_VERSION,
+            nodes,
+        }
+        .encode(),
+    )
+}
+
+/// The newest snapshot of `host` with exactly `paths`, the parent of a new backup.
+///
+/// # Errors
+/// Backend errors listing snapshots.
+pub fn find_parent(
+    repo: &Repository,
+    host: &str,
+    paths: &[String],
+) -> Result<Option<(SnapshotId, Snapshot)>> {
+    Ok(repo
+        .snapshots()?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.hostname == host && s.paths == paths))
+}
+
+/// Runs a backup under a shared lock and commits a snapshot.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a missing path; lock, backend and cache errors. Unreadable files are not
+/// errors: they are left out and listed in [`BackupResult::warnings`].
+pub fn backup(
+    repo: &Repository,
+    opts: BackupOptions,
+    stdin: Option<&mut dyn Read>,
+    progress: &dyn Progress,
+) -> Result<BackupResult> {
+    let lock = LockGuard::acquire(repo.backend_arc(), repo.keys().clone(), false, "backup")?;
+    let start = chrono::Utc::now();
+    let host = opts.host.clone().unwrap_or_else(crate::util::hostname);
+    let chunker = Chunker::new(repo.config().chunker.clone(), repo.keys().chunker_seed())?;
+    let saver = BlobSaver::new(repo);
+    let mut scan = Scan {
+        repo,
+        force: opts.force,
+        warnings: vec![],
+        summary: Summary::default(),
+    };
+
+    let (paths, parent, root_children) = if let Some(name) = &opts.stdin_filename {
+        if name.is_empty() || name.contains('/') {
+            return Err(Error::InvalidInput(format!(
+                "--stdin-filename {name:?} must be a plain file name"
+            )));
+        }
+        let input = stdin.ok_or_else(|| Error::InvalidInput("no standard input to read".into()))?;
+        let mut ids = Vec::new();
+        let mut size = 0u64;
+        chunker.stream(input, 4 * chunker.max_size(), "standard input", |batch| {
+            for c in batch {
+                size += c.len() as u64;
+                ids.push(saver.save(BlobType::Data, &c)?);
+            }
+            Ok(())
+        })?;
+        let now = chrono::Utc::now();
+        let node = Node {
+            name: name.clone(),
+            node_type: NodeType::File,
+            mode: 0o644,
+            mtime_ns: now.timestamp_nanos_opt().unwrap_or(0),
+            size,
+            inode: 0,
+            device: 0,
+            content: ids,
+            subtree: None,
+            link_target: None,
+        };
+        scan.summary.files_new = 1;
+        scan.summary.total_files = 1;
+        scan.summary.total_bytes = size;
+        let mut children = BTreeMap::new();
+        children.insert(name.clone(), Item::Other { node });
+        (vec![format!("/{name}")], None, children)
+    } else {
+        if opts.paths.is_empty() {
+            return Err(Error::InvalidInput(
+                "nothing to back up: give one or more paths, or --stdin".into(),
+            ));
+        }
+        let mut abs = Vec::new();
+        for p in &opts.paths {
+            let a = std::path::absolute(p)
+                .map_err(|e| Error::io(format!("resolving {}", p.display()), e))?;
+            if fs::symlink_metadata(&a).is_err() {
+                return Err(Error::InvalidInput(format!(
+                    "{} does not exist",
+                    p.display()
+                )));
+            }
+            let s = a
+                .to_str()
+                .ok_or_else(|| Error::InvalidInput(format!("{} is not UTF-8", a.display())))?;
+            abs.push(s.trim_end_matches('/').to_string());
+        }
+        abs.sort();
+        abs.dedup();
+        let parent = match &opts.parent {
+            Some(id) => Some((*id, repo.load_snapshot(id)?)),
+            None if opts.force => None,
+            None => find_parent(repo, &host, &abs)?,
+        };
+        // The parent's root as a directory node, so that the walk below can descend into it.
+        let parent_root = parent.as_ref().map(|(_, s)| Node {
+            subtree: Some(s.tree),
+            ..dir_node("")
+        });
+        // Build the virtual root: each path's ancestors become directories holding it.
+        let mut root = Item::Dir {
+            node: dir_node(""),
+            children: BTreeMap::new(),
+        };
+        for p in &abs {
+            let comps: Vec<&str> = crate::walk::components(p);
+            let mut cur = &mut root;
+            let mut pnode = parent_root.clone();
+            let mut fs_path = PathBuf::from("/");
+            for (i, c) in comps.iter().enumerate() {
+                fs_path.push(c);
+                let ptree = scan.parent_children(pnode.as_ref());
+                let child_parent = ptree
+                    .as_ref()
+                    .and_then(|t| t.nodes.iter().find(|n| n.name == *c))
+                    .cloned();
+                let Item::Dir { children, .. } = cur else {
+                    break;
+                };
+                if i + 1 == comps.len() {
+                    if let Some(item) = scan.scan(&fs_path, c, child_parent.as_ref()) {
+                        children.insert(c.to_string(), item);
+                    }
+                    break;
+                }
+                if !children.contains_key(*c) {
+                    let m = fs::metadata(&fs_path)
+                        .map_err(|e| Error::io(format!("reading {}", fs_path.display()), e))?;
+                    children.insert(
+                        c.to_string(),
+                        Item::Dir {
+                            node: meta_node(c, NodeType::Dir, &m),
+                            children: BTreeMap::new(),
+                        },
+                    );
+                }
+                cur = children.get_mut(*c).expect("inserted above");
+                pnode = child_parent;
+            }
+        }
+        let Item::Dir { children, .. } = root else {
+            unreachable!("root is a directory")
+        };
+        (abs, parent, children)
+    };
+
+    // Read the files that changed: small ones in parallel, large ones streamed one at a time.
+    let mut root_children = root_children;
+    let mut files: Vec<&mut Item> = Vec::new();
+    root_children
+        .values_mut()
+        .for_each(|c| collect_files(c, &mut files));
+    let total: u64 = files
+        .iter()
+        .map(|i| {
+            if let Item::File { node, .. } = i {
+                node.size
+            } else {
+                0
+            }
+        })
+        .sum();
+    progress.start(total, files.len() as u64);
+    let (mut large, small): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|i| matches!(i, Item::File { node, .. } if node.size >= STREAM_THRESHOLD));
+    let failures = Mutex::new(Vec::new());
+    let fail = |item: &mut Item, e: Error| {
+        if let Item::File { node, path, .. } = item {
+            failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((path.clone(), e.to_string()));
+            node.content.clear();
+            node.name.clear(); // marks the item for removal
+        }
+    };
+    let fatal: Mutex<Option<Error>> = Mutex::new(None);
+    small.into_par_iter().for_each(|item| {
+        if let Item::File { node, path, .. } = item {
+            match save_file(&saver, &chunker, path, node.size, progress) {
+                Ok(ids) => node.content = ids,
+                Err(e @ Error::Io { .. }) => fail(item, e),
+                Err(e) => *fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(e),
+            }
+        }
+    });
+    if let Some(e) = fatal.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    for item in large.iter_mut() {
+        if let Item::File { node, path, .. } = item {
+            match save_file(&saver, &chunker, path, node.size, progress) {
+                Ok(ids) => node.content = ids,
+                Err(e @ Error::Io { .. }) => fail(item, e),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    progress.finish();
+    for (p, e) in failures.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        tracing::debug!("{}: {e}", p.display());
+        scan.warnings.push(e);
+        scan.summary.files_failed += 1;
+    }
+    prune_failed(&mut root_children);
+
+    let tree = save_trees(&saver, root_children)?;
+    lock.check()?;
+    saver.commit_index()?;
+    let stats = saver.stats();
+    let mut summary = scan.summary;
+    summary.blobs_added = stats.blobs_added;
+    summary.data_added = stats.data_added;
+    summary.data_added_packed = stats.data_added_packed;
+    summary.backup_start = start.to_rfc3339();
+    summary.backup_end = chrono::Utc::now().to_rfc3339();
+    let snapshot = Snapshot {
+        version: SNAPSHOT_VERSION,
+        time: opts
+            .time
+            .unwrap_or(start)
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        tree,
+        paths,
+        hostname: host,
+        username: crate::util::username(),
+        tags: opts.tags,
+        label: opts.label,
+        description: opts.description,
+        parent: parent.map(|(id, _)| id),
+        summary,
+        program_version: format!("gatevault {}", env!("CARGO_PKG_VERSION")),
+    };
+    lock.check()?;
+    let id = repo.save_snapshot(&snapshot)?;
+    Ok(BackupResult {
+        id,
+        snapshot,
+        warnings: scan.warnings,
+    })
+}
+
+fn prune_failed(children: &mut BTreeMap<String, Item>) {
+    children.retain(|_, item| match item {
+        Item::File { node, .. } => !node.name.is_empty(),
+        Item::Dir { children, .. } => {
+            prune_failed(children);
+            true
+        }
+        Item::Other { .. } => true,
+    });
+}

@@ -1,0 +1,382 @@
+//! The check job: structure first (index files, packs, snapshots, trees), then an optional parallel
+//! re-read of pack data that decrypts, decompresses and re-hashes every selected blob.
+//!
+//! The check reads the repository itself and never trusts the local index cache. Its final status is
+//! `Success`, `Partial` (nothing damaged was found, but something could not be examined, e.g. a read
+//! error) or `Failed` (damage found; every damaged object is named).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::backend::FileType;
+use crate::backup::Progress;
+use crate::error::{Error, Result};
+use crate::format::{BlobType, NodeType, PackEntry, Tree};
+use crate::id::{BlobId, IndexId, PackId};
+use crate::repo::Repository;
+
+/// Which pack data to re-read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ReadData {
+    /// None: structure only.
+    None,
+    /// Every pack.
+    All,
+    /// Group `n` of `m` (1-based), by pack id.
+    Subset(u32, u32),
+    /// A random share of the packs, in percent.
+    Percent(f64),
+}
+
+impl std::str::FromStr for ReadData {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::InvalidInput(format!(
+                "--read-data-subset {s:?}: use n/m (1 <= n <= m) or a percentage like 10%"
+            ))
+        };
+        if let Some(p) = s.strip_suffix('%') {
+            let v: f64 = p.trim().parse().map_err(|_| bad())?;
+            return if v > 0.0 && v <= 100.0 {
+                Ok(ReadData::Percent(v))
+            } else {
+                Err(bad())
+            };
+        }
+        let (n, m) = s.split_once('/').ok_or_else(bad)?;
+        let (n, m): (u32, u32) = (
+            n.trim().parse().map_err(|_| bad())?,
+            m.trim().parse().map_err(|_| bad())?,
+        );
+        if n == 0 || m == 0 || n > m {
+            return Err(bad());
+        }
+        Ok(ReadData::Subset(n, m))
+    }
+}
+
+/// The verdict of a check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Status {
+    /// Everything examined is intact.
+    Success,
+    /// Nothing damaged found, but not everything could be examined.
+    Partial,
+    /// Damage found.
+    Failed,
+}
+
+/// What a check found.
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    /// The verdict.
+    pub status: Status,
+    /// Damage, one line per damaged object (names pack, blob, snapshot or file).
+    pub errors: Vec<String>,
+    /// Objects that could not be examined (they make the status `Partial`).
+    pub incomplete: Vec<String>,
+    /// Harmless findings (unreferenced packs, leftovers of interrupted jobs).
+    pub hints: Vec<String>,
+    /// Snapshots checked.
+    pub snapshots: usize,
+    /// Packs in the index.
+    pub packs: usize,
+    /// Packs whose data was re-read.
+    pub packs_read: usize,
+    /// Blobs re-hashed.
+    pub blobs_read: u64,
+    /// Bytes re-read.
+    pub bytes_read: u64,
+}
+
+/// Selects the packs whose data `sel` asks for.
+pub fn select_packs(packs: &[PackId], sel: ReadData, seed: u64) -> Vec<PackId> {
+    match sel {
+        ReadData::None => vec![],
+        ReadData::All => packs.to_vec(),
+        ReadData::Subset(n, m) => packs
+            .iter()
+            .filter(|p| {
+                (u32::from_be_bytes([p.0[0], p.0[1], p.0[2], p.0[3]]) as u64 * m as u64 >> 32)
+                    as u32
+                    == n - 1
+            })
+            .copied()
+            .collect(),
+        ReadData::Percent(pct) => {
+            use rand::{seq::SliceRandom, SeedableRng};
+            let mut v = packs.to_vec();
+            v.sort();
+            v.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+            let k = ((packs.len() as f64 * pct / 100.0).ceil() as usize).min(packs.len());
+            v.truncate(k);
+            v
+        }
+    }
+}
+
+/// Checks the repository.
+///
+/// # Errors
+/// Only errors that stop the check itself (listing the repository); damage goes into the report.
+pub fn check(
+    repo: &Repository,
+    read: ReadData,
+    seed: u64,
+    progress: &dyn Progress,
+) -> Result<CheckReport> {
+    let backend = repo.backend();
+    let keys = repo.keys();
+    let mut r = CheckReport {
+        status: Status::Success,
+        errors: vec![],
+        incomplete: vec![],
+        hints: vec![],
+        snapshots: 0,
+        packs: 0,
+        packs_read: 0,
+        blobs_read: 0,
+        bytes_read: 0,
+    };
+
+    // 1. Index files.
+    let index_ids: Vec<IndexId> = backend
+        .list(FileType::Index)?
+        .into_iter()
+        .filter_map(|(n, _)| IndexId::from_hex(&n).ok())
+        .collect();
+    let loaded: Vec<_> = index_ids
+        .par_iter()
+        .map(|id| (*id, crate::index::load_index_file(backend, keys, id)))
+        .collect();
+    let mut blobs: HashMap<(BlobType, BlobId), (PackId, PackEntry)> = HashMap::new();
+    let mut packs: HashMap<PackId, (u64, Vec<PackEntry>)> = HashMap::new();
+    for (id, f) in loaded {
+        match f {
+            Ok(f) => {
+                for p in f.packs {
+                    for e in &p.blobs {
+                        blobs.entry((e.blob_type, e.id)).or_insert((p.id, *e));
+                    }
+                    packs.entry(p.id).or_insert((p.size, p.blobs));
+                }
+            }
+            Err(e @ Error::Io { .. }) => r.incomplete.push(format!("index file {id}: {e}")),
+            Err(e) => r.errors.push(format!("index file {id}: {e}")),
+        }
+    }
+    r.packs = packs.len();
+
+    // 2. Packs exist with the indexed size.
+    let stored: HashMap<PackId, u64> = backend
+        .list(FileType::Pack)?
+        .into_iter()
+        .filter_map(|(n, s)| PackId::from_hex(&n).ok().map(|id| (id, s)))
+        .collect();
+    for (id, (size, _)) in &packs {
+        match stored.get(id) {
+            None => r
+                .errors
+                .push(format!("pack {id}: missing (listed in the index)")),
+            Some(s) if s != size => r.errors.push(format!(
+                "pack {id}: size {s} where the index says {size} (truncated or damaged)"
+            )),
+            _ => {}
+        }
+    }
+    let unreferenced = stored.keys().filter(|p| !packs.contains_key(p)).count();
+    if unreferenced > 0 {
+        r.hints.push(format!("{unreferenced} pack(s) are not referenced by any index (left by an interrupted job; harmless, `gatevault prune` removes them)"));
+    }
+
+    // 3. Snapshots and trees.
+    let load_tree = |id: &BlobId| -> Result<Tree> {
+        let (pack, e) = blobs
+            .get(&(BlobType::Tree, *id))
+            .ok_or_else(|| Error::NotFound {
+                kind: "tree blob".into(),
+                id: id.to_hex(),
+            })?;
+        let env = backend.read_range(
+            FileType::Pack,
+            &pack.to_hex(),
+            e.offset as u64,
+            e.length as u64,
+        )?;
+        let b = crate::pack::open_blob(keys, pack, e, &env)?;
+        Tree::decode(&b)
+            .map_err(|err| Error::integrity(format!("tree {id} in pack {pack}"), err.to_string()))
+    };
+    let mut seen_trees: HashSet<BlobId> = HashSet::new();
+    for (sid, s) in repo.load_all_snapshots()? {
+        r.snapshots += 1;
+        let s = match s {
+            Ok(s) => s,
+            Err(e) => {
+                r.errors.push(format!("snapshot {sid}: {e}"));
+                continue;
+            }
+        };
+        let mut stack = vec![(s.tree, "/".to_string())];
+        while let Some((tid, path)) = stack.pop() {
+            if !seen_trees.insert(tid) {
+                continue;
+            }
+            let t = match load_tree(&tid) {
+                Ok(t) => t,
+                Err(e) => {
+                    r.errors.push(format!(
+                        "snapshot {}: tree {tid} at {path}: {e}",
+                        sid.short()
+                    ));
+                    continue;
+                }
+            };
+            for n in &t.nodes {
+                let p = crate::walk::join(&path, &n.name);
+                match n.node_type {
+                    NodeType::Dir => {
+                        if let Some(sub) = n.subtree {
+                            stack.push((sub, p));
+                        }
+                    }
+                    NodeType::File => {
+                        for b in &n.content {
+                            if !blobs.contains_key(&(BlobType::Data, *b)) {
+                                r.errors.push(format!(
+                                    "snapshot {}: file {p}: data blob {b} is in no index",
+                                    sid.short()
+                                ));
+                            }
+                        }
+                    }
+                    NodeType::Symlink => {}
+                }
+            }
+        }
+    }
+
+    // 4. Pack data.
+    let mut ids: Vec<PackId> = packs
+        .keys()
+        .copied()
+        .filter(|p| stored.contains_key(p))
+        .collect();
+    ids.sort();
+    let selected = select_packs(&ids, read, seed);
+    let total: u64 = selected.iter().map(|p| packs[p].0).sum();
+    progress.start(total, selected.len() as u64);
+    let errors = Mutex::new(Vec::new());
+    let incomplete = Mutex::new(Vec::new());
+    let counts = Mutex::new((0u64, 0u64));
+    selected.par_iter().for_each(|pid| {
+        let (size, indexed) = &packs[pid];
+        let bytes = match backend.read(FileType::Pack, &pid.to_hex()) {
+            Ok(b) => b,
+            Err(e) => {
+                incomplete
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(format!("pack {pid}: {e}"));
+                return;
+            }
+        };
+        let mut errs = Vec::new();
+        match crate::pack::read_header(keys, pid, &bytes) {
+            Ok(header) => {
+                let hset: HashSet<_> = header.iter().collect();
+                for e in indexed {
+                    if !hset.contains(e) {
+                        errs.push(format!(
+                            "pack {pid}: blob {} listed in the index is not in the pack header",
+                            e.id
+                        ));
+                    }
+                }
+            }
+            Err(e) => errs.push(format!("pack {pid}: {e}")),
+        }
+        // Every blob the index places in this pack is re-hashed, even if the header is damaged.
+        let mut n = 0;
+        for e in indexed {
+            let end = e.offset as usize + e.length as usize;
+            if end > bytes.len() {
+                errs.push(format!(
+                    "pack {pid}: blob {}: beyond the end of the pack (truncated)",
+                    e.id
+                ));
+                continue;
+            }
+            match crate::pack::open_blob(keys, pid, e, &bytes[e.offset as usize..end]) {
+                Ok(_) => n += 1,
+                Err(err) => errs.push(format!("pack {pid}: blob {}: {err}", e.id)),
+            }
+        }
+        progress.bytes(*size);
+        let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
+        c.0 += n;
+        c.1 += bytes.len() as u64;
+        drop(c);
+        errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(errs);
+    });
+    progress.finish();
+    let mut errs = errors.into_inner().unwrap_or_else(|e| e.into_inner());
+    errs.sort();
+    r.errors.extend(errs);
+    r.incomplete
+        .extend(incomplete.into_inner().unwrap_or_else(|e| e.into_inner()));
+    let (b, bytes) = counts.into_inner().unwrap_or_else(|e| e.into_inner());
+    r.packs_read = selected.len();
+    r.blobs_read = b;
+    r.bytes_read = bytes;
+    r.status = if !r.errors.is_empty() {
+        Status::Failed
+    } else if !r.incomplete.is_empty() {
+        Status::Partial
+    } else {
+        Status::Success
+    };
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_partition_the_packs() {
+        let packs: Vec<PackId> = (0..500).map(|_| PackId::random()).collect();
+        let mut all: Vec<PackId> = (1..=5)
+            .flat_map(|n| select_packs(&packs, ReadData::Subset(n, 5), 0))
+            .collect();
+        all.sort();
+        let mut want = packs.clone();
+        want.sort();
+        assert_eq!(all, want, "the five subsets cover every pack exactly once");
+        assert_eq!(select_packs(&packs, ReadData::Percent(10.0), 1).len(), 50);
+        assert_eq!(
+            select_packs(&packs, ReadData::Percent(10.0), 1),
+            select_packs(&packs, ReadData::Percent(10.0), 1)
+        );
+        assert!(matches!(
+            "0/3".parse::<ReadData>(),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            "4/3".parse::<ReadData>(),
+            Err(Error::InvalidInput(_))
+        ));
+        assert_eq!("2/3".parse::<ReadData>().unwrap(), ReadData::Subset(2, 3));
+        assert_eq!(
+            "12.5%".parse::<ReadData>().unwrap(),
+            ReadData::Percent(12.5)
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! `gatevault init`.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+use super::{exit, print_json, Global};
+use crate::crypto::keyslot::KdfParams;
+use crate::crypto::Cipher;
+use crate::format::ChunkerParams;
+use crate::repo::{Credentials, InitOptions, Repository};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum Preset {
+    /// 2 KiB min / 8 KiB avg / 64 KiB max: gateway configurations.
+    Config,
+    /// 512 KiB / 2 MiB / 8 MiB: large files.
+    Bulk,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct InitArgs {
+    /// Cipher for new data.
+    #[arg(long, value_enum, default_value = "xchacha20-poly1305")]
+    cipher: Cipher,
+    /// Chunker preset.
+    #[arg(long, value_enum, default_value = "config")]
+    chunker: Preset,
+    /// zstd level for new blobs (0 turns compression off).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=22))]
+    compression: i32,
+    /// Argon2id memory in MiB for the password slot (minimum 8; default 64).
+    #[arg(long, default_value_t = 64)]
+    kdf_memory_mib: u32,
+    /// Argon2id passes for the password slot (default 3).
+    #[arg(long, default_value_t = 3)]
+    kdf_iterations: u32,
+}
+
+/// Creates a key file of 32 random bytes (mode 0600), refusing to overwrite.
+pub(crate) fn create_key_file(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let key: [u8; 32] = rand::random();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating key file {}", path.display()))?;
+    f.write_all(hex::encode(key).as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok(())
+}
+
+pub(crate) fn run(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
+    let mut created_key_file = false;
+    if let Some(k) = &g.key_file {
+        if !k.exists() {
+            create_key_file(k)?;
+            created_key_file = true;
+        }
+    }
+    let key_file = g.read_key_file()?;
+    let password = if key_file.is_some()
+        && g.password_file.is_none()
+        && g.password_command.is_none()
+        && std::env::var("GATEVAULT_PASSWORD").is_err()
+    {
+        None
+    } else {
+        g.password(true)?
+    };
+    let opts = InitOptions {
+        cipher: a.cipher,
+        chunker: match a.chunker {
+            Preset::Config => ChunkerParams::config(),
+            Preset::Bulk => ChunkerParams::bulk(),
+        },
+        compression: a.compression,
+        kdf: Some(KdfParams::new(
+            a.kdf_memory_mib.saturating_mul(1024),
+            a.kdf_iterations,
+        )),
+        ..InitOptions::default()
+    };
+    let creds = Credentials { password, key_file };
+    let repo = Repository::init(g.backend()?, &opts, &creds, g.cache_dir())?;
+    if g.json {
+        print_json(
+            &serde_json::json!({"message_type": "initialized", "id": repo.config().id, "repository": repo.backend().location()}),
+        )?;
+    } else {
+        println!(
+            "created gatevault repository {} at {}",
+            repo.config().id.short(),
+            repo.backend().location()
+        );
+        if created_key_file {
+            if let Some(k) = &g.key_file {
+                println!("created key file {}: keep it apart from the repository; without it (or a password slot) the data cannot be read", k.display());
+            }
+        }
+        println!("keep your password or key file safe: losing it makes the data in the repository impossible to read");
+    }
+    Ok(exit::OK)
+}

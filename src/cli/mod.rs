@@ -1,0 +1,379 @@
+//! The command line: global options, opening the repository, output helpers and exit codes.
+//! Each subcommand lives in its own file and calls one library function.
+
+mod backup;
+mod cat;
+mod check;
+mod diff;
+mod dump;
+mod init;
+mod key;
+mod ls;
+mod repair;
+mod restore;
+mod snapshots;
+mod stats;
+mod unlock;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use zeroize::Zeroizing;
+
+use crate::backend::local::LocalBackend;
+use crate::backend::Backend;
+use crate::error::Error;
+use crate::repo::{Credentials, Repository};
+use crate::select::SnapshotFilter;
+
+/// Exit codes (documented in `docs/cli.md`).
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Any failure not listed below.
+    pub const FAILURE: u8 = 1;
+    /// Bad command-line usage.
+    pub const USAGE: u8 = 2;
+    /// Partial: a snapshot was made but some files could not be read, or a check could not examine everything.
+    pub const PARTIAL: u8 = 3;
+    /// No repository at the location, or a newer format.
+    pub const NO_REPOSITORY: u8 = 10;
+    /// The repository is locked.
+    pub const LOCKED: u8 = 11;
+    /// Wrong password or key file.
+    pub const WRONG_PASSWORD: u8 = 12;
+    /// Interrupted.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// gatevault: encrypted, deduplicated backups of API-gateway configurations.
+#[derive(Parser, Debug)]
+#[command(name = "gatevault", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options of every command.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Repository location (a folder).
+    #[arg(
+        short = 'r',
+        long = "repo",
+        env = "GATEVAULT_REPOSITORY",
+        global = true
+    )]
+    repo: Option<String>,
+    /// File holding the repository password (first line).
+    #[arg(long, env = "GATEVAULT_PASSWORD_FILE", global = true)]
+    password_file: Option<PathBuf>,
+    /// Command printing the repository password.
+    #[arg(long, env = "GATEVAULT_PASSWORD_COMMAND", global = true)]
+    password_command: Option<String>,
+    /// Key file (32 raw bytes or 64 hex digits), kept apart from the repository; `init` creates it if missing.
+    #[arg(long, env = "GATEVAULT_KEY_FILE", global = true)]
+    key_file: Option<PathBuf>,
+    /// Folder of the local index cache (default: $XDG_CACHE_HOME/gatevault or ~/.cache/gatevault).
+    #[arg(long, env = "GATEVAULT_CACHE_DIR", global = true)]
+    cache_dir: Option<PathBuf>,
+    /// Use a temporary index instead of the cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print less (no progress).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Print more (repeat for debug output).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new repository.
+    Init(init::InitArgs),
+    /// Back up files and folders, or standard input.
+    Backup(backup::BackupArgs),
+    /// List snapshots.
+    Snapshots(snapshots::SnapshotsArgs),
+    /// List files in a snapshot.
+    Ls(ls::LsArgs),
+    /// Print a repository object (config, snapshot, index, pack header, key slot, tree, blob).
+    Cat(cat::CatArgs),
+    /// Write one file of a snapshot to standard output.
+    Dump(dump::DumpArgs),
+    /// Show sizes, dedup and compression ratios.
+    Stats(stats::StatsArgs),
+    /// Restore a snapshot into a folder.
+    Restore(restore::RestoreArgs),
+    /// Show files added, removed and changed between two snapshots.
+    Diff(diff::DiffArgs),
+    /// Check the repository's structure and, optionally, re-read its data.
+    Check(check::CheckArgs),
+    /// Manage key slots.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// Remove stale locks.
+    Unlock(unlock::UnlockArgs),
+    /// Repair repository structures.
+    #[command(subcommand)]
+    Repair(repair::RepairCommand),
+}
+
+/// Snapshot filters shared by several commands.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FilterArgs {
+    /// Only snapshots with this tag (KEY=VALUE or KEY); repeat to require several.
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Only snapshots of this host; repeat for several.
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+    /// Only snapshots that include this path; repeat to require several.
+    #[arg(long = "path")]
+    paths: Vec<String>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> SnapshotFilter {
+        SnapshotFilter {
+            tags: self.tags.clone(),
+            hosts: self.hosts.clone(),
+            paths: self.paths.clone(),
+        }
+    }
+}
+
+impl Global {
+    fn location(&self) -> anyhow::Result<String> {
+        self.repo.clone().ok_or_else(|| {
+            anyhow::Error::new(Error::InvalidInput(
+                "no repository given: use -r/--repo or set GATEVAULT_REPOSITORY".into(),
+            ))
+        })
+    }
+
+    fn backend(&self) -> anyhow::Result<Arc<dyn Backend>> {
+        let loc = self.location()?;
+        let path = loc.strip_prefix("local:").unwrap_or(&loc);
+        Ok(Arc::new(LocalBackend::new(path)))
+    }
+
+    fn cache_dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        self.cache_dir.clone().or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|d| d.join("gatevault"))
+        })
+    }
+
+    fn progress_enabled(&self) -> bool {
+        !self.quiet && !self.json && std::io::stderr().is_terminal()
+    }
+
+    /// Reads the password from the first source given: file, command, `GATEVAULT_PASSWORD`, prompt.
+    fn password(&self, confirm: bool) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {
+        if let Some(f) = &self.password_file {
+            let s = Zeroizing::new(
+                std::fs::read(f)
+                    .with_context(|| format!("reading password file {}", f.display()))?,
+            );
+            let line = s.split(|b| *b == b'\n').next().unwrap_or(&[]);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            return Ok(Some(Zeroizing::new(line.to_vec())));
+        }
+        if let Some(c) = &self.password_command {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(c)
+                .output()
+                .with_context(|| format!("running password command {c:?}"))?;
+            if !out.status.success() {
+                anyhow::bail!(Error::NoCredentials(format!(
+                    "password command {c:?} failed with {}",
+                    out.status
+                )));
+            }
+            let s = Zeroizing::new(out.stdout);
+            let line = s.split(|b| *b == b'\n').next().unwrap_or(&[]);
+            return Ok(Some(Zeroizing::new(line.to_vec())));
+        }
+        if let Ok(p) = std::env::var("GATEVAULT_PASSWORD") {
+            return Ok(Some(Zeroizing::new(p.into_bytes())));
+        }
+        if self.key_file.is_some() || !std::io::stdin().is_terminal() {
+            return Ok(None);
+        }
+        let p = Zeroizing::new(
+            rpassword::prompt_password("enter password for repository: ")
+                .context("reading the password")?,
+        );
+        if confirm {
+            let again = Zeroizing::new(
+                rpassword::prompt_password("enter password again: ")
+                    .context("reading the password")?,
+            );
+            if *again != *p {
+                anyhow::bail!(Error::InvalidInput("the passwords do not match".into()));
+            }
+        }
+        Ok(Some(Zeroizing::new(p.as_bytes().to_vec())))
+    }
+
+    fn read_key_file(&self) -> anyhow::Result<Option<Zeroizing<[u8; 32]>>> {
+        let Some(f) = &self.key_file else {
+            return Ok(None);
+        };
+        let b = Zeroizing::new(std::fs::read(f).map_err(|e| {
+            Error::NoCredentials(format!("cannot read key file {}: {e}", f.display()))
+        })?);
+        Ok(Some(crate::crypto::keyslot::parse_key_file(
+            &b,
+            &f.display().to_string(),
+        )?))
+    }
+
+    fn credentials(&self) -> anyhow::Result<Credentials> {
+        let key_file = self.read_key_file()?;
+        let password = self.password(false)?;
+        if key_file.is_none() && password.is_none() {
+            anyhow::bail!(Error::NoCredentials(
+                "no password or key file: use --key-file, --password-file, --password-command or GATEVAULT_PASSWORD (or run on a terminal to be asked)".into()
+            ));
+        }
+        Ok(Credentials { password, key_file })
+    }
+
+    /// Opens the repository named by the options.
+    pub fn open(&self) -> anyhow::Result<Repository> {
+        let backend = self.backend()?;
+        let creds = self.credentials()?;
+        Ok(Repository::open(backend, &creds, self.cache_dir())?)
+    }
+}
+
+/// Prints `v` as JSON on one line.
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
+/// A progress bar on standard error, or nothing.
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl Bar {
+    fn new(g: &Global, verb: &'static str) -> Self {
+        if !g.progress_enabled() {
+            return Self(None);
+        }
+        let pb = indicatif::ProgressBar::new(0);
+        let style = indicatif::ProgressStyle::with_template(&format!(
+            "{verb} {{bar:30}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        pb.set_style(style);
+        Self(Some(pb))
+    }
+}
+
+impl crate::backup::Progress for Bar {
+    fn start(&self, total: u64, _files: u64) {
+        if let Some(p) = &self.0 {
+            p.set_length(total);
+        }
+    }
+    fn bytes(&self, n: u64) {
+        if let Some(p) = &self.0 {
+            p.inc(n);
+        }
+    }
+    fn finish(&self) {
+        if let Some(p) = &self.0 {
+            p.finish_and_clear();
+        }
+    }
+}
+
+/// Maps an error to its exit code.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(err) = cause.downcast_ref::<Error>() {
+            return match err {
+                Error::NoRepository { .. } | Error::NewerFormat { .. } => exit::NO_REPOSITORY,
+                Error::Locked { .. } => exit::LOCKED,
+                Error::WrongPassword | Error::NoCredentials(_) => exit::WRONG_PASSWORD,
+                Error::Interrupted => exit::INTERRUPTED,
+                _ => exit::FAILURE,
+            };
+        }
+    }
+    exit::FAILURE
+}
+
+/// Parses the command line, runs the command and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    let level = match (cli.global.quiet, cli.global.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GATEVAULT_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(format!("gatevault={level}"))
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .with_target(false)
+        .try_init();
+    let g = &cli.global;
+    let result = match cli.command {
+        Command::Init(a) => init::run(g, a),
+        Command::Backup(a) => backup::run(g, a),
+        Command::Snapshots(a) => snapshots::run(g, a),
+        Command::Ls(a) => ls::run(g, a),
+        Command::Cat(a) => cat::run(g, a),
+        Command::Dump(a) => dump::run(g, a),
+        Command::Stats(a) => stats::run(g, a),
+        Command::Restore(a) => restore::run(g, a),
+        Command::Diff(a) => diff::run(g, a),
+        Command::Check(a) => check::run(g, a),
+        Command::Key(a) => key::run(g, a),
+        Command::Unlock(a) => unlock::run(g, a),
+        Command::Repair(a) => repair::run(g, a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! `gatevault snapshots`.
+
+use clap::Args;
+
+use super::{exit, print_json, FilterArgs, Global};
+
+#[derive(Args, Debug)]
+pub(crate) struct SnapshotsArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Only the newest N snapshots.
+    #[arg(long)]
+    latest: Option<usize>,
+}
+
+pub(crate) fn run(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
+    let repo = g.open()?;
+    let mut list = crate::select::filtered(&repo, &a.filter.filter())?;
+    if let Some(n) = a.latest {
+        let skip = list.len().saturating_sub(n);
+        list.drain(..skip);
+    }
+    if g.json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|(id, s)| {
+                let mut j = serde_json::to_value(s).unwrap_or_default();
+                j["id"] = serde_json::json!(id);
+                j["short_id"] = serde_json::json!(id.short());
+                j
+            })
+            .collect();
+        print_json(&v)?;
+        return Ok(exit::OK);
+    }
+    println!(
+        "{:<8}  {:<25}  {:<12}  {:<30}  {:<10}  Paths",
+        "ID", "Time", "Host", "Tags", "Label"
+    );
+    println!("{}", "-".repeat(110));
+    for (id, s) in &list {
+        let time = s
+            .timestamp()
+            .map(|t| {
+                t.with_timezone(&chrono::Local)
+                    .format("%Y-%m-%d %H:%M:%S")
+                    .to_string()
+            })
+            .unwrap_or_else(|_| s.time.clone());
+        let tags: Vec<String> = s
+            .tags
+            .iter()
+            .map(|(k, v)| {
+                if v.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect();
+        println!(
+            "{:<8}  {:<25}  {:<12}  {:<30}  {:<10}  {}",
+            id.short(),
+            time,
+            s.hostname,
+            tags.join(","),
+            s.label.clone().unwrap_or_default(),
+            s.paths.join(" ")
+        );
+    }
+    println!("{}", "-".repeat(110));
+    println!("{} snapshots", list.len());
+    Ok(exit::OK)
+}

@@ -1,0 +1,574 @@
+//! All cryptography of gatevault: the only module that names an AEAD, a hash or a KDF crate.
+//!
+//! One random [`MasterKey`] holds a fixed repository secret (from which the blob-id key, the chunker seed
+//! and the config MAC key derive, so ids stay stable forever) and one data key per *epoch*. New objects are
+//! sealed under the current epoch; rotating adds an epoch without touching stored data. Every stored
+//! object gets its own subkey, derived from the epoch key and the object's id, so AES-256-GCM's random
+//! 96-bit nonces never come near their per-key limit. The associated data binds the repository id, the
+//! containing object (kind and id) and the item (kind and id) plus the envelope header, so a ciphertext
+//! cannot be moved to another name, another repository, or be read as another type.
+//!
+//! Envelope layout (`docs/design.md`): `version u8 | cipher u8 | epoch u32 LE | nonce | ciphertext | tag`.
+
+pub mod keyslot;
+
+use aes_gcm::Aes256Gcm;
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::XChaCha20Poly1305;
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::error::{Error, Result};
+use crate::id::{BlobId, RepoId};
+
+/// Version byte of the envelope format.
+pub const ENVELOPE_VERSION: u8 = 1;
+/// Length of an AEAD tag (both ciphers).
+pub const TAG_LEN: usize = 16;
+
+/// The AEAD used for new objects of a repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Cipher {
+    /// XChaCha20-Poly1305 with random 192-bit nonces (the default).
+    #[serde(rename = "xchacha20-poly1305")]
+    #[value(name = "xchacha20-poly1305")]
+    XChaCha20Poly1305,
+    /// AES-256-GCM with random 96-bit nonces under a per-object subkey.
+    #[serde(rename = "aes-256-gcm")]
+    #[value(name = "aes-256-gcm")]
+    Aes256Gcm,
+}
+
+impl Cipher {
+    fn byte(self) -> u8 {
+        match self {
+            Cipher::XChaCha20Poly1305 => 1,
+            Cipher::Aes256Gcm => 2,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Cipher::XChaCha20Poly1305),
+            2 => Some(Cipher::Aes256Gcm),
+            _ => None,
+        }
+    }
+
+    /// Nonce length in bytes.
+    pub fn nonce_len(self) -> usize {
+        match self {
+            Cipher::XChaCha20Poly1305 => 24,
+            Cipher::Aes256Gcm => 12,
+        }
+    }
+
+    /// Bytes an envelope adds to its plaintext.
+    pub fn overhead(self) -> usize {
+        6 + self.nonce_len() + TAG_LEN
+    }
+}
+
+/// What a sealed item or its container is; part of the associated data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// The config's MAC domain (never sealed).
+    Config = 1,
+    /// A key slot.
+    KeySlot = 2,
+    /// A pack as container, or its header as item.
+    Pack = 3,
+    /// A data blob inside a pack.
+    DataBlob = 4,
+    /// A tree blob inside a pack.
+    TreeBlob = 5,
+    /// An index file.
+    Index = 6,
+    /// A snapshot.
+    Snapshot = 7,
+    /// A lock.
+    Lock = 8,
+}
+
+/// The repository's master key material. Zeroized on drop; `Debug` never shows it.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct MasterKey {
+    repo_secret: [u8; 32],
+    /// (epoch number, data key), ascending.
+    epochs: Vec<(u32, [u8; 32])>,
+    current: u32,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKey")
+            .field("epochs", &self.epoch_numbers())
+            .field("current", &self.current)
+            .finish()
+    }
+}
+
+const MASTER_KEY_FORMAT: u8 = 1;
+
+impl MasterKey {
+    /// A new random master key with epoch 0.
+    pub fn generate() -> Self {
+        Self {
+            repo_secret: rand::random(),
+            epochs: vec![(0, rand::random())],
+            current: 0,
+        }
+    }
+
+    /// Epoch numbers this key can open.
+    pub fn epoch_numbers(&self) -> Vec<u32> {
+        self.epochs.iter().map(|(e, _)| *e).collect()
+    }
+
+    /// The epoch new objects are sealed under.
+    pub fn current_epoch(&self) -> u32 {
+        self.current
+    }
+
+    /// Adds a fresh epoch and makes it current (master-key rotation).
+    pub fn rotate(&mut self) -> u32 {
+        let next = self.epochs.iter().map(|(e, _)| *e).max().unwrap_or(0) + 1;
+        self.epochs.push((next, rand::random()));
+        self.current = next;
+        next
+    }
+
+    /// Serialized form, as wrapped inside a key slot.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(41 + 36 * self.epochs.len()));
+        out.push(MASTER_KEY_FORMAT);
+        out.extend_from_slice(&self.repo_secret);
+        out.extend_from_slice(&self.current.to_le_bytes());
+        out.extend_from_slice(&(self.epochs.len() as u32).to_le_bytes());
+        for (e, k) in &self.epochs {
+            out.extend_from_slice(&e.to_le_bytes());
+            out.extend_from_slice(k);
+        }
+        out
+    }
+
+    /// Parses [`MasterKey::to_bytes`] output.
+    ///
+    /// # Errors
+    /// [`Error::Format`] on any malformed input.
+    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        let bad = |why: &str| Error::format("master key", why);
+        if b.len() < 41 || b[0] != MASTER_KEY_FORMAT {
+            return Err(bad("unknown version or too short"));
+        }
+        let mut repo_secret = [0u8; 32];
+        repo_secret.copy_from_slice(&b[1..33]);
+        let current = u32::from_le_bytes(b[33..37].try_into().map_err(|_| bad("short"))?);
+        let n = u32::from_le_bytes(b[37..41].try_into().map_err(|_| bad("short"))?) as usize;
+        if n == 0 || b.len() != 41 + 36 * n {
+            return Err(bad("wrong length"));
+        }
+        let mut epochs = Vec::with_capacity(n);
+        for i in 0..n {
+            let o = 41 + 36 * i;
+            let e = u32::from_le_bytes(b[o..o + 4].try_into().map_err(|_| bad("short"))?);
+            let mut k = [0u8; 32];
+            k.copy_from_slice(&b[o + 4..o + 36]);
+            epochs.push((e, k));
+        }
+        if !epochs.iter().any(|(e, _)| *e == current) {
+            return Err(bad("current epoch has no key"));
+        }
+        Ok(Self {
+            repo_secret,
+            epochs,
+            current,
+        })
+    }
+}
+
+/// Everything derived from the master key for one repository; what the repository layer uses.
+pub struct RepoKeys {
+    repo_id: RepoId,
+    cipher: Cipher,
+    master: MasterKey,
+    id_key: Zeroizing<[u8; 32]>,
+    mac_key: Zeroizing<[u8; 32]>,
+    chunker_seed: u64,
+}
+
+impl std::fmt::Debug for RepoKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoKeys")
+            .field("repo_id", &self.repo_id)
+            .field("cipher", &self.cipher)
+            .finish()
+    }
+}
+
+impl RepoKeys {
+    /// Derives the working keys of repository `repo_id` sealing with `cipher`.
+    pub fn new(master: MasterKey, repo_id: RepoId, cipher: Cipher) -> Self {
+        let id_key = Zeroizing::new(blake3::derive_key(
+            "gatevault v1 blob id key",
+            &master.repo_secret,
+        ));
+        let mac_key = Zeroizing::new(blake3::derive_key(
+            "gatevault v1 config mac key",
+            &master.repo_secret,
+        ));
+        let seed = blake3::derive_key("gatevault v1 chunker gear seed", &master.repo_secret);
+        let mut s = [0u8; 8];
+        s.copy_from_slice(&seed[..8]);
+        Self {
+            repo_id,
+            cipher,
+            master,
+            id_key,
+            mac_key,
+            chunker_seed: u64::from_le_bytes(s),
+        }
+    }
+
+    /// The master key (for wrapping into new key slots).
+    pub fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
+    /// The repository id bound into every ciphertext.
+    pub fn repo_id(&self) -> RepoId {
+        self.repo_id
+    }
+
+    /// The cipher for new objects.
+    pub fn cipher(&self) -> Cipher {
+        self.cipher
+    }
+
+    /// The keyed BLAKE3 id of a blob's plaintext.
+    pub fn blob_id(&self, data: &[u8]) -> BlobId {
+        BlobId(*blake3::keyed_hash(&self.id_key, data).as_bytes())
+    }
+
+    /// The secret seed of the chunker's gear table.
+    pub fn chunker_seed(&self) -> u64 {
+        self.chunker_seed
+    }
+
+    /// A MAC over the config object's authenticated fields.
+    pub fn config_mac(&self, bytes: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.mac_key);
+        h.update(&[Kind::Config as u8]);
+        h.update(bytes);
+        *h.finalize().as_bytes()
+    }
+
+    fn epoch_key(&self, epoch: u32) -> Result<&[u8; 32]> {
+        self.master.epochs.iter().find(|(e, _)| *e == epoch).map(|(_, k)| k).ok_or_else(|| {
+            Error::integrity(
+                format!("key epoch {epoch}"),
+                "this master key has no such epoch (retired, or the object is from another repository)",
+            )
+        })
+    }
+
+    /// The sealer for items of one stored object (a pack, snapshot, index file or lock), under the current
+    /// epoch.
+    pub fn object(&self, kind: Kind, id: &[u8; 32]) -> ObjectCipher {
+        self.object_at(self.master.current, kind, id)
+            .expect("the current epoch always has a key")
+    }
+
+    fn object_at(&self, epoch: u32, kind: Kind, id: &[u8; 32]) -> Result<ObjectCipher> {
+        let ek = self.epoch_key(epoch)?;
+        let mut h = blake3::Hasher::new_derive_key("gatevault v1 object subkey");
+        h.update(ek);
+        h.update(&[kind as u8]);
+        h.update(id);
+        let sub = Zeroizing::new(*h.finalize().as_bytes());
+        let aead = match self.cipher {
+            Cipher::XChaCha20Poly1305 => Aead::X(Box::new(XChaCha20Poly1305::new((&*sub).into()))),
+            Cipher::Aes256Gcm => Aead::A(Box::new(Aes256Gcm::new((&*sub).into()))),
+        };
+        Ok(ObjectCipher {
+            repo_id: self.repo_id.0,
+            kind,
+            id: *id,
+            epoch,
+            cipher: self.cipher,
+            aead,
+        })
+    }
+
+    /// Opens one item of a stored object, whatever epoch and cipher sealed it.
+    ///
+    /// # Errors
+    /// [`Error::IntegrityMismatch`] naming `what` when the envelope is malformed or does not authenticate.
+    pub fn open(
+        &self,
+        kind: Kind,
+        id: &[u8; 32],
+        item: Kind,
+        item_id: &[u8; 32],
+        envelope: &[u8],
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        let (cipher, epoch) = parse_envelope_header(envelope, what)?;
+        let oc = if cipher == self.cipher {
+            self.object_at(epoch, kind, id)?
+        } else {
+            let other = RepoKeys {
+                repo_id: self.repo_id,
+                cipher,
+                master: self.master.clone(),
+                id_key: self.id_key.clone(),
+                mac_key: self.mac_key.clone(),
+                chunker_seed: self.chunker_seed,
+            };
+            other.object_at(epoch, kind, id)?
+        };
+        oc.open(item, item_id, envelope, what)
+    }
+
+    /// Seals a single-item object (snapshot, index file, lock): the item is the object itself.
+    pub fn seal_object(&self, kind: Kind, id: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
+        self.object(kind, id).seal(kind, id, plaintext)
+    }
+
+    /// Opens a single-item object sealed by [`RepoKeys::seal_object`].
+    ///
+    /// # Errors
+    /// As [`RepoKeys::open`].
+    pub fn open_object(
+        &self,
+        kind: Kind,
+        id: &[u8; 32],
+        envelope: &[u8],
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        self.open(kind, id, kind, id, envelope, what)
+    }
+}
+
+enum Aead {
+    X(Box<XChaCha20Poly1305>),
+    A(Box<Aes256Gcm>),
+}
+
+/// Seals and opens the items of one stored object under that object's subkey.
+pub struct ObjectCipher {
+    repo_id: [u8; 32],
+    kind: Kind,
+    id: [u8; 32],
+    epoch: u32,
+    cipher: Cipher,
+    aead: Aead,
+}
+
+fn parse_envelope_header(env: &[u8], what: &str) -> Result<(Cipher, u32)> {
+    if env.len() < 6 {
+        return Err(Error::integrity(what, "envelope too short"));
+    }
+    if env[0] != ENVELOPE_VERSION {
+        return Err(Error::integrity(
+            what,
+            format!("unknown envelope version {}", env[0]),
+        ));
+    }
+    let cipher = Cipher::from_byte(env[1])
+        .ok_or_else(|| Error::integrity(what, format!("unknown cipher {}", env[1])))?;
+    let epoch = u32::from_le_bytes([env[2], env[3], env[4], env[5]]);
+    if env.len() < cipher.overhead() {
+        return Err(Error::integrity(what, "envelope too short"));
+    }
+    Ok((cipher, epoch))
+}
+
+impl ObjectCipher {
+    fn aad(&self, item: Kind, item_id: &[u8; 32], header: &[u8]) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(13 + 32 * 3 + 2 + header.len());
+        aad.extend_from_slice(b"gatevault-v1\0");
+        aad.extend_from_slice(&self.repo_id);
+        aad.push(self.kind as u8);
+        aad.extend_from_slice(&self.id);
+        aad.push(item as u8);
+        aad.extend_from_slice(item_id);
+        aad.extend_from_slice(header);
+        aad
+    }
+
+    /// Seals one item with a fresh random nonce.
+    pub fn seal(&self, item: Kind, item_id: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
+        let nl = self.cipher.nonce_len();
+        let mut out = Vec::with_capacity(plaintext.len() + self.cipher.overhead());
+        out.push(ENVELOPE_VERSION);
+        out.push(self.cipher.byte());
+        out.extend_from_slice(&self.epoch.to_le_bytes());
+        let mut nonce = [0u8; 24];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut nonce[..nl]);
+        out.extend_from_slice(&nonce[..nl]);
+        let hl = out.len();
+        let aad = self.aad(item, item_id, &out[..hl]);
+        out.extend_from_slice(plaintext);
+        let tag = match &self.aead {
+            Aead::X(c) => c
+                .encrypt_in_place_detached((&nonce).into(), &aad, &mut out[hl..])
+                .map(|t| t.to_vec()),
+            Aead::A(c) => c
+                .encrypt_in_place_detached(nonce[..12].into(), &aad, &mut out[hl..])
+                .map(|t| t.to_vec()),
+        }
+        .expect("AEAD encryption of an in-memory buffer cannot fail");
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    /// Opens one item sealed by [`ObjectCipher::seal`].
+    ///
+    /// # Errors
+    /// [`Error::IntegrityMismatch`] naming `what` when the envelope is malformed, was sealed for another
+    /// object, item, type or repository, or was altered.
+    pub fn open(&self, item: Kind, item_id: &[u8; 32], env: &[u8], what: &str) -> Result<Vec<u8>> {
+        let (cipher, epoch) = parse_envelope_header(env, what)?;
+        if cipher != self.cipher || epoch != self.epoch {
+            return Err(Error::integrity(
+                what,
+                "sealed under another cipher or key epoch",
+            ));
+        }
+        let nl = cipher.nonce_len();
+        let hl = 6 + nl;
+        let tl = env.len() - TAG_LEN;
+        let aad = self.aad(item, item_id, &env[..hl]);
+        let mut buf = env[hl..tl].to_vec();
+        let tag = &env[tl..];
+        let ok = match &self.aead {
+            Aead::X(c) => {
+                c.decrypt_in_place_detached(env[6..hl].into(), &aad, &mut buf, tag.into())
+            }
+            Aead::A(c) => {
+                c.decrypt_in_place_detached(env[6..hl].into(), &aad, &mut buf, tag.into())
+            }
+        };
+        ok.map_err(|_| {
+            Error::integrity(
+                what,
+                "authentication failed (damaged, moved, or from another repository)",
+            )
+        })?;
+        Ok(buf)
+    }
+}
+
+/// Keyed hash used by the tamper-evident chains and tests: plain BLAKE3 of `data`.
+pub fn content_hash(data: &[u8]) -> [u8; 32] {
+    *blake3::hash(data).as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(cipher: Cipher) -> RepoKeys {
+        RepoKeys::new(MasterKey::generate(), RepoId::random(), cipher)
+    }
+
+    #[test]
+    fn seal_open_round_trip_both_ciphers() {
+        for c in [Cipher::XChaCha20Poly1305, Cipher::Aes256Gcm] {
+            let k = keys(c);
+            let pack = [7u8; 32];
+            let blob = [9u8; 32];
+            let oc = k.object(Kind::Pack, &pack);
+            let env = oc.seal(Kind::DataBlob, &blob, b"hello");
+            assert_eq!(env.len(), 5 + c.overhead());
+            assert_eq!(
+                k.open(Kind::Pack, &pack, Kind::DataBlob, &blob, &env, "t")
+                    .unwrap(),
+                b"hello"
+            );
+        }
+    }
+
+    #[test]
+    fn binding_rejects_moved_or_retyped_ciphertext() {
+        let k = keys(Cipher::XChaCha20Poly1305);
+        let (p, b) = ([1u8; 32], [2u8; 32]);
+        let env = k.object(Kind::Pack, &p).seal(Kind::DataBlob, &b, b"data");
+        let bad = |r: Result<Vec<u8>>| assert!(matches!(r, Err(Error::IntegrityMismatch { .. })));
+        bad(k.open(Kind::Pack, &p, Kind::TreeBlob, &b, &env, "t")); // type confusion
+        bad(k.open(Kind::Pack, &[3u8; 32], Kind::DataBlob, &b, &env, "t")); // moved to another pack
+        bad(k.open(Kind::Pack, &p, Kind::DataBlob, &[4u8; 32], &env, "t")); // other blob id
+        let other_repo = RepoKeys::new(
+            k.master().clone(),
+            RepoId::random(),
+            Cipher::XChaCha20Poly1305,
+        );
+        bad(other_repo.open(Kind::Pack, &p, Kind::DataBlob, &b, &env, "t"));
+        for i in 0..env.len() {
+            let mut e = env.clone();
+            e[i] ^= 0x40;
+            assert!(
+                k.open(Kind::Pack, &p, Kind::DataBlob, &b, &e, "t").is_err(),
+                "flip at {i} detected"
+            );
+        }
+        bad(k.open(
+            Kind::Pack,
+            &p,
+            Kind::DataBlob,
+            &b,
+            &env[..env.len() - 1],
+            "t",
+        ));
+    }
+
+    #[test]
+    fn rotation_keeps_old_epochs_readable() {
+        let mut m = MasterKey::generate();
+        let id = RepoId::random();
+        let k0 = RepoKeys::new(m.clone(), id, Cipher::Aes256Gcm);
+        let env0 = k0.seal_object(Kind::Snapshot, &[5u8; 32], b"old");
+        assert_eq!(m.rotate(), 1);
+        let k1 = RepoKeys::new(
+            MasterKey::from_bytes(&m.to_bytes()).unwrap(),
+            id,
+            Cipher::Aes256Gcm,
+        );
+        let env1 = k1.seal_object(Kind::Snapshot, &[5u8; 32], b"new");
+        assert_eq!(u32::from_le_bytes(env1[2..6].try_into().unwrap()), 1);
+        assert_eq!(
+            k1.open_object(Kind::Snapshot, &[5u8; 32], &env0, "t")
+                .unwrap(),
+            b"old"
+        );
+        assert!(
+            k0.open_object(Kind::Snapshot, &[5u8; 32], &env1, "t")
+                .is_err(),
+            "old key cannot read new epoch"
+        );
+        assert_eq!(
+            k0.blob_id(b"x"),
+            k1.blob_id(b"x"),
+            "blob ids survive rotation"
+        );
+    }
+
+    #[test]
+    fn blob_ids_are_keyed() {
+        let a = keys(Cipher::XChaCha20Poly1305);
+        let b = keys(Cipher::XChaCha20Poly1305);
+        assert_ne!(a.blob_id(b"same"), b.blob_id(b"same"));
+        assert_ne!(a.blob_id(b"same").0, *blake3::hash(b"same").as_bytes());
+    }
+
+    #[test]
+    fn master_key_parsing_rejects_garbage() {
+        assert!(MasterKey::from_bytes(&[]).is_err());
+        let m = MasterKey::generate();
+        let b = m.to_bytes();
+        assert!(MasterKey::from_bytes(&b[..b.len() - 1]).is_err());
+        assert!(!format!("{m:?}").contains(&hex::encode(m.repo_secret)));
+    }
+}

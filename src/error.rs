@@ -1,0 +1,104 @@
+//! Typed errors of the library.
+//!
+//! Every variant is something a caller can act on; the binary maps them to documented exit codes
+//! (see `docs/cli.md`). Messages name the object that failed and, where there is one, the next step.
+
+use crate::backend::FileType;
+
+/// The result type of the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in the library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The repository location holds no repository.
+    #[error("no repository at {location}: {reason} (create one with `gatevault init`)")]
+    NoRepository { location: String, reason: String },
+
+    /// The repository was written by a newer gatevault.
+    #[error("repository at {location} has format version {found}; this gatevault reads up to version {supported}: upgrade gatevault")]
+    NewerFormat {
+        location: String,
+        found: u32,
+        supported: u32,
+    },
+
+    /// No key slot opened with the given password or key file.
+    #[error("wrong password or key file: no key slot in the repository opens with it")]
+    WrongPassword,
+
+    /// No password or key file was given and none could be asked for.
+    #[error("{0}")]
+    NoCredentials(String),
+
+    /// An object is absent from the repository.
+    #[error("{kind} {id} not found")]
+    NotFound { kind: String, id: String },
+
+    /// A write-once object already exists.
+    #[error("{file_type} {name} already exists")]
+    AlreadyExists { file_type: FileType, name: String },
+
+    /// Stored bytes do not match what the repository says they must be.
+    #[error("integrity error in {object}: {reason}")]
+    IntegrityMismatch { object: String, reason: String },
+
+    /// A lock held by another process prevents the operation.
+    #[error("repository is locked {detail}; if that process is gone, run `gatevault unlock` (locks go stale after 30 minutes without refresh)")]
+    Locked { detail: String },
+
+    /// Our own lock could not be refreshed, so the job must not go on.
+    #[error("lost the repository lock: {0}; the job was aborted before committing anything")]
+    LockLost(String),
+
+    /// A parse error of an on-disk structure that authenticated correctly (a bug or a future format).
+    #[error("cannot parse {object}: {reason}")]
+    Format { object: String, reason: String },
+
+    /// Bad input from the user.
+    #[error("{0}")]
+    InvalidInput(String),
+
+    /// An operation on the local index cache failed.
+    #[error("local index cache {path}: {reason}")]
+    Cache { path: String, reason: String },
+
+    /// An I/O error, with the path or object it happened on.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The operation was interrupted by the user.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done and on which path.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Builds an integrity error for `object`.
+    pub fn integrity(object: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::IntegrityMismatch {
+            object: object.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Builds a format error for `object`.
+    pub fn format(object: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Error::Format {
+            object: object.into(),
+            reason: reason.to_string(),
+        }
+    }
+}

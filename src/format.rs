@@ -1,0 +1,732 @@
+//! Every on-disk structure, with its version constant, serialization and parser.
+//!
+//! This module is the reference for `docs/design.md`: nothing else serializes a stored object. Binary
+//! formats are little-endian. The parsers run on authenticated plaintext, but are still written to
+//! reject any malformed input without panicking (they are fuzz targets, see `fuzz/`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Cipher;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, PackId, RepoId, SnapshotId};
+
+/// The repository format version this build writes and the newest it reads.
+pub const REPO_VERSION: u32 = 1;
+/// Version of pack headers.
+pub const PACK_HEADER_VERSION: u8 = 1;
+/// Version of index files.
+pub const INDEX_VERSION: u8 = 1;
+/// Version of tree blobs.
+pub const TREE_VERSION: u32 = 1;
+/// Version of snapshots.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+// ------------------------------------------------------------------------------------------ config
+
+/// Chunker parameters, fixed at `init`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    /// The preset these values came from ("config" or "bulk").
+    pub preset: String,
+    /// Minimum chunk size in bytes.
+    pub min_size: u32,
+    /// Average chunk size in bytes.
+    pub avg_size: u32,
+    /// Maximum chunk size in bytes.
+    pub max_size: u32,
+}
+
+impl ChunkerParams {
+    /// Small chunks for gateway configurations: 2 KiB / 8 KiB / 64 KiB.
+    pub fn config() -> Self {
+        Self {
+            preset: "config".into(),
+            min_size: 2 * 1024,
+            avg_size: 8 * 1024,
+            max_size: 64 * 1024,
+        }
+    }
+
+    /// Large chunks for bulk data: 512 KiB / 2 MiB / 8 MiB.
+    pub fn bulk() -> Self {
+        Self {
+            preset: "bulk".into(),
+            min_size: 512 * 1024,
+            avg_size: 2 * 1024 * 1024,
+            max_size: 8 * 1024 * 1024,
+        }
+    }
+
+    /// Checks the limits of the FastCDC implementation.
+    ///
+    /// # Errors
+    /// [`Error::Format`] when a value is out of range.
+    pub fn validate(&self) -> Result<()> {
+        let ok = (64..=1_048_576).contains(&self.min_size)
+            && (256..=4_194_304).contains(&self.avg_size)
+            && (1024..=16_777_216).contains(&self.max_size)
+            && self.min_size <= self.avg_size
+            && self.avg_size <= self.max_size;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::format(
+                "config",
+                format!("chunker parameters out of range: {self:?}"),
+            ))
+        }
+    }
+}
+
+/// The `config` object: cleartext, authenticated by a MAC under a key derived from the master key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Repository format version ([`REPO_VERSION`]).
+    pub version: u32,
+    /// The repository id.
+    pub id: RepoId,
+    /// Chunker parameters.
+    pub chunker: ChunkerParams,
+    /// Cipher of new objects.
+    pub cipher: Cipher,
+    /// zstd level of new blobs; 0 turns compression off.
+    pub compression: i32,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+    /// When `init` ran (RFC 3339).
+    pub created: String,
+    /// Hex MAC over the other fields (see [`RepoConfig::mac_input`]).
+    #[serde(default)]
+    pub mac: String,
+}
+
+impl RepoConfig {
+    /// The bytes the MAC covers: the JSON of every field but `mac`.
+    pub fn mac_input(&self) -> Vec<u8> {
+        let mut c = self.clone();
+        c.mac.clear();
+        serde_json::to_vec(&c).expect("config serializes")
+    }
+}
+
+/// Reads only the version and id of a config, before any key is known.
+#[derive(Deserialize)]
+pub struct ConfigHead {
+    /// Format version.
+    pub version: u32,
+}
+
+// ------------------------------------------------------------------------------------------ blobs
+
+/// What a blob holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobType {
+    /// File content.
+    Data,
+    /// A directory listing (JSON [`Tree`]).
+    Tree,
+}
+
+impl BlobType {
+    /// The byte stored in pack headers and index files.
+    pub fn byte(self) -> u8 {
+        match self {
+            BlobType::Data => 0,
+            BlobType::Tree => 1,
+        }
+    }
+
+    /// Parses [`BlobType::byte`].
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(BlobType::Data),
+            1 => Some(BlobType::Tree),
+            _ => None,
+        }
+    }
+}
+
+/// Where one blob lives inside its pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PackEntry {
+    /// Data or tree.
+    #[serde(rename = "type")]
+    pub blob_type: BlobType,
+    /// The blob id.
+    pub id: BlobId,
+    /// Offset of its envelope in the pack.
+    pub offset: u32,
+    /// Length of its envelope.
+    pub length: u32,
+    /// Length of the plaintext before compression.
+    pub raw_length: u32,
+}
+
+const ENTRY_LEN: usize = 1 + 32 + 4 + 4 + 4;
+
+fn put_entry(out: &mut Vec<u8>, e: &PackEntry) {
+    out.push(e.blob_type.byte());
+    out.extend_from_slice(&e.id.0);
+    out.extend_from_slice(&e.offset.to_le_bytes());
+    out.extend_from_slice(&e.length.to_le_bytes());
+    out.extend_from_slice(&e.raw_length.to_le_bytes());
+}
+
+/// A cursor over bytes that fails instead of panicking.
+struct Reader<'a> {
+    b: &'a [u8],
+    what: &'a str,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.b.len() < n {
+            return Err(Error::format(self.what, "truncated"));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?
+                .try_into()
+                .map_err(|_| Error::format(self.what, "truncated"))?,
+        ))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?
+                .try_into()
+                .map_err(|_| Error::format(self.what, "truncated"))?,
+        ))
+    }
+    fn id(&mut self) -> Result<[u8; 32]> {
+        self.take(32)?
+            .try_into()
+            .map_err(|_| Error::format(self.what, "truncated"))
+    }
+    /// A count of items each at least `item_len` bytes long, checked against what is left.
+    fn count(&mut self, item_len: usize) -> Result<usize> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(item_len) > self.b.len() {
+            return Err(Error::format(
+                self.what,
+                format!("count {n} exceeds the data"),
+            ));
+        }
+        Ok(n)
+    }
+    fn entry(&mut self) -> Result<PackEntry> {
+        let t = self.u8()?;
+        let blob_type = BlobType::from_byte(t)
+            .ok_or_else(|| Error::format(self.what, format!("unknown blob type {t}")))?;
+        Ok(PackEntry {
+            blob_type,
+            id: BlobId(self.id()?),
+            offset: self.u32()?,
+            length: self.u32()?,
+            raw_length: self.u32()?,
+        })
+    }
+    fn end(&self) -> Result<()> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::format(self.what, "trailing bytes"))
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------ packs
+
+/// Serializes a pack header's plaintext: `"GVPH" | version | count u32 | entries`.
+pub fn encode_pack_header(entries: &[PackEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + entries.len() * ENTRY_LEN);
+    out.extend_from_slice(b"GVPH");
+    out.push(PACK_HEADER_VERSION);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        put_entry(&mut out, e);
+    }
+    out
+}
+
+/// Parses a pack header's plaintext and checks that every entry lies inside `blobs_len` bytes and that
+/// entries do not overlap.
+///
+/// # Errors
+/// [`Error::Format`] on malformed input.
+pub fn decode_pack_header(b: &[u8], blobs_len: u64) -> Result<Vec<PackEntry>> {
+    let mut r = Reader {
+        b,
+        what: "pack header",
+    };
+    if r.take(4)? != b"GVPH" {
+        return Err(Error::format("pack header", "bad magic"));
+    }
+    let v = r.u8()?;
+    if v != PACK_HEADER_VERSION {
+        return Err(Error::format("pack header", format!("unknown version {v}")));
+    }
+    let n = r.count(ENTRY_LEN)?;
+    let mut entries = Vec::with_capacity(n);
+    for _ in 0..n {
+        entries.push(r.entry()?);
+    }
+    r.end()?;
+    check_entries(&entries, blobs_len, "pack header")?;
+    Ok(entries)
+}
+
+fn check_entries(entries: &[PackEntry], blobs_len: u64, what: &str) -> Result<()> {
+    let mut spans: Vec<(u64, u64)> = entries
+        .iter()
+        .map(|e| (e.offset as u64, e.offset as u64 + e.length as u64))
+        .collect();
+    spans.sort_unstable();
+    let mut prev_end = 0;
+    for (s, e) in spans {
+        if s < prev_end || e > blobs_len || e == s {
+            return Err(Error::format(
+                what,
+                "blob ranges overlap, are empty, or lie outside the pack",
+            ));
+        }
+        prev_end = e;
+    }
+    Ok(())
+}
+
+/// Splits a pack file into (blob area length, header envelope) using its 4-byte trailer.
+///
+/// # Errors
+/// [`Error::Format`] when the trailer points outside the file.
+pub fn split_pack_trailer(pack: &[u8]) -> Result<(usize, &[u8])> {
+    if pack.len() < 4 {
+        return Err(Error::format("pack", "shorter than its trailer"));
+    }
+    let hl = u32::from_le_bytes(
+        pack[pack.len() - 4..]
+            .try_into()
+            .map_err(|_| Error::format("pack", "trailer"))?,
+    ) as usize;
+    let end = pack.len() - 4;
+    if hl > end {
+        return Err(Error::format(
+            "pack",
+            format!("header length {hl} exceeds the pack"),
+        ));
+    }
+    Ok((end - hl, &pack[end - hl..end]))
+}
+
+// ------------------------------------------------------------------------------------------ index
+
+/// One pack as an index file lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexPack {
+    /// The pack.
+    pub id: PackId,
+    /// Its total size in bytes.
+    pub size: u64,
+    /// Its blobs.
+    pub blobs: Vec<PackEntry>,
+}
+
+/// An index file: which blobs lie in which packs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexFile {
+    /// Index files this one replaces (written by `repair index` and prune); they may be deleted.
+    pub supersedes: Vec<crate::id::IndexId>,
+    /// The packs.
+    pub packs: Vec<IndexPack>,
+}
+
+impl IndexFile {
+    /// Serializes: `"GVIX" | version | n u32 | superseded ids | n u32 | packs`, each pack
+    /// `id | size u64 | n u32 | entries`.
+    pub fn encode(&self) -> Vec<u8> {
+        let blobs: usize = self.packs.iter().map(|p| p.blobs.len()).sum();
+        let mut out = Vec::with_capacity(
+            13 + 32 * self.supersedes.len() + 44 * self.packs.len() + ENTRY_LEN * blobs,
+        );
+        out.extend_from_slice(b"GVIX");
+        out.push(INDEX_VERSION);
+        out.extend_from_slice(&(self.supersedes.len() as u32).to_le_bytes());
+        for s in &self.supersedes {
+            out.extend_from_slice(&s.0);
+        }
+        out.extend_from_slice(&(self.packs.len() as u32).to_le_bytes());
+        for p in &self.packs {
+            out.extend_from_slice(&p.id.0);
+            out.extend_from_slice(&p.size.to_le_bytes());
+            out.extend_from_slice(&(p.blobs.len() as u32).to_le_bytes());
+            for e in &p.blobs {
+                put_entry(&mut out, e);
+            }
+        }
+        out
+    }
+
+    /// Parses [`IndexFile::encode`] output.
+    ///
+    /// # Errors
+    /// [`Error::Format`] on malformed input.
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let mut r = Reader {
+            b,
+            what: "index file",
+        };
+        if r.take(4)? != b"GVIX" {
+            return Err(Error::format("index file", "bad magic"));
+        }
+        let v = r.u8()?;
+        if v != INDEX_VERSION {
+            return Err(Error::format("index file", format!("unknown version {v}")));
+        }
+        let ns = r.count(32)?;
+        let mut supersedes = Vec::with_capacity(ns);
+        for _ in 0..ns {
+            supersedes.push(crate::id::IndexId(r.id()?));
+        }
+        let np = r.count(44)?;
+        let mut packs = Vec::with_capacity(np);
+        for _ in 0..np {
+            let id = PackId(r.id()?);
+            let size = r.u64()?;
+            let nb = r.count(ENTRY_LEN)?;
+            let mut blobs = Vec::with_capacity(nb);
+            for _ in 0..nb {
+                blobs.push(r.entry()?);
+            }
+            check_entries(&blobs, size, "index file")?;
+            packs.push(IndexPack { id, size, blobs });
+        }
+        r.end()?;
+        Ok(Self { supersedes, packs })
+    }
+}
+
+// ------------------------------------------------------------------------------------------ trees
+
+/// The type of a tree node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeType {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+}
+
+/// One entry of a directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// File name (one path component, valid UTF-8).
+    pub name: String,
+    /// File, directory or link.
+    #[serde(rename = "type")]
+    pub node_type: NodeType,
+    /// Unix permission bits.
+    pub mode: u32,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// File size in bytes (0 for others).
+    #[serde(default)]
+    pub size: u64,
+    /// Inode number at backup time (change detection).
+    #[serde(default)]
+    pub inode: u64,
+    /// Device number at backup time (change detection).
+    #[serde(default)]
+    pub device: u64,
+    /// Content chunks of a file, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content: Vec<BlobId>,
+    /// The tree of a directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtree: Option<BlobId>,
+    /// The target of a link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+}
+
+/// A directory listing, stored as a JSON tree blob.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    /// [`TREE_VERSION`].
+    pub version: u32,
+    /// Entries, sorted by name, names unique.
+    pub nodes: Vec<Node>,
+}
+
+impl Tree {
+    /// Serializes to the canonical JSON (so equal trees get equal ids).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("tree serializes")
+    }
+
+    /// Parses a tree blob and checks its invariants.
+    ///
+    /// # Errors
+    /// [`Error::Format`] on bad JSON, an unknown version, unsorted or unsafe names, or a node whose
+    /// fields do not fit its type.
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let t: Tree = serde_json::from_slice(b).map_err(|e| Error::format("tree", e))?;
+        if t.version != TREE_VERSION {
+            return Err(Error::format(
+                "tree",
+                format!("unknown version {}", t.version),
+            ));
+        }
+        for w in t.nodes.windows(2) {
+            if w[0].name >= w[1].name {
+                return Err(Error::format("tree", "names not sorted or not unique"));
+            }
+        }
+        for n in &t.nodes {
+            if n.name.is_empty()
+                || n.name == "."
+                || n.name == ".."
+                || n.name.contains('/')
+                || n.name.contains('\0')
+            {
+                return Err(Error::format("tree", format!("unsafe name {:?}", n.name)));
+            }
+            let fits = match n.node_type {
+                NodeType::File => n.subtree.is_none() && n.link_target.is_none(),
+                NodeType::Dir => n.subtree.is_some() && n.content.is_empty(),
+                NodeType::Symlink => {
+                    n.link_target.is_some() && n.content.is_empty() && n.subtree.is_none()
+                }
+            };
+            if !fits {
+                return Err(Error::format(
+                    "tree",
+                    format!("node {:?} has fields of another type", n.name),
+                ));
+            }
+        }
+        Ok(t)
+    }
+}
+
+// ------------------------------------------------------------------------------------------ snapshots
+
+/// Figures of the backup that made a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Files not in the parent.
+    pub files_new: u64,
+    /// Files whose content or metadata changed.
+    pub files_changed: u64,
+    /// Files skipped as unchanged.
+    pub files_unchanged: u64,
+    /// Directories in the snapshot.
+    pub dirs: u64,
+    /// Files that could not be read (a partial snapshot).
+    #[serde(default)]
+    pub files_failed: u64,
+    /// Blobs added to the repository.
+    pub blobs_added: u64,
+    /// Plaintext bytes added.
+    pub data_added: u64,
+    /// Bytes added after compression and encryption.
+    pub data_added_packed: u64,
+    /// Files in the snapshot.
+    pub total_files: u64,
+    /// Bytes of all files in the snapshot.
+    pub total_bytes: u64,
+    /// Start of the backup (RFC 3339).
+    pub backup_start: String,
+    /// End of the backup (RFC 3339).
+    pub backup_end: String,
+}
+
+/// A snapshot: the root of one backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// [`SNAPSHOT_VERSION`].
+    pub version: u32,
+    /// Time of the backup (client clock, RFC 3339).
+    pub time: String,
+    /// The root tree.
+    pub tree: BlobId,
+    /// Backed-up paths, absolute.
+    pub paths: Vec<String>,
+    /// Host name.
+    pub hostname: String,
+    /// User name.
+    pub username: String,
+    /// Tags, key to value (a bare tag has an empty value).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Version label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Free-text description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The snapshot compared against for change detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<SnapshotId>,
+    /// Backup figures.
+    #[serde(default)]
+    pub summary: Summary,
+    /// The program that wrote it.
+    pub program_version: String,
+}
+
+impl Snapshot {
+    /// Serializes to JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("snapshot serializes")
+    }
+
+    /// Parses a snapshot.
+    ///
+    /// # Errors
+    /// [`Error::Format`] on bad JSON, an unknown version or an unparsable time.
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let s: Snapshot = serde_json::from_slice(b).map_err(|e| Error::format("snapshot", e))?;
+        if s.version != SNAPSHOT_VERSION {
+            return Err(Error::format(
+                "snapshot",
+                format!("unknown version {}", s.version),
+            ));
+        }
+        s.timestamp()?;
+        Ok(s)
+    }
+
+    /// The snapshot time.
+    ///
+    /// # Errors
+    /// [`Error::Format`] when `time` is not RFC 3339.
+    pub fn timestamp(&self) -> Result<chrono::DateTime<chrono::Utc>> {
+        chrono::DateTime::parse_from_rfc3339(&self.time)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|e| Error::format("snapshot time", e))
+    }
+}
+
+// ------------------------------------------------------------------------------------------ locks
+
+/// A lock object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    /// When it was written (refresh writes a new lock).
+    pub time: String,
+    /// Exclusive or shared.
+    pub exclusive: bool,
+    /// Host of the holder.
+    pub hostname: String,
+    /// User of the holder.
+    pub username: String,
+    /// Process id of the holder.
+    pub pid: u32,
+    /// What the holder is doing.
+    #[serde(default)]
+    pub command: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(i: u32, off: u32, len: u32) -> PackEntry {
+        PackEntry {
+            blob_type: if i % 2 == 0 {
+                BlobType::Data
+            } else {
+                BlobType::Tree
+            },
+            id: BlobId([i as u8; 32]),
+            offset: off,
+            length: len,
+            raw_length: len * 2,
+        }
+    }
+
+    #[test]
+    fn pack_header_round_trip_and_rejects() {
+        let e = vec![entry(0, 0, 10), entry(1, 10, 5)];
+        let b = encode_pack_header(&e);
+        assert_eq!(decode_pack_header(&b, 15).unwrap(), e);
+        assert!(
+            decode_pack_header(&b, 14).is_err(),
+            "entry past the blob area"
+        );
+        assert!(decode_pack_header(&b[..b.len() - 1], 15).is_err());
+        let overlap = encode_pack_header(&[entry(0, 0, 10), entry(1, 5, 5)]);
+        assert!(decode_pack_header(&overlap, 100).is_err());
+        let mut huge = b.clone();
+        huge[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_pack_header(&huge, 15).is_err());
+    }
+
+    #[test]
+    fn tree_invariants() {
+        let n = |name: &str| Node {
+            name: name.into(),
+            node_type: NodeType::File,
+            mode: 0o644,
+            mtime_ns: 0,
+            size: 0,
+            inode: 0,
+            device: 0,
+            content: vec![],
+            subtree: None,
+            link_target: None,
+        };
+        let t = Tree {
+            version: 1,
+            nodes: vec![n("a"), n("b")],
+        };
+        assert_eq!(Tree::decode(&t.encode()).unwrap(), t);
+        for bad in [
+            vec![n("b"), n("a")],
+            vec![n("a"), n("a")],
+            vec![n("..")],
+            vec![n("x/y")],
+        ] {
+            assert!(Tree::decode(
+                &Tree {
+                    version: 1,
+                    nodes: bad
+                }
+                .encode()
+            )
+            .is_err());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn index_round_trip(sizes in proptest::collection::vec(1u32..5000, 0..40), sup in 0usize..3) {
+            let mut off = 0;
+            let blobs: Vec<_> = sizes.iter().enumerate().map(|(i, &l)| { let e = entry(i as u32, off, l); off += l; e }).collect();
+            let f = IndexFile {
+                supersedes: (0..sup).map(|i| crate::id::IndexId([i as u8; 32])).collect(),
+                packs: vec![IndexPack { id: PackId([1; 32]), size: off as u64 + 100, blobs }],
+            };
+            prop_assert_eq!(IndexFile::decode(&f.encode()).unwrap(), f);
+        }
+
+        #[test]
+        fn index_decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = IndexFile::decode(&b);
+            let _ = decode_pack_header(&b, 1000);
+        }
+    }
+}

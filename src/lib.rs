@@ -1,0 +1,32 @@
+//! gatevault: a content-addressed, deduplicating, encrypted backup store for API-gateway configurations.
+//!
+//! Layers, each depending only on those below it:
+//! - [`cli`]: one file per subcommand, each calling one library function;
+//! - [`backup`], [`restore`], [`check`], [`diff`], [`stats`], [`walk`]: the jobs;
+//! - [`repo`]: opening a repository, keys, snapshots, trees, blobs, locks, saving;
+//! - [`index`], [`pack`], [`chunker`], [`crypto`], [`format`]: storage format pieces;
+//! - [`backend`]: opaque bytes by file type and name.
+//!
+//! The repository format is specified in `docs/design.md`.
+
+pub mod backend;
+pub mod backup;
+pub mod check;
+pub mod chunker;
+pub mod cli;
+pub mod crypto;
+pub mod diff;
+pub mod error;
+pub mod format;
+pub mod id;
+pub mod index;
+pub mod pack;
+pub mod repair;
+pub mod repo;
+pub mod restore;
+pub mod select;
+pub mod stats;
+pub mod util;
+pub mod walk;
+
+pub use error::{Error, Result};

@@ -1,0 +1,334 @@
+//! Blobs and packs: compression, encryption and the pack file layout.
+//!
+//! A pack is `blob envelope* | header envelope | header length u32 LE`. Blobs are collected as
+//! compressed plaintext and only sealed when the pack is finished, so that their order can be shuffled and
+//! each pack gets its own subkey. Every compressed blob is decompressed and compared before it is
+//! accepted, so a compressor bug cannot store data that does not restore.
+
+use std::cell::RefCell;
+
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+
+use crate::crypto::{Kind, RepoKeys};
+use crate::error::{Error, Result};
+use crate::format::{self, BlobType, PackEntry};
+use crate::id::{BlobId, PackId};
+
+/// Blob plaintext flag: stored as is.
+const RAW: u8 = 0;
+/// Blob plaintext flag: zstd frame.
+const ZSTD: u8 = 1;
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().map(|(l, _)| *l) != Some(level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        c.as_mut()?.1.compress(data).ok()
+    })
+}
+
+fn decompress(data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut().expect("set above").decompress(data, raw_len)
+    })
+}
+
+/// Whether zstd is worth trying on `data`: large blobs are sampled first, so incompressible data
+/// (archives, random bytes, ciphertext) costs one small trial instead of a full pass.
+fn worth_compressing(data: &[u8], level: i32) -> bool {
+    const SAMPLE: usize = 64 * 1024;
+    if data.len() <= 2 * SAMPLE {
+        return true;
+    }
+    let mid = data.len() / 2;
+    let sample = &data[mid - SAMPLE / 2..mid + SAMPLE / 2];
+    compress(sample, level.min(3)).is_some_and(|c| c.len() < SAMPLE * 95 / 100)
+}
+
+/// Turns a blob's plaintext into its stored plaintext: a flag byte and the (maybe compressed) bytes.
+///
+/// # Errors
+/// [`Error::IntegrityMismatch`] when compressed output does not decompress to the input (a compressor bug).
+pub fn encode_blob(data: &[u8], level: i32) -> Result<Vec<u8>> {
+    if level > 0 && data.len() >= 64 && worth_compressing(data, level) {
+        if let Some(c) = compress(data, level) {
+            if c.len() + 16 < data.len() {
+                let back = decompress(&c, data.len()).map_err(|e| {
+                    Error::integrity(
+                        "new blob",
+                        format!("compressed data does not decompress: {e}"),
+                    )
+                })?;
+                if back != data {
+                    return Err(Error::integrity(
+                        "new blob",
+                        "compressed data decompresses to other bytes",
+                    ));
+                }
+                let mut out = Vec::with_capacity(c.len() + 1);
+                out.push(ZSTD);
+                out.extend_from_slice(&c);
+                return Ok(out);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(RAW);
+    out.extend_from_slice(data);
+    Ok(out)
+}
+
+/// Reverses [`encode_blob`].
+///
+/// # Errors
+/// [`Error::IntegrityMismatch`] naming `what` on an unknown flag, bad zstd data or a wrong length.
+pub fn decode_blob(stored: &[u8], raw_len: usize, what: &str) -> Result<Vec<u8>> {
+    let (flag, body) = stored
+        .split_first()
+        .ok_or_else(|| Error::integrity(what, "empty blob"))?;
+    let out = match *flag {
+        RAW => body.to_vec(),
+        ZSTD => {
+            decompress(body, raw_len).map_err(|e| Error::integrity(what, format!("zstd: {e}")))?
+        }
+        f => {
+            return Err(Error::integrity(
+                what,
+                format!("unknown compression flag {f}"),
+            ))
+        }
+    };
+    if out.len() != raw_len {
+        return Err(Error::integrity(
+            what,
+            format!("length {} where the index says {raw_len}", out.len()),
+        ));
+    }
+    Ok(out)
+}
+
+/// Opens one blob envelope read from pack `pack`, decompresses it and checks its id.
+///
+/// # Errors
+/// [`Error::IntegrityMismatch`] naming the pack and blob when anything does not match.
+pub fn open_blob(
+    keys: &RepoKeys,
+    pack: &PackId,
+    e: &PackEntry,
+    envelope: &[u8],
+) -> Result<Vec<u8>> {
+    let what = format!("blob {} in pack {}", e.id, pack);
+    let kind = blob_kind(e.blob_type);
+    let stored = keys.open(Kind::Pack, &pack.0, kind, &e.id.0, envelope, &what)?;
+    let data = decode_blob(&stored, e.raw_length as usize, &what)?;
+    if keys.blob_id(&data) != e.id {
+        return Err(Error::integrity(what, "content does not hash to its id"));
+    }
+    Ok(data)
+}
+
+fn blob_kind(t: BlobType) -> Kind {
+    match t {
+        BlobType::Data => Kind::DataBlob,
+        BlobType::Tree => Kind::TreeBlob,
+    }
+}
+
+/// A blob waiting in a pack being built.
+struct PendingBlob {
+    id: BlobId,
+    raw_length: u32,
+    stored: Vec<u8>,
+}
+
+/// Collects blobs of one type until the pack is full.
+pub struct PackBuilder {
+    blob_type: BlobType,
+    blobs: Vec<PendingBlob>,
+    size: usize,
+}
+
+/// A finished pack: its id, bytes and header entries.
+pub struct FinishedPack {
+    /// The new pack id.
+    pub id: PackId,
+    /// The whole pack file.
+    pub bytes: Vec<u8>,
+    /// Header entries (shuffled order).
+    pub entries: Vec<PackEntry>,
+}
+
+impl PackBuilder {
+    /// An empty pack of `blob_type` blobs.
+    pub fn new(blob_type: BlobType) -> Self {
+        Self {
+            blob_type,
+            blobs: Vec::new(),
+            size: 0,
+        }
+    }
+
+    /// Adds a blob's stored plaintext (from [`encode_blob`]).
+    pub fn add(&mut self, id: BlobId, raw_length: u32, stored: Vec<u8>) {
+        self.size += stored.len();
+        self.blobs.push(PendingBlob {
+            id,
+            raw_length,
+            stored,
+        });
+    }
+
+    /// Bytes collected so far.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Whether the pack holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    /// Shuffles the blobs, seals them in parallel under a fresh pack's subkey and appends the header.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the pack would exceed 4 GiB.
+    pub fn finish(mut self, keys: &RepoKeys) -> Result<FinishedPack> {
+        let id = PackId::random();
+        self.blobs.shuffle(&mut rand::thread_rng());
+        let oc = keys.object(Kind::Pack, &id.0);
+        let kind = blob_kind(self.blob_type);
+        let sealed: Vec<Vec<u8>> = self
+            .blobs
+            .par_iter()
+            .map(|b| oc.seal(kind, &b.id.0, &b.stored))
+            .collect();
+        let total: usize = sealed.iter().map(|s| s.len()).sum();
+        if total > u32::MAX as usize / 2 {
+            return Err(Error::InvalidInput("pack larger than 2 GiB".into()));
+        }
+        let mut bytes = Vec::with_capacity(total + 64 + self.blobs.len() * 45);
+        let mut entries = Vec::with_capacity(self.blobs.len());
+        for (b, s) in self.blobs.iter().zip(&sealed) {
+            entries.push(PackEntry {
+                blob_type: self.blob_type,
+                id: b.id,
+                offset: bytes.len() as u32,
+                length: s.len() as u32,
+                raw_length: b.raw_length,
+            });
+            bytes.extend_from_slice(s);
+        }
+        drop(sealed);
+        let header = oc.seal(Kind::Pack, &id.0, &format::encode_pack_header(&entries));
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        Ok(FinishedPack { id, bytes, entries })
+    }
+}
+
+/// Reads the header of a whole pack file.
+///
+/// # Errors
+/// [`Error::IntegrityMismatch`] or [`Error::Format`] naming the pack.
+pub fn read_header(keys: &RepoKeys, id: &PackId, pack: &[u8]) -> Result<Vec<PackEntry>> {
+    let what = format!("header of pack {id}");
+    let (blobs_len, env) =
+        format::split_pack_trailer(pack).map_err(|e| Error::integrity(&what, e.to_string()))?;
+    let plain = keys.open(Kind::Pack, &id.0, Kind::Pack, &id.0, env, &what)?;
+    format::decode_pack_header(&plain, blobs_len as u64)
+        .map_err(|e| Error::integrity(&what, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Cipher, MasterKey};
+    use crate::id::RepoId;
+    use proptest::prelude::*;
+
+    fn keys() -> RepoKeys {
+        RepoKeys::new(
+            MasterKey::generate(),
+            RepoId::random(),
+            Cipher::XChaCha20Poly1305,
+        )
+    }
+
+    #[test]
+    fn incompressible_data_is_stored_raw() {
+        let random: Vec<u8> = (0..300_000).map(|_| rand::random::<u8>()).collect();
+        assert_eq!(encode_blob(&random, 3).unwrap()[0], RAW);
+        let text = b"{\"route\":\"orders\"}\n".repeat(1000);
+        let e = encode_blob(&text, 3).unwrap();
+        assert_eq!(e[0], ZSTD);
+        assert!(e.len() < text.len() / 10);
+        assert_eq!(decode_blob(&e, text.len(), "t").unwrap(), text);
+        assert!(decode_blob(&e, text.len() + 1, "t").is_err());
+        assert_eq!(
+            encode_blob(&text, 0).unwrap()[0],
+            RAW,
+            "level 0 turns compression off"
+        );
+    }
+
+    proptest! {
+        // chunk -> pack -> encrypt -> decrypt -> unpack gives the input back.
+        #[test]
+        fn pack_round_trip(blobs in proptest::collection::vec(proptest::collection::vec(0u8..4, 0..5000), 1..20), aes in any::<bool>()) {
+            let k = RepoKeys::new(MasterKey::generate(), RepoId::random(), if aes { Cipher::Aes256Gcm } else { Cipher::XChaCha20Poly1305 });
+            let mut pb = PackBuilder::new(BlobType::Data);
+            let mut want = std::collections::HashMap::new();
+            for b in &blobs {
+                let id = k.blob_id(b);
+                if want.insert(id, b.clone()).is_none() {
+                    pb.add(id, b.len() as u32, encode_blob(b, 3).unwrap());
+                }
+            }
+            let fp = pb.finish(&k).unwrap();
+            let entries = read_header(&k, &fp.id, &fp.bytes).unwrap();
+            prop_assert_eq!(&entries, &fp.entries);
+            for e in &entries {
+                let env = &fp.bytes[e.offset as usize..(e.offset + e.length) as usize];
+                prop_assert_eq!(&open_blob(&k, &fp.id, e, env).unwrap(), &want[&e.id]);
+            }
+        }
+    }
+
+    #[test]
+    fn flipped_byte_names_pack_and_blob() {
+        let k = keys();
+        let mut pb = PackBuilder::new(BlobType::Data);
+        let data = b"some gateway config".to_vec();
+        pb.add(
+            k.blob_id(&data),
+            data.len() as u32,
+            encode_blob(&data, 3).unwrap(),
+        );
+        let mut fp = pb.finish(&k).unwrap();
+        fp.bytes[10] ^= 1;
+        let e = fp.entries[0];
+        let err = open_blob(&k, &fp.id, &e, &fp.bytes[..e.length as usize])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&fp.id.to_hex()) && err.contains(&e.id.to_hex()),
+            "{err}"
+        );
+        let n = fp.bytes.len();
+        fp.bytes[n - 10] ^= 1;
+        assert!(read_header(&k, &fp.id, &fp.bytes).is_err());
+        assert!(read_header(&k, &fp.id, &fp.bytes[..3]).is_err());
+    }
+}

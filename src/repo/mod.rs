@@ -1,0 +1,525 @@
+//! The repository: opening and creating it, key slots, snapshots, trees and blobs.
+//!
+//! Commit order is packs, then the index file naming them, then the snapshot naming the tree; so a
+//! snapshot only ever refers to blobs that an index lists, and an interrupted job leaves at most
+//! unreferenced packs behind (which `check` reports as harmless and `prune` removes).
+
+pub mod lock;
+pub mod saver;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use rayon::prelude::*;
+use zeroize::Zeroizing;
+
+use crate::backend::{Backend, FileType};
+use crate::crypto::keyslot::{Credential, KdfParams, KeySlot, Role};
+use crate::crypto::{Cipher, Kind, MasterKey, RepoKeys};
+use crate::error::{Error, Result};
+use crate::format::{
+    BlobType, ChunkerParams, ConfigHead, RepoConfig, Snapshot, Tree, REPO_VERSION,
+};
+use crate::id::{BlobId, KeyId, RepoId, SnapshotId};
+use crate::index::{LocalIndex, SyncReport};
+
+/// Default target size of a pack.
+pub const DEFAULT_PACK_SIZE: u32 = 16 * 1024 * 1024;
+
+/// The secrets a user offers to open a repository.
+#[derive(Default)]
+pub struct Credentials {
+    /// A password for password slots.
+    pub password: Option<Zeroizing<Vec<u8>>>,
+    /// The 32 bytes of a key file for key-file slots.
+    pub key_file: Option<Zeroizing<[u8; 32]>>,
+}
+
+/// Options of `init`.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Cipher of new objects.
+    pub cipher: Cipher,
+    /// Chunker parameters.
+    pub chunker: ChunkerParams,
+    /// zstd level, 0 = off.
+    pub compression: i32,
+    /// Argon2id parameters for the password slot (`None`: the defaults).
+    pub kdf: Option<KdfParams>,
+    /// Target pack size.
+    pub pack_size: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        Self {
+            cipher: Cipher::XChaCha20Poly1305,
+            chunker: ChunkerParams::config(),
+            compression: 3,
+            kdf: None,
+            pack_size: DEFAULT_PACK_SIZE,
+        }
+    }
+}
+
+/// An open repository.
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    config: RepoConfig,
+    keys: Arc<RepoKeys>,
+    key_id: KeyId,
+    role: Role,
+    cache_dir: Option<PathBuf>,
+    index: OnceLock<(LocalIndex, SyncReport)>,
+    /// Serializes the first sync: RocksDB allows one open handle per process.
+    index_init: std::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.backend.location())
+            .field("id", &self.config.id)
+            .finish()
+    }
+}
+
+fn read_config(backend: &dyn Backend) -> Result<RepoConfig> {
+    let location = backend.location();
+    let bytes = match backend.read(FileType::Config, "") {
+        Ok(b) => b,
+        Err(Error::NotFound { .. }) => {
+            let reason = match std::fs::metadata(&location) {
+                Err(_) if location != "memory" && !location.contains(':') => {
+                    "the path does not exist".to_string()
+                }
+                _ => "it has no config object, so it is not a gatevault repository".to_string(),
+            };
+            return Err(Error::NoRepository { location, reason });
+        }
+        Err(e) => return Err(e),
+    };
+    let head: ConfigHead = serde_json::from_slice(&bytes).map_err(|e| Error::NoRepository {
+        location: location.clone(),
+        reason: format!("its config is not a gatevault config ({e})"),
+    })?;
+    if head.version > REPO_VERSION {
+        return Err(Error::NewerFormat {
+            location,
+            found: head.version,
+            supported: REPO_VERSION,
+        });
+    }
+    let config: RepoConfig =
+        serde_json::from_slice(&bytes).map_err(|e| Error::format("config", e))?;
+    config.chunker.validate()?;
+    Ok(config)
+}
+
+impl Repository {
+    /// Creates a repository and one key slot for each credential given.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] when a repository is there; [`Error::NoCredentials`] when neither a
+    /// password nor a key file is given; backend errors.
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        opts: &InitOptions,
+        creds: &Credentials,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Self> {
+        if creds.password.is_none() && creds.key_file.is_none() {
+            return Err(Error::NoCredentials(
+                "init needs a password or a key file".into(),
+            ));
+        }
+        opts.chunker.validate()?;
+        backend.create()?;
+        let master = MasterKey::generate();
+        let repo_id = RepoId::random();
+        let keys = Arc::new(RepoKeys::new(master, repo_id, opts.cipher));
+        let mut key_id = None;
+        if let Some(k) = &creds.key_file {
+            key_id = Some(write_slot(
+                backend.as_ref(),
+                &keys,
+                Credential::KeyFile(k),
+                Role::Admin,
+                None,
+            )?);
+        }
+        if let Some(p) = &creds.password {
+            let id = write_slot(
+                backend.as_ref(),
+                &keys,
+                Credential::Password(p),
+                Role::Admin,
+                opts.kdf.clone(),
+            )?;
+            key_id.get_or_insert(id);
+        }
+        let mut config = RepoConfig {
+            version: REPO_VERSION,
+            id: repo_id,
+            chunker: opts.chunker.clone(),
+            cipher: opts.cipher,
+            compression: opts.compression,
+            pack_size: opts.pack_size,
+            created: chrono::Utc::now().to_rfc3339(),
+            mac: String::new(),
+        };
+        config.mac = hex::encode(keys.config_mac(&config.mac_input()));
+        // The config is written last: until it exists, the folder is not a repository.
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::format("config", e))?;
+        backend.write(FileType::Config, "", &json)?;
+        Ok(Self {
+            backend,
+            config,
+            keys,
+            key_id: key_id.expect("one slot was written"),
+            role: Role::Admin,
+            cache_dir,
+            index: OnceLock::new(),
+            index_init: Default::default(),
+        })
+    }
+
+    /// Opens a repository with the first key slot the credentials fit (key-file slots first: they are
+    /// cheap to try).
+    ///
+    /// # Errors
+    /// [`Error::NoRepository`], [`Error::NewerFormat`], [`Error::WrongPassword`], [`Error::NoCredentials`],
+    /// [`Error::IntegrityMismatch`] when the config's MAC does not verify; backend errors.
+    pub fn open(
+        backend: Arc<dyn Backend>,
+        creds: &Credentials,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Self> {
+        let config = read_config(backend.as_ref())?;
+        if creds.password.is_none() && creds.key_file.is_none() {
+            return Err(Error::NoCredentials("no password or key file given".into()));
+        }
+        let mut slots: Vec<(KeyId, KeySlot)> = Vec::new();
+        for (name, _) in backend.list(FileType::Key)? {
+            let Ok(id) = KeyId::from_hex(&name) else {
+                continue;
+            };
+            match backend
+                .read(FileType::Key, &name)
+                .and_then(|b| KeySlot::parse(&b, &format!("key slot {}", id.short())))
+            {
+                Ok(s) => slots.push((id, s)),
+                Err(e) => tracing::warn!("skipping key slot {name}: {e}"),
+            }
+        }
+        let mut attempts: Vec<(KeyId, KeySlot, Credential<'_>)> = Vec::new();
+        if let Some(k) = &creds.key_file {
+            attempts.extend(
+                slots
+                    .iter()
+                    .map(|(i, s)| (*i, s.clone(), Credential::KeyFile(k))),
+            );
+        }
+        if let Some(p) = &creds.password {
+            attempts.extend(
+                slots
+                    .iter()
+                    .map(|(i, s)| (*i, s.clone(), Credential::Password(p))),
+            );
+        }
+        for (id, slot, cred) in attempts {
+            if let Some(master) = slot.unwrap_key(&config.id, &id, &cred)? {
+                let keys = Arc::new(RepoKeys::new(master, config.id, config.cipher));
+                let mac = hex::encode(keys.config_mac(&config.mac_input()));
+                if mac != config.mac {
+                    return Err(Error::integrity(
+                        "config",
+                        "its MAC does not verify: the config was altered",
+                    ));
+                }
+                return Ok(Self {
+                    backend,
+                    config,
+                    keys,
+                    key_id: id,
+                    role: slot.role,
+                    cache_dir,
+                    index: OnceLock::new(),
+                    index_init: Default::default(),
+                });
+            }
+        }
+        Err(Error::WrongPassword)
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// The backend, shared (for locks, which outlive a borrow).
+    pub fn backend_arc(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
+    /// The config.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// The working keys.
+    pub fn keys(&self) -> &Arc<RepoKeys> {
+        &self.keys
+    }
+
+    /// The key slot this session opened.
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    /// The role of that key slot.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The local index, synced with the repository on first use.
+    ///
+    /// # Errors
+    /// [`Error::Cache`] or backend errors.
+    pub fn index(&self) -> Result<&LocalIndex> {
+        Ok(&self.index_with_report()?.0)
+    }
+
+    /// The local index and what its first sync did.
+    ///
+    /// # Errors
+    /// As [`Repository::index`].
+    pub fn index_with_report(&self) -> Result<&(LocalIndex, SyncReport)> {
+        if let Some(i) = self.index.get() {
+            return Ok(i);
+        }
+        let _init = self.index_init.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = self.index.get() {
+            return Ok(i);
+        }
+        let idx = LocalIndex::open(self.cache_dir.as_deref(), &self.config.id)?;
+        let report = idx.sync(self.backend.as_ref(), &self.keys)?;
+        if let Some(why) = &report.rebuilt {
+            tracing::info!("local index rebuilt: {why}");
+        }
+        for (id, e) in &report.unreadable {
+            tracing::warn!("index file {id} is unreadable ({e}); run `gatevault check`, then `gatevault repair index`");
+        }
+        let _ = self.index.set((idx, report));
+        Ok(self.index.get().expect("just set"))
+    }
+
+    // ---------------------------------------------------------------------------------- blobs
+
+    /// Loads, decrypts and verifies a blob.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when no index lists it; [`Error::IntegrityMismatch`] naming pack and blob when
+    /// its bytes are damaged; backend errors.
+    pub fn load_blob(&self, t: BlobType, id: &BlobId) -> Result<Vec<u8>> {
+        let loc = self
+            .index()?
+            .lookup(t, id)?
+            .ok_or_else(|| Error::NotFound {
+                kind: format!("{t:?} blob").to_lowercase(),
+                id: id.to_hex(),
+            })?;
+        let env = self.backend.read_range(
+            FileType::Pack,
+            &loc.pack.to_hex(),
+            loc.entry.offset as u64,
+            loc.entry.length as u64,
+        )?;
+        crate::pack::open_blob(&self.keys, &loc.pack, &loc.entry, &env)
+    }
+
+    /// Loads and parses a tree blob.
+    ///
+    /// # Errors
+    /// As [`Repository::load_blob`], and [`Error::IntegrityMismatch`] when the tree does not parse.
+    pub fn load_tree(&self, id: &BlobId) -> Result<Tree> {
+        let b = self.load_blob(BlobType::Tree, id)?;
+        Tree::decode(&b).map_err(|e| Error::integrity(format!("tree {id}"), e.to_string()))
+    }
+
+    // ---------------------------------------------------------------------------------- snapshots
+
+    /// Ids of all snapshots (from the listing; nothing is decrypted).
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
+        Ok(self
+            .backend
+            .list(FileType::Snapshot)?
+            .into_iter()
+            .filter_map(|(n, _)| SnapshotId::from_hex(&n).ok())
+            .collect())
+    }
+
+    /// Loads one snapshot.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::IntegrityMismatch`], backend errors.
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let what = format!("snapshot {id}");
+        let env = self.backend.read(FileType::Snapshot, &id.to_hex())?;
+        let plain = self.keys.open_object(Kind::Snapshot, &id.0, &env, &what)?;
+        Snapshot::decode(&plain).map_err(|e| Error::integrity(what, e.to_string()))
+    }
+
+    /// Loads every snapshot in parallel, oldest first; unreadable ones come back as errors.
+    ///
+    /// # Errors
+    /// Backend errors listing the snapshots.
+    pub fn load_all_snapshots(&self) -> Result<Vec<(SnapshotId, Result<Snapshot>)>> {
+        let ids = self.snapshot_ids()?;
+        let mut all: Vec<(SnapshotId, Result<Snapshot>)> = ids
+            .par_iter()
+            .map(|id| (*id, self.load_snapshot(id)))
+            .collect();
+        all.sort_by(|a, b| match (&a.1, &b.1) {
+            (Ok(x), Ok(y)) => x.time.cmp(&y.time).then(a.0.cmp(&b.0)),
+            _ => a.0.cmp(&b.0),
+        });
+        Ok(all)
+    }
+
+    /// Every readable snapshot, oldest first; unreadable ones are logged as warnings.
+    ///
+    /// # Errors
+    /// Backend errors listing the snapshots.
+    pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let mut out = Vec::new();
+        for (id, r) in self.load_all_snapshots()? {
+            match r {
+                Ok(s) => out.push((id, s)),
+                Err(e) => tracing::warn!("skipping snapshot {}: {e}", id.short()),
+            }
+        }
+        out.sort_by(|a, b| {
+            a.1.timestamp()
+                .ok()
+                .cmp(&b.1.timestamp().ok())
+                .then(a.0.cmp(&b.0))
+        });
+        Ok(out)
+    }
+
+    /// Resolves a unique id prefix to a snapshot id.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] or [`Error::InvalidInput`] when the prefix is ambiguous.
+    pub fn resolve_snapshot_prefix(&self, prefix: &str) -> Result<SnapshotId> {
+        let p = prefix.to_ascii_lowercase();
+        let matches: Vec<SnapshotId> = self
+            .snapshot_ids()?
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&p))
+            .collect();
+        match matches.len() {
+            0 => Err(Error::NotFound {
+                kind: "snapshot".into(),
+                id: prefix.into(),
+            }),
+            1 => Ok(matches[0]),
+            n => Err(Error::InvalidInput(format!(
+                "snapshot prefix {prefix:?} matches {n} snapshots; give more digits"
+            ))),
+        }
+    }
+
+    /// Encrypts and stores a snapshot.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn save_snapshot(&self, s: &Snapshot) -> Result<SnapshotId> {
+        let id = SnapshotId::random();
+        let env = self.keys.seal_object(Kind::Snapshot, &id.0, &s.encode());
+        self.backend.write(FileType::Snapshot, &id.to_hex(), &env)?;
+        Ok(id)
+    }
+
+    // ---------------------------------------------------------------------------------- keys
+
+    /// Every key slot with its id (unparsable slots are skipped with a warning).
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn key_slots(&self) -> Result<Vec<(KeyId, KeySlot)>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend.list(FileType::Key)? {
+            let Ok(id) = KeyId::from_hex(&name) else {
+                continue;
+            };
+            match self
+                .backend
+                .read(FileType::Key, &name)
+                .and_then(|b| KeySlot::parse(&b, &format!("key slot {}", id.short())))
+            {
+                Ok(s) => out.push((id, s)),
+                Err(e) => tracing::warn!("skipping key slot {name}: {e}"),
+            }
+        }
+        out.sort_by(|a, b| a.1.created.cmp(&b.1.created));
+        Ok(out)
+    }
+
+    /// Adds a key slot for `cred` with `role`.
+    ///
+    /// # Errors
+    /// Backend errors; [`Error::Format`] for bad KDF parameters.
+    pub fn add_key(
+        &self,
+        cred: Credential<'_>,
+        role: Role,
+        kdf: Option<KdfParams>,
+    ) -> Result<KeyId> {
+        write_slot(self.backend.as_ref(), &self.keys, cred, role, kdf)
+    }
+
+    /// Removes key slot `id`; refuses the slot in use and the last slot.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for the slot in use or the last one; backend errors.
+    pub fn remove_key(&self, id: &KeyId) -> Result<()> {
+        if *id == self.key_id {
+            return Err(Error::InvalidInput(format!(
+                "key {} is the one in use; open the repository with another key to remove it",
+                id.short()
+            )));
+        }
+        let slots = self.key_slots()?;
+        if !slots.iter().any(|(k, _)| k == id) {
+            return Err(Error::NotFound {
+                kind: "key".into(),
+                id: id.to_hex(),
+            });
+        }
+        if slots.len() <= 1 {
+            return Err(Error::InvalidInput(
+                "refusing to remove the last key slot".into(),
+            ));
+        }
+        self.backend.remove(FileType::Key, &id.to_hex())
+    }
+}
+
+fn write_slot(
+    backend: &dyn Backend,
+    keys: &RepoKeys,
+    cred: Credential<'_>,
+    role: Role,
+    kdf: Option<KdfParams>,
+) -> Result<KeyId> {
+    let id = KeyId::random();
+    let slot = KeySlot::wrap(keys.master(), &keys.repo_id(), &id, cred, role, kdf)?;
+    let json = serde_json::to_vec_pretty(&slot).map_err(|e| Error::format("key slot", e))?;
+    backend.write(FileType::Key, &id.to_hex(), &json)?;
+    Ok(id)
+}
