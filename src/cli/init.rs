@@ -91,7 +91,7 @@ pub(crate) fn run(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
         print_json(
             &serde_json::json!({"message_type": "initialized", "id": repo.config().id, "repository": repo.backend().location()}),
         )?;
-    } else {
+    } else if !g.quiet {
         println!(
             "created gatevault repository {} at {}",
             repo.config().id.short(),
