@@ -77,14 +77,18 @@ pub struct BackupResult {
 }
 
 enum Item {
+    /// `previous`: the content of the same path in the parent snapshot (delta bases for changed chunks).
     File {
         node: Node,
         path: PathBuf,
         read: bool,
+        previous: Vec<BlobId>,
     },
+    /// `previous`: the tree of the same path in the parent snapshot (delta base of the new tree).
     Dir {
         node: Node,
         children: BTreeMap<String, Item>,
+        previous: Option<BlobId>,
     },
     Other {
         node: Node,
@@ -176,6 +180,7 @@ impl Scan<'_> {
                         node,
                         path: path.to_path_buf(),
                         read: false,
+                        previous: vec![],
                     })
                 }
                 _ => {
@@ -184,10 +189,15 @@ impl Scan<'_> {
                     } else {
                         self.summary.files_new += 1;
                     }
+                    let previous = parent
+                        .filter(|p| p.node_type == NodeType::File)
+                        .map(|p| p.content.clone())
+                        .unwrap_or_default();
                     Some(Item::File {
                         node,
                         path: path.to_path_buf(),
                         read: true,
+                        previous,
                     })
                 }
             }
@@ -227,7 +237,14 @@ impl Scan<'_> {
                     children.insert(cname, item);
                 }
             }
-            Some(Item::Dir { node, children })
+            let previous = parent
+                .filter(|p| p.node_type == NodeType::Dir)
+                .and_then(|p| p.subtree);
+            Some(Item::Dir {
+                node,
+                children,
+                previous,
+            })
         } else if ft.is_symlink() {
             let mut node = meta_node(name, NodeType::Symlink, &m);
             match fs::read_link(path) {
@@ -257,11 +274,51 @@ fn collect_files<'i>(item: &'i mut Item, out: &mut Vec<&'i mut Item>) {
 }
 
 /// Chunks and saves one file, returning its content ids.
+/// Saves the chunks of an in-memory file. A new chunk is offered to the saver as similar to the chunk
+/// of the previous version that follows the last chunk both versions share (CDC keeps boundaries
+/// outside an edit, so that is where the edited region was).
+fn save_chunks(
+    saver: &BlobSaver<'_>,
+    chunker: &Chunker,
+    data: &[u8],
+    previous: &[BlobId],
+) -> Result<Vec<BlobId>> {
+    let position: std::collections::HashMap<BlobId, usize> = previous
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, i))
+        .collect();
+    let mut next = 0usize;
+    let mut ids = Vec::new();
+    let mut pos = 0;
+    for len in chunker.split(data) {
+        let chunk = &data[pos..pos + len];
+        pos += len;
+        let id = saver.repo_keys().blob_id(chunk);
+        let similar = match position.get(&id) {
+            Some(&i) => {
+                next = i + 1;
+                None
+            }
+            None => {
+                let s = previous
+                    .get(next.min(previous.len().saturating_sub(1)))
+                    .copied();
+                next += 1;
+                s
+            }
+        };
+        ids.push(saver.save_similar(BlobType::Data, id, chunk, similar)?);
+    }
+    Ok(ids)
+}
+
 fn save_file(
     saver: &BlobSaver<'_>,
     chunker: &Chunker,
     path: &Path,
     size: u64,
+    previous: &[BlobId],
     progress: &dyn Progress,
 ) -> Result<Vec<BlobId>> {
     let what = path.display().to_string();
@@ -270,12 +327,7 @@ fn save_file(
         let mut data = Vec::with_capacity(size as usize);
         f.read_to_end(&mut data)
             .map_err(|e| Error::io(format!("reading {what}"), e))?;
-        let mut ids = Vec::new();
-        let mut pos = 0;
-        for len in chunker.split(&data) {
-            ids.push(saver.save(BlobType::Data, &data[pos..pos + len])?);
-            pos += len;
-        }
+        let ids = save_chunks(saver, chunker, &data, previous)?;
         progress.bytes(data.len() as u64);
         return Ok(ids);
     }
@@ -314,24 +366,36 @@ fn save_file(
     })
 }
 
-fn save_trees(saver: &BlobSaver<'_>, children: BTreeMap<String, Item>) -> Result<BlobId> {
+/// Saves the trees below `children` bottom-up; `previous` is the same folder's tree in the parent.
+fn save_trees(
+    saver: &BlobSaver<'_>,
+    children: BTreeMap<String, Item>,
+    previous: Option<BlobId>,
+) -> Result<BlobId> {
     let mut nodes = Vec::with_capacity(children.len());
     for (_, item) in children {
         nodes.push(match item {
             Item::File { node, .. } | Item::Other { node } => node,
-            Item::Dir { mut node, children } => {
-                node.subtree = Some(save_trees(saver, children)?);
+            Item::Dir {
+                mut node,
+                children,
+                previous,
+            } => {
+                node.subtree = Some(save_trees(saver, children, previous)?);
                 node
             }
         });
     }
-    saver.save(
+    let tree = Tree {
+        version: TREE_VERSION,
+        nodes,
+    }
+    .encode();
+    saver.save_similar(
         BlobType::Tree,
-        &Tree {
-            version: TREE_VERSION,
-            nodes,
-        }
-        .encode(),
+        saver.repo_keys().blob_id(&tree),
+        &tree,
+        previous,
     )
 }
 
@@ -446,6 +510,7 @@ pub fn backup(
         let mut root = Item::Dir {
             node: dir_node(""),
             children: BTreeMap::new(),
+            previous: None,
         };
         for p in &abs {
             let comps: Vec<&str> = crate::walk::components(p);
@@ -476,6 +541,7 @@ pub fn backup(
                         Item::Dir {
                             node: meta_node(c, NodeType::Dir, &m),
                             children: BTreeMap::new(),
+                            previous: child_parent.as_ref().and_then(|n| n.subtree),
                         },
                     );
                 }
@@ -522,8 +588,14 @@ pub fn backup(
     };
     let fatal: Mutex<Option<Error>> = Mutex::new(None);
     small.into_par_iter().for_each(|item| {
-        if let Item::File { node, path, .. } = item {
-            match save_file(&saver, &chunker, path, node.size, progress) {
+        if let Item::File {
+            node,
+            path,
+            previous,
+            ..
+        } = item
+        {
+            match save_file(&saver, &chunker, path, node.size, previous, progress) {
                 Ok(ids) => node.content = ids,
                 Err(e @ Error::Io { .. }) => fail(item, e),
                 Err(e) => *fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(e),
@@ -535,7 +607,7 @@ pub fn backup(
     }
     for item in large.iter_mut() {
         if let Item::File { node, path, .. } = item {
-            match save_file(&saver, &chunker, path, node.size, progress) {
+            match save_file(&saver, &chunker, path, node.size, &[], progress) {
                 Ok(ids) => node.content = ids,
                 Err(e @ Error::Io { .. }) => fail(item, e),
                 Err(e) => return Err(e),
@@ -550,7 +622,7 @@ pub fn backup(
     }
     prune_failed(&mut root_children);
 
-    let tree = save_trees(&saver, root_children)?;
+    let tree = save_trees(&saver, root_children, parent.as_ref().map(|(_, s)| s.tree))?;
     lock.check()?;
     saver.commit_index()?;
     let stats = saver.stats();

@@ -101,7 +101,7 @@ pub fn select_packs(packs: &[PackId], sel: ReadData, seed: u64) -> Vec<PackId> {
         ReadData::Subset(n, m) => packs
             .iter()
             .filter(|p| {
-                (u32::from_be_bytes([p.0[0], p.0[1], p.0[2], p.0[3]]) as u64 * m as u64 >> 32)
+                ((u32::from_be_bytes([p.0[0], p.0[1], p.0[2], p.0[3]]) as u64 * m as u64) >> 32)
                     as u32
                     == n - 1
             })
@@ -194,6 +194,20 @@ pub fn check(
     }
 
     // 3. Snapshots and trees.
+    // Reads a self-contained blob (a tree, or the base of a delta) through the index files' entries.
+    let read_plain = |t: BlobType, id: &BlobId| -> Result<Vec<u8>> {
+        let (pack, e) = blobs.get(&(t, *id)).ok_or_else(|| Error::NotFound {
+            kind: format!("{t:?} blob").to_lowercase(),
+            id: id.to_hex(),
+        })?;
+        let env = backend.read_range(
+            FileType::Pack,
+            &pack.to_hex(),
+            e.offset as u64,
+            e.length as u64,
+        )?;
+        crate::pack::open_blob(keys, pack, e, &env)
+    };
     let load_tree = |id: &BlobId| -> Result<Tree> {
         let (pack, e) = blobs
             .get(&(BlobType::Tree, *id))
@@ -207,7 +221,12 @@ pub fn check(
             e.offset as u64,
             e.length as u64,
         )?;
-        let b = crate::pack::open_blob(keys, pack, e, &env)?;
+        let b =
+            crate::pack::open_blob_with(keys, pack, e, &env, &|b| read_plain(BlobType::Tree, b))?;
+        let pack = blobs
+            .get(&(BlobType::Tree, *id))
+            .map(|(p, _)| *p)
+            .unwrap_or_default();
         Tree::decode(&b)
             .map_err(|err| Error::integrity(format!("tree {id} in pack {pack}"), err.to_string()))
     };
@@ -246,11 +265,18 @@ pub fn check(
                     }
                     NodeType::File => {
                         for b in &n.content {
-                            if !blobs.contains_key(&(BlobType::Data, *b)) {
-                                r.errors.push(format!(
+                            match blobs.get(&(BlobType::Data, *b)) {
+                                None => r.errors.push(format!(
                                     "snapshot {}: file {p}: data blob {b} is in no index",
                                     sid.short()
-                                ));
+                                )),
+                                Some((_, e)) => match e.base {
+                                    Some(base) if !blobs.contains_key(&(BlobType::Data, base)) => r.errors.push(format!(
+                                        "snapshot {}: file {p}: data blob {b} needs base blob {base}, which is in no index",
+                                        sid.short()
+                                    )),
+                                    _ => {}
+                                },
                             }
                         }
                     }
@@ -311,7 +337,8 @@ pub fn check(
                 ));
                 continue;
             }
-            match crate::pack::open_blob(keys, pid, e, &bytes[e.offset as usize..end]) {
+            let base = |b: &BlobId| read_plain(e.blob_type, b);
+            match crate::pack::open_blob_with(keys, pid, e, &bytes[e.offset as usize..end], &base) {
                 Ok(_) => n += 1,
                 Err(err) => errs.push(format!("pack {pid}: blob {}: {err}", e.id)),
             }

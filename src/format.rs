@@ -163,16 +163,25 @@ pub struct PackEntry {
     pub length: u32,
     /// Length of the plaintext before compression.
     pub raw_length: u32,
+    /// For a delta blob: the blob of the same type whose plaintext is its compression dictionary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BlobId>,
 }
 
+/// Shortest entry (no base).
 const ENTRY_LEN: usize = 1 + 32 + 4 + 4 + 4;
+/// Bit of the type byte saying a base id follows the entry.
+const HAS_BASE: u8 = 0x80;
 
 fn put_entry(out: &mut Vec<u8>, e: &PackEntry) {
-    out.push(e.blob_type.byte());
+    out.push(e.blob_type.byte() | if e.base.is_some() { HAS_BASE } else { 0 });
     out.extend_from_slice(&e.id.0);
     out.extend_from_slice(&e.offset.to_le_bytes());
     out.extend_from_slice(&e.length.to_le_bytes());
     out.extend_from_slice(&e.raw_length.to_le_bytes());
+    if let Some(b) = &e.base {
+        out.extend_from_slice(&b.0);
+    }
 }
 
 /// A cursor over bytes that fails instead of panicking.
@@ -225,15 +234,20 @@ impl<'a> Reader<'a> {
     }
     fn entry(&mut self) -> Result<PackEntry> {
         let t = self.u8()?;
-        let blob_type = BlobType::from_byte(t)
+        let blob_type = BlobType::from_byte(t & !HAS_BASE)
             .ok_or_else(|| Error::format(self.what, format!("unknown blob type {t}")))?;
-        Ok(PackEntry {
+        let mut e = PackEntry {
             blob_type,
             id: BlobId(self.id()?),
             offset: self.u32()?,
             length: self.u32()?,
             raw_length: self.u32()?,
-        })
+            base: None,
+        };
+        if t & HAS_BASE != 0 {
+            e.base = Some(BlobId(self.id()?));
+        }
+        Ok(e)
     }
     fn end(&self) -> Result<()> {
         if self.b.is_empty() {
@@ -655,6 +669,8 @@ mod tests {
             offset: off,
             length: len,
             raw_length: len * 2,
+            // Every third data blob is a delta, so both entry forms are covered.
+            base: (i % 6 == 0).then_some(BlobId([0xbb; 32])),
         }
     }
 

@@ -19,6 +19,19 @@ use crate::id::{BlobId, PackId};
 const RAW: u8 = 0;
 /// Blob plaintext flag: zstd frame.
 const ZSTD: u8 = 1;
+/// Blob plaintext flag: base blob id, then a zstd frame made with the base's plaintext as dictionary.
+const DELTA: u8 = 2;
+
+/// Resolves the plaintext of a delta blob's base (which is never itself a delta).
+pub type BaseResolver<'a> = &'a (dyn Fn(&BlobId) -> Result<Vec<u8>> + Sync);
+
+/// A resolver for contexts where no delta is expected: any base is an error.
+pub fn no_base(id: &BlobId) -> Result<Vec<u8>> {
+    Err(Error::integrity(
+        format!("blob {id}"),
+        "is the base of a delta blob, which this context cannot resolve",
+    ))
+}
 
 thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
@@ -90,11 +103,69 @@ pub fn encode_blob(data: &[u8], level: i32) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Reverses [`encode_blob`].
+/// Encodes `data` as a delta against `base` (the base's plaintext is the zstd dictionary). Returns
+/// `None` when that is not at least a quarter smaller than `plain` (the ordinary encoding), so a base
+/// that has drifted too far is replaced by a new self-contained blob.
+///
+/// # Errors
+/// [`Error::IntegrityMismatch`] when the delta does not decode to `data` (a compressor bug).
+pub fn encode_delta(
+    data: &[u8],
+    level: i32,
+    plain: &[u8],
+    base_id: &BlobId,
+    base: &[u8],
+) -> Result<Option<Vec<u8>>> {
+    if level <= 0 || base.is_empty() {
+        return Ok(None);
+    }
+    let Ok(mut c) = zstd::bulk::Compressor::with_dictionary(level, base) else {
+        return Ok(None);
+    };
+    let Ok(frame) = c.compress(data) else {
+        return Ok(None);
+    };
+    if 33 + frame.len() >= plain.len() * 3 / 4 {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(33 + frame.len());
+    out.push(DELTA);
+    out.extend_from_slice(&base_id.0);
+    out.extend_from_slice(&frame);
+    let back = decode_blob_with(&out, data.len(), "new delta blob", &|_| Ok(base.to_vec()))?;
+    if back != data {
+        return Err(Error::integrity("new delta blob", "decodes to other bytes"));
+    }
+    Ok(Some(out))
+}
+
+/// The base id a stored plaintext names, if it is a delta.
+pub fn stored_base(stored: &[u8]) -> Option<BlobId> {
+    match stored.split_first() {
+        Some((&DELTA, rest)) if rest.len() >= 32 => rest[..32].try_into().ok().map(BlobId),
+        _ => None,
+    }
+}
+
+/// Reverses [`encode_blob`]; a delta blob is an error here (see [`decode_blob_with`]).
 ///
 /// # Errors
 /// [`Error::IntegrityMismatch`] naming `what` on an unknown flag, bad zstd data or a wrong length.
 pub fn decode_blob(stored: &[u8], raw_len: usize, what: &str) -> Result<Vec<u8>> {
+    decode_blob_with(stored, raw_len, what, &no_base)
+}
+
+/// Reverses [`encode_blob`] and [`encode_delta`], fetching a delta's base with `base`.
+///
+/// # Errors
+/// [`Error::IntegrityMismatch`] naming `what` on an unknown flag, bad zstd data, a wrong length, or a
+/// base that cannot be resolved.
+pub fn decode_blob_with(
+    stored: &[u8],
+    raw_len: usize,
+    what: &str,
+    base: BaseResolver<'_>,
+) -> Result<Vec<u8>> {
     let (flag, body) = stored
         .split_first()
         .ok_or_else(|| Error::integrity(what, "empty blob"))?;
@@ -102,6 +173,19 @@ pub fn decode_blob(stored: &[u8], raw_len: usize, what: &str) -> Result<Vec<u8>>
         RAW => body.to_vec(),
         ZSTD => {
             decompress(body, raw_len).map_err(|e| Error::integrity(what, format!("zstd: {e}")))?
+        }
+        DELTA if body.len() > 32 => {
+            let base_id = BlobId(
+                body[..32]
+                    .try_into()
+                    .map_err(|_| Error::integrity(what, "short delta"))?,
+            );
+            let dict = base(&base_id)
+                .map_err(|e| Error::integrity(what, format!("its base blob {base_id}: {e}")))?;
+            let mut d = zstd::bulk::Decompressor::with_dictionary(&dict)
+                .map_err(|e| Error::integrity(what, format!("zstd dictionary: {e}")))?;
+            d.decompress(&body[32..], raw_len)
+                .map_err(|e| Error::integrity(what, format!("zstd delta: {e}")))?
         }
         f => {
             return Err(Error::integrity(
@@ -129,10 +213,31 @@ pub fn open_blob(
     e: &PackEntry,
     envelope: &[u8],
 ) -> Result<Vec<u8>> {
+    open_blob_with(keys, pack, e, envelope, &no_base)
+}
+
+/// [`open_blob`] for blobs that may be deltas: `base` resolves their base. The base named inside the
+/// blob must be the one its pack header or index entry names.
+///
+/// # Errors
+/// As [`open_blob`], and when the base cannot be resolved.
+pub fn open_blob_with(
+    keys: &RepoKeys,
+    pack: &PackId,
+    e: &PackEntry,
+    envelope: &[u8],
+    base: BaseResolver<'_>,
+) -> Result<Vec<u8>> {
     let what = format!("blob {} in pack {}", e.id, pack);
     let kind = blob_kind(e.blob_type);
     let stored = keys.open(Kind::Pack, &pack.0, kind, &e.id.0, envelope, &what)?;
-    let data = decode_blob(&stored, e.raw_length as usize, &what)?;
+    if stored_base(&stored) != e.base {
+        return Err(Error::integrity(
+            what,
+            "its base does not match the one its index entry names",
+        ));
+    }
+    let data = decode_blob_with(&stored, e.raw_length as usize, &what, base)?;
     if keys.blob_id(&data) != e.id {
         return Err(Error::integrity(what, "content does not hash to its id"));
     }
@@ -151,6 +256,12 @@ struct PendingBlob {
     id: BlobId,
     raw_length: u32,
     stored: Vec<u8>,
+}
+
+impl PendingBlob {
+    fn base(&self) -> Option<BlobId> {
+        stored_base(&self.stored)
+    }
 }
 
 /// Collects blobs of one type until the pack is full.
@@ -227,6 +338,7 @@ impl PackBuilder {
                 offset: bytes.len() as u32,
                 length: s.len() as u32,
                 raw_length: b.raw_length,
+                base: b.base(),
             });
             bytes.extend_from_slice(s);
         }
@@ -330,5 +442,75 @@ mod tests {
         fp.bytes[n - 10] ^= 1;
         assert!(read_header(&k, &fp.id, &fp.bytes).is_err());
         assert!(read_header(&k, &fp.id, &fp.bytes[..3]).is_err());
+    }
+
+    #[test]
+    fn delta_blobs_round_trip_and_are_bound_to_their_base() {
+        let k = keys();
+        // Gateway-like lines whose values do not repeat, so that plain compression gains little.
+        let mut x = 7u64;
+        let base: Vec<u8> = (0..300)
+            .flat_map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                format!("{{\"route\":\"r{:x}\",\"key\":\"{:016x}\"}}\n", x >> 40, x).into_bytes()
+            })
+            .collect();
+        let mut edited = base.clone();
+        edited.splice(5000..5010, b"CHANGED!!!".iter().copied());
+        let base_id = k.blob_id(&base);
+        let plain = encode_blob(&edited, 3).unwrap();
+        let delta = encode_delta(&edited, 3, &plain, &base_id, &base)
+            .unwrap()
+            .expect("a small edit pays as a delta");
+        assert!(
+            delta.len() < plain.len() / 4,
+            "delta {} vs plain {}",
+            delta.len(),
+            plain.len()
+        );
+        assert_eq!(stored_base(&delta), Some(base_id));
+        // Unrelated data does not pay as a delta.
+        let other: Vec<u8> = (0..20_000).map(|_| rand::random::<u8>()).collect();
+        assert!(
+            encode_delta(&other, 3, &encode_blob(&other, 3).unwrap(), &base_id, &base)
+                .unwrap()
+                .is_none()
+        );
+
+        let mut pb = PackBuilder::new(BlobType::Data);
+        let id = k.blob_id(&edited);
+        pb.add(id, edited.len() as u32, delta);
+        let fp = pb.finish(&k).unwrap();
+        let e = read_header(&k, &fp.id, &fp.bytes).unwrap()[0];
+        assert_eq!(e.base, Some(base_id), "the header names the base");
+        let env = &fp.bytes[e.offset as usize..(e.offset + e.length) as usize];
+        let resolve = |b: &BlobId| {
+            if *b == base_id {
+                Ok(base.clone())
+            } else {
+                Err(Error::integrity("t", "no"))
+            }
+        };
+        assert_eq!(
+            open_blob_with(&k, &fp.id, &e, env, &resolve).unwrap(),
+            edited
+        );
+        assert!(
+            open_blob(&k, &fp.id, &e, env).is_err(),
+            "a delta needs its base"
+        );
+        let wrong = |_: &BlobId| Ok(b"some other base".to_vec());
+        assert!(
+            open_blob_with(&k, &fp.id, &e, env, &wrong).is_err(),
+            "a wrong base is detected"
+        );
+        let mut no_base = e;
+        no_base.base = None;
+        assert!(
+            open_blob_with(&k, &fp.id, &no_base, env, &resolve).is_err(),
+            "entry and blob must agree on the base"
+        );
     }
 }

@@ -238,16 +238,28 @@ pub fn restore(
                 repo.backend()
                     .read_range(FileType::Pack, &pack.to_hex(), start, end - start);
             for (loc, targets) in run {
-                let data = bytes.as_ref().map_err(|e| e.to_string()).and_then(|b| {
-                    let o = (loc.entry.offset as u64 - start) as usize;
-                    crate::pack::open_blob(
-                        repo.keys(),
-                        pack,
-                        &loc.entry,
-                        &b[o..o + loc.entry.length as usize],
-                    )
-                    .map_err(|e| e.to_string())
-                });
+                let e = &loc.entry;
+                let envelope = match &bytes {
+                    Ok(b) => {
+                        let o = (e.offset as u64 - start) as usize;
+                        Ok(b[o..o + e.length as usize].to_vec())
+                    }
+                    // A run that cannot be read whole (a truncated pack, say): read this blob alone,
+                    // so that only the files needing damaged bytes fail.
+                    Err(_) => repo.backend().read_range(
+                        FileType::Pack,
+                        &pack.to_hex(),
+                        e.offset as u64,
+                        e.length as u64,
+                    ),
+                };
+                let data = envelope
+                    .and_then(|env| {
+                        crate::pack::open_blob_with(repo.keys(), pack, e, &env, &|b| {
+                            repo.load_base(BlobType::Data, b)
+                        })
+                    })
+                    .map_err(|e| e.to_string());
                 for (fi, off) in targets {
                     let r = data.as_ref().map_err(|e| e.clone()).and_then(|d| {
                         let f = &files[*fi];

@@ -118,11 +118,10 @@ pub fn resolve(
         _ => {
             let all = filtered(repo, filter)?;
             let found = match at {
-                None => all.into_iter().last(),
+                None => all.into_iter().next_back(),
                 Some(t) => all
                     .into_iter()
-                    .filter(|(_, s)| s.timestamp().map(|x| x <= t).unwrap_or(false))
-                    .last(),
+                    .rfind(|(_, s)| s.timestamp().map(|x| x <= t).unwrap_or(false)),
             };
             found.ok_or_else(|| Error::NotFound {
                 kind: "snapshot".into(),

@@ -20,7 +20,7 @@ use crate::format::{BlobType, IndexFile, PackEntry};
 use crate::id::{BlobId, IndexId, PackId, RepoId};
 
 /// Layout version of the local database; a mismatch triggers a rebuild.
-const CACHE_LAYOUT: &[u8] = b"gatevault-index-cache-1";
+const CACHE_LAYOUT: &[u8] = b"gatevault-index-cache-2";
 
 const META_REPO: &[u8] = b"m:repo";
 const META_LAYOUT: &[u8] = b"m:layout";
@@ -56,12 +56,16 @@ pub struct BlobLocation {
     pub entry: PackEntry,
 }
 
-fn encode_location(pack: &PackId, e: &PackEntry) -> [u8; 44] {
-    let mut v = [0u8; 44];
-    v[..32].copy_from_slice(&pack.0);
-    v[32..36].copy_from_slice(&e.offset.to_le_bytes());
-    v[36..40].copy_from_slice(&e.length.to_le_bytes());
-    v[40..44].copy_from_slice(&e.raw_length.to_le_bytes());
+/// `pack id | offset | length | raw length [| base id]`: 44 or 76 bytes.
+fn encode_location(pack: &PackId, e: &PackEntry) -> Vec<u8> {
+    let mut v = Vec::with_capacity(76);
+    v.extend_from_slice(&pack.0);
+    v.extend_from_slice(&e.offset.to_le_bytes());
+    v.extend_from_slice(&e.length.to_le_bytes());
+    v.extend_from_slice(&e.raw_length.to_le_bytes());
+    if let Some(b) = &e.base {
+        v.extend_from_slice(&b.0);
+    }
     v
 }
 
@@ -314,7 +318,7 @@ impl LocalIndex {
         else {
             return Ok(None);
         };
-        if v.len() != 44 {
+        if v.len() != 44 && v.len() != 76 {
             return Err(cache_err(
                 &self.path,
                 "malformed entry; delete the cache directory or run `gatevault repair index`",
@@ -331,6 +335,10 @@ impl LocalIndex {
                 offset: u(32),
                 length: u(36),
                 raw_length: u(40),
+                base: v
+                    .get(44..76)
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .map(BlobId),
             },
         }))
     }

@@ -322,20 +322,43 @@ impl Repository {
     /// [`Error::NotFound`] when no index lists it; [`Error::IntegrityMismatch`] naming pack and blob when
     /// its bytes are damaged; backend errors.
     pub fn load_blob(&self, t: BlobType, id: &BlobId) -> Result<Vec<u8>> {
-        let loc = self
-            .index()?
-            .lookup(t, id)?
-            .ok_or_else(|| Error::NotFound {
-                kind: format!("{t:?} blob").to_lowercase(),
-                id: id.to_hex(),
-            })?;
+        self.load_blob_inner(t, id, true)
+    }
+
+    /// Loads the base of a delta blob of type `t`: a blob of that type that is itself no delta.
+    ///
+    /// # Errors
+    /// As [`Repository::load_blob`], and [`Error::IntegrityMismatch`] when the base is a delta.
+    pub fn load_base(&self, t: BlobType, id: &BlobId) -> Result<Vec<u8>> {
+        self.load_blob_inner(t, id, false)
+    }
+
+    fn load_blob_inner(&self, t: BlobType, id: &BlobId, allow_delta: bool) -> Result<Vec<u8>> {
+        let loc = self.locate(t, id)?;
         let env = self.backend.read_range(
             FileType::Pack,
             &loc.pack.to_hex(),
             loc.entry.offset as u64,
             loc.entry.length as u64,
         )?;
-        crate::pack::open_blob(&self.keys, &loc.pack, &loc.entry, &env)
+        if allow_delta {
+            crate::pack::open_blob_with(&self.keys, &loc.pack, &loc.entry, &env, &|b| {
+                self.load_base(t, b)
+            })
+        } else {
+            crate::pack::open_blob(&self.keys, &loc.pack, &loc.entry, &env)
+        }
+    }
+
+    /// Where a blob is stored, from the local index.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when no index lists it; cache errors.
+    pub fn locate(&self, t: BlobType, id: &BlobId) -> Result<crate::index::BlobLocation> {
+        self.index()?.lookup(t, id)?.ok_or_else(|| Error::NotFound {
+            kind: format!("{t:?} blob").to_lowercase(),
+            id: id.to_hex(),
+        })
     }
 
     /// Loads and parses a tree blob.

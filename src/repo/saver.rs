@@ -66,7 +66,24 @@ impl<'a> BlobSaver<'a> {
     /// # Errors
     /// Index, compression and backend errors.
     pub fn save(&self, t: BlobType, data: &[u8]) -> Result<BlobId> {
-        let id = self.repo.keys().blob_id(data);
+        self.save_similar(t, self.repo.keys().blob_id(data), data, None)
+    }
+
+    /// [`BlobSaver::save`] for a blob with known id `id`, which is probably similar to the stored blob
+    /// `similar` of the same type (the chunk at the same place in the previous version of the file, or
+    /// the previous version of the same directory's tree). A new blob is
+    /// then stored as a delta against `similar`'s self-contained base when that saves at least a quarter
+    /// (see `docs/design.md`, section 6).
+    ///
+    /// # Errors
+    /// Index, compression and backend errors.
+    pub fn save_similar(
+        &self,
+        t: BlobType,
+        id: BlobId,
+        data: &[u8],
+        similar: Option<BlobId>,
+    ) -> Result<BlobId> {
         if !self
             .seen
             .lock()
@@ -78,7 +95,13 @@ impl<'a> BlobSaver<'a> {
         if self.repo.index()?.contains(t, &id)? {
             return Ok(id);
         }
-        let stored = encode_blob(data, self.repo.config().compression)?;
+        let level = self.repo.config().compression;
+        let mut stored = encode_blob(data, level)?;
+        if let Some(sim) = similar {
+            if let Some(d) = self.delta(t, data, level, &stored, &sim)? {
+                stored = d;
+            }
+        }
         self.blobs_added.fetch_add(1, Ordering::Relaxed);
         self.data_added
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -97,6 +120,29 @@ impl<'a> BlobSaver<'a> {
             self.write_pack(p)?;
         }
         Ok(id)
+    }
+
+    /// The delta encoding of `data` against the base of `similar`, if it pays. A base that cannot be
+    /// read is only a lost opportunity: the blob is then stored self-contained.
+    fn delta(
+        &self,
+        t: BlobType,
+        data: &[u8],
+        level: i32,
+        plain: &[u8],
+        similar: &BlobId,
+    ) -> Result<Option<Vec<u8>>> {
+        let base = match self.repo.locate(t, similar) {
+            Ok(loc) => loc.entry.base.unwrap_or(*similar),
+            Err(_) => return Ok(None),
+        };
+        match self.repo.load_base(t, &base) {
+            Ok(b) => crate::pack::encode_delta(data, level, plain, &base, &b),
+            Err(e) => {
+                tracing::debug!("no delta against {}: {e}", base.short());
+                Ok(None)
+            }
+        }
     }
 
     fn write_pack(&self, p: PackBuilder) -> Result<()> {
@@ -154,6 +200,11 @@ impl<'a> BlobSaver<'a> {
         let id = crate::index::save_index_file(self.repo.backend(), self.repo.keys(), &file)?;
         self.repo.index()?.add_index_file(&id, &file)?;
         Ok(Some(id))
+    }
+
+    /// The keys of the repository (for blob ids).
+    pub fn repo_keys(&self) -> &crate::crypto::RepoKeys {
+        self.repo.keys()
     }
 
     /// What was added so far.
