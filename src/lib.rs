@@ -4,7 +4,7 @@
 //! - [`cli`]: one file per subcommand, each calling one library function;
 //! - [`backup`], [`restore`], [`check`], [`diff`], [`stats`], [`walk`]: the jobs;
 //! - [`repo`]: opening a repository, keys, snapshots, trees, blobs, locks, saving;
-//! - [`index`], [`pack`], [`chunker`], [`crypto`], [`format`]: storage format pieces;
+//! - [`index`], [`pack`], [`chunker`], [`crypto`], [`mod@format`]: storage format pieces;
 //! - [`backend`]: opaque bytes by file type and name.
 //!
 //! The repository format is specified in `docs/design.md`.
@@ -18,6 +18,7 @@ pub mod crypto;
 pub mod diff;
 pub mod error;
 pub mod format;
+pub mod fuzzing;
 pub mod id;
 pub mod index;
 pub mod pack;

@@ -244,6 +244,30 @@ pub fn open_blob_with(
     Ok(data)
 }
 
+/// Checks that a blob's envelope authenticates as blob `e` of pack `pack` (its bytes are intact and in
+/// the right place) without decoding it; `repair index` uses this to salvage blobs of damaged packs.
+///
+/// # Errors
+/// [`Error::IntegrityMismatch`] as [`open_blob`].
+pub fn authenticate(keys: &RepoKeys, pack: &PackId, e: &PackEntry, envelope: &[u8]) -> Result<()> {
+    let what = format!("blob {} in pack {}", e.id, pack);
+    let stored = keys.open(
+        Kind::Pack,
+        &pack.0,
+        blob_kind(e.blob_type),
+        &e.id.0,
+        envelope,
+        &what,
+    )?;
+    if stored_base(&stored) != e.base {
+        return Err(Error::integrity(
+            what,
+            "its base does not match the one its index entry names",
+        ));
+    }
+    Ok(())
+}
+
 fn blob_kind(t: BlobType) -> Kind {
     match t {
         BlobType::Data => Kind::DataBlob,

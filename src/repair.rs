@@ -1,7 +1,8 @@
 //! `repair index`: rebuild the index files from the pack headers.
 //!
 //! Readable index files are reused for packs they describe correctly (unless every pack is to be read);
-//! every other pack's header is read. One new index file superseding all old ones is written first,
+//! every other pack's header is read. Of a pack whose header is damaged, the blobs that old index files
+//! list and whose bytes still authenticate are kept, so a truncated pack loses only what was cut. One new index file superseding all old ones is written first,
 //! then the old ones are removed, so an interruption at any point leaves a complete index.
 
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::backend::FileType;
 use crate::error::Result;
-use crate::format::{IndexFile, IndexPack};
+use crate::format::{IndexFile, IndexPack, PackEntry};
 use crate::id::{IndexId, PackId};
 use crate::repo::lock::LockGuard;
 use crate::repo::Repository;
@@ -24,8 +25,11 @@ pub struct RepairReport {
     pub packs_indexed: usize,
     /// Blobs in the new index.
     pub blobs_indexed: usize,
-    /// Packs whose header could not be read, with the reason (their blobs are lost).
+    /// Packs whose header could not be read, with the reason.
     pub damaged_packs: Vec<String>,
+    /// Blobs of damaged packs kept because old index files listed them and their bytes still
+    /// authenticate (the rest of those packs' blobs are lost).
+    pub salvaged_blobs: usize,
     /// Old index files removed.
     pub removed_index_files: usize,
 }
@@ -54,15 +58,20 @@ pub fn repair_index(repo: &Repository, read_all_packs: bool) -> Result<RepairRep
         .into_iter()
         .filter_map(|(n, _)| IndexId::from_hex(&n).ok())
         .collect();
+    // What the old index files say, for reuse (unless every pack is to be read) and for salvage.
+    let mut listed: HashMap<PackId, IndexPack> = HashMap::new();
+    for id in &old {
+        if let Ok(f) = crate::index::load_index_file(backend, keys, id) {
+            for p in f.packs {
+                listed.entry(p.id).or_insert(p);
+            }
+        }
+    }
     let mut known: HashMap<PackId, IndexPack> = HashMap::new();
     if !read_all_packs {
-        for id in &old {
-            if let Ok(f) = crate::index::load_index_file(backend, keys, id) {
-                for p in f.packs {
-                    if stored.get(&p.id) == Some(&p.size) {
-                        known.insert(p.id, p);
-                    }
-                }
+        for (id, p) in &listed {
+            if stored.get(id) == Some(&p.size) {
+                known.insert(*id, p.clone());
             }
         }
     }
@@ -72,26 +81,74 @@ pub fn repair_index(repo: &Repository, read_all_packs: bool) -> Result<RepairRep
         .map(|(i, s)| (*i, *s))
         .collect();
     report.packs_read = todo.len();
-    let read: Vec<(PackId, Result<IndexPack>)> = todo
+    let read: Vec<(PackId, u64, Result<IndexPack>, Vec<PackEntry>)> = todo
         .par_iter()
         .map(|(id, size)| {
-            let r = backend
-                .read(FileType::Pack, &id.to_hex())
-                .and_then(|b| crate::pack::read_header(keys, id, &b))
-                .map(|blobs| IndexPack {
-                    id: *id,
-                    size: *size,
-                    blobs,
-                });
-            (*id, r)
+            let bytes = match backend.read(FileType::Pack, &id.to_hex()) {
+                Ok(b) => b,
+                Err(e) => return (*id, *size, Err(e), vec![]),
+            };
+            match crate::pack::read_header(keys, id, &bytes) {
+                Ok(blobs) => (
+                    *id,
+                    *size,
+                    Ok(IndexPack {
+                        id: *id,
+                        size: *size,
+                        blobs,
+                    }),
+                    vec![],
+                ),
+                Err(e) => {
+                    // The header is damaged: keep what old index files list and still authenticates.
+                    let salvaged = listed
+                        .get(id)
+                        .map(|p| {
+                            p.blobs
+                                .iter()
+                                .filter(|b| {
+                                    let end = b.offset as usize + b.length as usize;
+                                    end <= bytes.len()
+                                        && crate::pack::authenticate(
+                                            keys,
+                                            id,
+                                            b,
+                                            &bytes[b.offset as usize..end],
+                                        )
+                                        .is_ok()
+                                })
+                                .copied()
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (*id, *size, Err(e), salvaged)
+                }
+            }
         })
         .collect();
-    for (id, r) in read {
+    for (id, size, r, salvaged) in read {
         match r {
             Ok(p) => {
                 known.insert(id, p);
             }
-            Err(e) => report.damaged_packs.push(format!("pack {id}: {e}")),
+            Err(e) => {
+                let total = listed.get(&id).map(|p| p.blobs.len()).unwrap_or(0);
+                report.damaged_packs.push(format!(
+                    "pack {id}: {e}; kept {} of the {total} blobs old index files listed",
+                    salvaged.len()
+                ));
+                if !salvaged.is_empty() {
+                    report.salvaged_blobs += salvaged.len();
+                    known.insert(
+                        id,
+                        IndexPack {
+                            id,
+                            size,
+                            blobs: salvaged,
+                        },
+                    );
+                }
+            }
         }
     }
     let mut packs: Vec<IndexPack> = known.into_values().collect();

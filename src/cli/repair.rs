@@ -29,7 +29,7 @@ pub(crate) fn run(g: &Global, c: RepairCommand) -> anyhow::Result<u8> {
             r.packs_read, r.packs_indexed, r.blobs_indexed, r.removed_index_files
         );
         if !r.damaged_packs.is_empty() {
-            println!("the blobs of damaged packs are lost from the index; `gatevault check` names the snapshots that need them");
+            println!("kept {} blob(s) of damaged packs that still authenticate; the rest are lost from the index, and `gatevault check` names the snapshots that need them", r.salvaged_blobs);
         }
     }
     Ok(if r.damaged_packs.is_empty() {
