@@ -331,11 +331,11 @@ fn save_file(
         progress.bytes(data.len() as u64);
         return Ok(ids);
     }
-    let (tx, rx) = sync_channel::<(usize, Vec<u8>)>(8);
+    let (tx, rx) = sync_channel::<(usize, Vec<u8>)>(4);
     std::thread::scope(|s| {
         let reader = s.spawn(move || {
             let mut n = 0;
-            chunker.stream(f, 4 * chunker.max_size(), &what, |batch| {
+            chunker.stream(f, 2 * chunker.max_size(), &what, |batch| {
                 for c in batch {
                     tx.send((n, c)).map_err(|_| Error::Interrupted)?;
                     n += 1;

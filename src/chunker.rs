@@ -66,39 +66,38 @@ impl Chunker {
     ) -> Result<()> {
         let max = self.max_size();
         let cap = batch_bytes.max(2 * max);
-        let mut buf: Vec<u8> = Vec::with_capacity(cap);
+        // One buffer for the whole stream: `filled` bytes are valid; no per-read zeroing or reallocation.
+        let mut buf: Vec<u8> = vec![0; cap];
+        let mut filled = 0;
         let mut eof = false;
         loop {
-            while !eof && buf.len() < cap {
-                let start = buf.len();
-                buf.resize(cap, 0);
-                match r.read(&mut buf[start..]) {
-                    Ok(0) => {
-                        buf.truncate(start);
-                        eof = true;
-                    }
-                    Ok(n) => buf.truncate(start + n),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(start),
+            while !eof && filled < cap {
+                match r.read(&mut buf[filled..]) {
+                    Ok(0) => eof = true,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(Error::io(format!("reading {what}"), e)),
                 }
             }
-            if buf.is_empty() {
+            if filled == 0 {
                 return Ok(());
             }
-            let cdc = self.cdc(&buf);
+            let data = &buf[..filled];
+            let cdc = self.cdc(data);
             let mut pos = 0;
             let mut out = Vec::new();
             // Without EOF, only cut where at least `max` bytes remain, so that a cut is never premature.
-            while pos < buf.len() && (eof || buf.len() - pos >= max) {
-                let (_, end) = cdc.cut(pos, buf.len() - pos);
-                out.push(buf[pos..end].to_vec());
+            while pos < filled && (eof || filled - pos >= max) {
+                let (_, end) = cdc.cut(pos, filled - pos);
+                out.push(data[pos..end].to_vec());
                 pos = end;
             }
-            buf.drain(..pos);
+            buf.copy_within(pos..filled, 0);
+            filled -= pos;
             if !out.is_empty() {
                 batch(out)?;
             }
-            if eof && buf.is_empty() {
+            if eof && filled == 0 {
                 return Ok(());
             }
         }

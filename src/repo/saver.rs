@@ -1,18 +1,21 @@
 //! Saving blobs during a job: deduplication against the index, compression, packing and upload.
 //!
 //! Workers call [`BlobSaver::save`] concurrently. Hashing and compression run on the calling thread;
-//! a full pack is taken out of the shared builder and sealed and written by the worker that filled it,
-//! so several packs can be finished in parallel while memory stays bounded by about one pack per worker.
+//! a full pack is taken out of the shared builder and sealed by the worker that filled it, then handed
+//! to a writer thread, so sealing, writing and the next packs' CPU work overlap while memory stays
+//! bounded by about one pack per worker plus two in the writer.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
-use crate::backend::FileType;
-use crate::error::Result;
+use crate::backend::{Backend, FileType};
+use crate::error::{Error, Result};
 use crate::format::{BlobType, IndexFile, IndexPack};
 use crate::id::{BlobId, IndexId};
-use crate::pack::{encode_blob, PackBuilder};
+use crate::pack::{encode_blob, FinishedPack, PackBuilder};
 use crate::repo::Repository;
 
 /// Counters of what a saver added.
@@ -31,10 +34,91 @@ pub struct BlobSaver<'a> {
     repo: &'a Repository,
     builders: [Mutex<PackBuilder>; 2],
     seen: Mutex<HashSet<(BlobType, BlobId)>>,
-    packs: Mutex<Vec<IndexPack>>,
     blobs_added: AtomicU64,
     data_added: AtomicU64,
-    data_added_packed: AtomicU64,
+    writer: PackWriter,
+}
+
+/// Writes finished packs on a thread of its own, so that waiting for the disk (each pack is fsynced)
+/// overlaps with the CPU work of the next packs. At most one pack waits in the queue, plus one being
+/// written, so memory stays bounded.
+struct PackWriter {
+    tx: Mutex<Option<SyncSender<FinishedPack>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    written: Arc<Mutex<Vec<IndexPack>>>,
+    error: Arc<Mutex<Option<Error>>>,
+    packed: Arc<AtomicU64>,
+}
+
+impl PackWriter {
+    fn start(backend: Arc<dyn Backend>) -> Self {
+        let (tx, rx) = sync_channel::<FinishedPack>(1);
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let error: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
+        let packed = Arc::new(AtomicU64::new(0));
+        let (w, e, n) = (written.clone(), error.clone(), packed.clone());
+        let thread = std::thread::spawn(move || {
+            for fp in rx {
+                if e.lock().unwrap_or_else(|x| x.into_inner()).is_some() {
+                    continue; // a write failed: drain the queue without writing more
+                }
+                match backend.write(FileType::Pack, &fp.id.to_hex(), &fp.bytes) {
+                    Ok(()) => {
+                        n.fetch_add(fp.bytes.len() as u64, Ordering::Relaxed);
+                        w.lock().unwrap_or_else(|x| x.into_inner()).push(IndexPack {
+                            id: fp.id,
+                            size: fp.bytes.len() as u64,
+                            blobs: fp.entries,
+                        });
+                    }
+                    Err(err) => *e.lock().unwrap_or_else(|x| x.into_inner()) = Some(err),
+                }
+            }
+        });
+        Self {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            written,
+            error,
+            packed,
+        }
+    }
+
+    fn take_error(&self) -> Option<Error> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn send(&self, fp: FinishedPack) -> Result<()> {
+        if let Some(e) = self.take_error() {
+            return Err(e);
+        }
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match tx {
+            Some(tx) if tx.send(fp).is_ok() => Ok(()),
+            _ => Err(self.take_error().unwrap_or(Error::Interrupted)),
+        }
+    }
+
+    /// Waits until every queued pack is written; returns them.
+    fn finish(&self) -> Result<Vec<IndexPack>> {
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.join()
+                .map_err(|_| Error::InvalidInput("the pack writer thread panicked".into()))?;
+        }
+        if let Some(e) = self.take_error() {
+            return Err(e);
+        }
+        Ok(std::mem::take(
+            &mut *self.written.lock().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+}
+
+impl Drop for PackWriter {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
 }
 
 fn slot(t: BlobType) -> usize {
@@ -54,10 +138,9 @@ impl<'a> BlobSaver<'a> {
                 Mutex::new(PackBuilder::new(BlobType::Tree)),
             ],
             seen: Mutex::new(HashSet::new()),
-            packs: Mutex::new(Vec::new()),
             blobs_added: AtomicU64::new(0),
             data_added: AtomicU64::new(0),
-            data_added_packed: AtomicU64::new(0),
+            writer: PackWriter::start(repo.backend_arc()),
         }
     }
 
@@ -146,21 +229,7 @@ impl<'a> BlobSaver<'a> {
     }
 
     fn write_pack(&self, p: PackBuilder) -> Result<()> {
-        let fp = p.finish(self.repo.keys())?;
-        self.repo
-            .backend()
-            .write(FileType::Pack, &fp.id.to_hex(), &fp.bytes)?;
-        self.data_added_packed
-            .fetch_add(fp.bytes.len() as u64, Ordering::Relaxed);
-        self.packs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(IndexPack {
-                id: fp.id,
-                size: fp.bytes.len() as u64,
-                blobs: fp.entries,
-            });
-        Ok(())
+        self.writer.send(p.finish(self.repo.keys())?)
     }
 
     /// Writes the packs still open and returns what was stored.
@@ -179,9 +248,7 @@ impl<'a> BlobSaver<'a> {
                 self.write_pack(p)?;
             }
         }
-        Ok(std::mem::take(
-            &mut *self.packs.lock().unwrap_or_else(|e| e.into_inner()),
-        ))
+        self.writer.finish()
     }
 
     /// Flushes, then stores one index file for the new packs and records it in the local index.
@@ -212,7 +279,7 @@ impl<'a> BlobSaver<'a> {
         SaveStats {
             blobs_added: self.blobs_added.load(Ordering::Relaxed),
             data_added: self.data_added.load(Ordering::Relaxed),
-            data_added_packed: self.data_added_packed.load(Ordering::Relaxed),
+            data_added_packed: self.writer.packed.load(Ordering::Relaxed),
         }
     }
 }
