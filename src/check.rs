@@ -93,6 +93,38 @@ pub struct CheckReport {
     pub bytes_read: u64,
 }
 
+type BlobMap = HashMap<(BlobType, BlobId), (PackId, PackEntry)>;
+
+/// Reads a blob through the entries of the index files (not the local cache), resolving a delta chain
+/// of at most `depth` deltas the same way. Returns the pack it came from and its plaintext.
+fn read_indexed(
+    blobs: &BlobMap,
+    backend: &dyn crate::backend::Backend,
+    keys: &crate::crypto::RepoKeys,
+    t: BlobType,
+    id: &BlobId,
+    depth: usize,
+) -> Result<(PackId, Vec<u8>)> {
+    let (pack, e) = blobs.get(&(t, *id)).ok_or_else(|| Error::NotFound {
+        kind: format!("{t:?} blob").to_lowercase(),
+        id: id.to_hex(),
+    })?;
+    let env = backend.read_range(
+        FileType::Pack,
+        &pack.to_hex(),
+        e.offset as u64,
+        e.length as u64,
+    )?;
+    let data = crate::pack::open_blob_with(keys, pack, e, &env, &|b| match depth {
+        0 => Err(Error::integrity(
+            format!("blob {id}"),
+            "its delta chain is longer than allowed",
+        )),
+        _ => read_indexed(blobs, backend, keys, t, b, depth - 1).map(|(_, d)| d),
+    })?;
+    Ok((*pack, data))
+}
+
 /// Selects the packs whose data `sel` asks for.
 pub fn select_packs(packs: &[PackId], sel: ReadData, seed: u64) -> Vec<PackId> {
     match sel {
@@ -153,7 +185,7 @@ pub fn check(
         .par_iter()
         .map(|id| (*id, crate::index::load_index_file(backend, keys, id)))
         .collect();
-    let mut blobs: HashMap<(BlobType, BlobId), (PackId, PackEntry)> = HashMap::new();
+    let mut blobs: BlobMap = HashMap::new();
     let mut packs: HashMap<PackId, (u64, Vec<PackEntry>)> = HashMap::new();
     for (id, f) in loaded {
         match f {
@@ -194,39 +226,15 @@ pub fn check(
     }
 
     // 3. Snapshots and trees.
-    // Reads a self-contained blob (a tree, or the base of a delta) through the index files' entries.
-    let read_plain = |t: BlobType, id: &BlobId| -> Result<Vec<u8>> {
-        let (pack, e) = blobs.get(&(t, *id)).ok_or_else(|| Error::NotFound {
-            kind: format!("{t:?} blob").to_lowercase(),
-            id: id.to_hex(),
-        })?;
-        let env = backend.read_range(
-            FileType::Pack,
-            &pack.to_hex(),
-            e.offset as u64,
-            e.length as u64,
-        )?;
-        crate::pack::open_blob(keys, pack, e, &env)
-    };
     let load_tree = |id: &BlobId| -> Result<Tree> {
-        let (pack, e) = blobs
-            .get(&(BlobType::Tree, *id))
-            .ok_or_else(|| Error::NotFound {
-                kind: "tree blob".into(),
-                id: id.to_hex(),
-            })?;
-        let env = backend.read_range(
-            FileType::Pack,
-            &pack.to_hex(),
-            e.offset as u64,
-            e.length as u64,
+        let (pack, b) = read_indexed(
+            &blobs,
+            backend,
+            keys,
+            BlobType::Tree,
+            id,
+            crate::pack::MAX_DELTA_DEPTH,
         )?;
-        let b =
-            crate::pack::open_blob_with(keys, pack, e, &env, &|b| read_plain(BlobType::Tree, b))?;
-        let pack = blobs
-            .get(&(BlobType::Tree, *id))
-            .map(|(p, _)| *p)
-            .unwrap_or_default();
         Tree::decode(&b)
             .map_err(|err| Error::integrity(format!("tree {id} in pack {pack}"), err.to_string()))
     };
@@ -301,7 +309,7 @@ pub fn check(
     let counts = Mutex::new((0u64, 0u64));
     selected.par_iter().for_each(|pid| {
         let (size, indexed) = &packs[pid];
-        let bytes = match backend.read(FileType::Pack, &pid.to_hex()) {
+        let mut bytes = match backend.read(FileType::Pack, &pid.to_hex()) {
             Ok(b) => b,
             Err(e) => {
                 incomplete
@@ -337,8 +345,20 @@ pub fn check(
                 ));
                 continue;
             }
-            let base = |b: &BlobId| read_plain(e.blob_type, b);
-            match crate::pack::open_blob_with(keys, pid, e, &bytes[e.offset as usize..end], &base) {
+            let base = |b: &BlobId| {
+                read_indexed(
+                    &blobs,
+                    backend,
+                    keys,
+                    e.blob_type,
+                    b,
+                    crate::pack::MAX_DELTA_DEPTH - 1,
+                )
+                .map(|(_, d)| d)
+            };
+            // Decrypted in place: index entries never overlap (the index parser refuses that).
+            let env = &mut bytes[e.offset as usize..end];
+            match crate::pack::open_blob_in_place(keys, pid, e, env, &base) {
                 Ok(_) => n += 1,
                 Err(err) => errs.push(format!("pack {pid}: blob {}: {err}", e.id)),
             }

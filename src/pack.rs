@@ -22,7 +22,11 @@ const ZSTD: u8 = 1;
 /// Blob plaintext flag: base blob id, then a zstd frame made with the base's plaintext as dictionary.
 const DELTA: u8 = 2;
 
-/// Resolves the plaintext of a delta blob's base (which is never itself a delta).
+/// How many deltas a chain may hold: a delta's base may itself be a delta, down to this depth. Writers
+/// start a new self-contained blob instead of going deeper; readers refuse longer chains.
+pub const MAX_DELTA_DEPTH: usize = 8;
+
+/// Resolves the plaintext of a delta blob's base (resolving the base's own chain, if any).
 pub type BaseResolver<'a> = &'a (dyn Fn(&BlobId) -> Result<Vec<u8>> + Sync);
 
 /// A resolver for contexts where no delta is expected: any base is an error.
@@ -238,6 +242,51 @@ pub fn open_blob_with(
         ));
     }
     let data = decode_blob_with(&stored, e.raw_length as usize, &what, base)?;
+    if keys.blob_id(&data) != e.id {
+        return Err(Error::integrity(what, "content does not hash to its id"));
+    }
+    Ok(data)
+}
+
+/// [`open_blob_with`] without copying: decrypts inside `envelope`; a stored (uncompressed) blob comes
+/// back as a slice of it, a compressed or delta blob as a new buffer. Used by restore and check, which
+/// own the pack bytes they read.
+///
+/// # Errors
+/// As [`open_blob_with`].
+pub fn open_blob_in_place<'b>(
+    keys: &RepoKeys,
+    pack: &PackId,
+    e: &PackEntry,
+    envelope: &'b mut [u8],
+    base: BaseResolver<'_>,
+) -> Result<std::borrow::Cow<'b, [u8]>> {
+    let what = format!("blob {} in pack {}", e.id, pack);
+    let stored = keys.open_in_place(
+        Kind::Pack,
+        &pack.0,
+        blob_kind(e.blob_type),
+        &e.id.0,
+        envelope,
+        &what,
+    )?;
+    if stored_base(stored) != e.base {
+        return Err(Error::integrity(
+            what,
+            "its base does not match the one its index entry names",
+        ));
+    }
+    let data = match stored.split_first() {
+        Some((&RAW, body)) if body.len() == e.raw_length as usize => {
+            std::borrow::Cow::Borrowed(body)
+        }
+        _ => std::borrow::Cow::Owned(decode_blob_with(
+            stored,
+            e.raw_length as usize,
+            &what,
+            base,
+        )?),
+    };
     if keys.blob_id(&data) != e.id {
         return Err(Error::integrity(what, "content does not hash to its id"));
     }

@@ -234,28 +234,35 @@ pub fn restore(
                 .map(|(l, _)| l.entry.offset as u64 + l.entry.length as u64)
                 .max()
                 .unwrap_or(start);
-            let bytes =
+            let mut bytes =
                 repo.backend()
                     .read_range(FileType::Pack, &pack.to_hex(), start, end - start);
             for (loc, targets) in run {
                 let e = &loc.entry;
-                let envelope = match &bytes {
+                // A run that cannot be read whole (a truncated pack, say) is read blob by blob, so that
+                // only the files needing damaged bytes fail.
+                let mut single = Vec::new();
+                let envelope: Result<&mut [u8]> = match &mut bytes {
                     Ok(b) => {
                         let o = (e.offset as u64 - start) as usize;
-                        Ok(b[o..o + e.length as usize].to_vec())
+                        Ok(&mut b[o..o + e.length as usize])
                     }
-                    // A run that cannot be read whole (a truncated pack, say): read this blob alone,
-                    // so that only the files needing damaged bytes fail.
-                    Err(_) => repo.backend().read_range(
-                        FileType::Pack,
-                        &pack.to_hex(),
-                        e.offset as u64,
-                        e.length as u64,
-                    ),
+                    Err(_) => repo
+                        .backend()
+                        .read_range(
+                            FileType::Pack,
+                            &pack.to_hex(),
+                            e.offset as u64,
+                            e.length as u64,
+                        )
+                        .map(|v| {
+                            single = v;
+                            &mut single[..]
+                        }),
                 };
                 let data = envelope
                     .and_then(|env| {
-                        crate::pack::open_blob_with(repo.keys(), pack, e, &env, &|b| {
+                        crate::pack::open_blob_in_place(repo.keys(), pack, e, env, &|b| {
                             repo.load_base(BlobType::Data, b)
                         })
                     })

@@ -51,17 +51,20 @@ pub(crate) fn run(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
         for e in &r.incomplete {
             println!("not checked: {e}");
         }
-        for h in &r.hints {
-            println!("note: {h}");
+        if !g.quiet {
+            for h in &r.hints {
+                println!("note: {h}");
+            }
+            println!(
+                "{} snapshots, {} packs; {} packs read, {} blobs re-hashed, {}",
+                r.snapshots,
+                r.packs,
+                r.packs_read,
+                r.blobs_read,
+                crate::util::bytes(r.bytes_read)
+            );
         }
-        println!(
-            "{} snapshots, {} packs; {} packs read, {} blobs re-hashed, {}",
-            r.snapshots,
-            r.packs,
-            r.packs_read,
-            r.blobs_read,
-            crate::util::bytes(r.bytes_read)
-        );
+        // The verdict is printed even with --quiet: scripts and scrub jobs grep for it.
         println!("status: {:?}", r.status);
     }
     Ok(match r.status {

@@ -331,6 +331,36 @@ impl RepoKeys {
         oc.open(item, item_id, envelope, what)
     }
 
+    /// [`RepoKeys::open`] without copying: decrypts inside `envelope` and returns the plaintext part.
+    ///
+    /// # Errors
+    /// As [`RepoKeys::open`]; on error the envelope's bytes are unspecified.
+    pub fn open_in_place<'b>(
+        &self,
+        kind: Kind,
+        id: &[u8; 32],
+        item: Kind,
+        item_id: &[u8; 32],
+        envelope: &'b mut [u8],
+        what: &str,
+    ) -> Result<&'b mut [u8]> {
+        let (cipher, epoch) = parse_envelope_header(envelope, what)?;
+        let oc = if cipher == self.cipher {
+            self.object_at(epoch, kind, id)?
+        } else {
+            RepoKeys {
+                repo_id: self.repo_id,
+                cipher,
+                master: self.master.clone(),
+                id_key: self.id_key.clone(),
+                mac_key: self.mac_key.clone(),
+                chunker_seed: self.chunker_seed,
+            }
+            .object_at(epoch, kind, id)?
+        };
+        oc.open_in_place(item, item_id, envelope, what)
+    }
+
     /// Seals a single-item object (snapshot, index file, lock): the item is the object itself.
     pub fn seal_object(&self, kind: Kind, id: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
         self.object(kind, id).seal(kind, id, plaintext)
@@ -458,6 +488,45 @@ impl ObjectCipher {
             )
         })?;
         Ok(buf)
+    }
+}
+
+impl ObjectCipher {
+    /// [`ObjectCipher::open`] without copying: decrypts the ciphertext inside `env` and returns it.
+    ///
+    /// # Errors
+    /// As [`ObjectCipher::open`].
+    pub fn open_in_place<'b>(
+        &self,
+        item: Kind,
+        item_id: &[u8; 32],
+        env: &'b mut [u8],
+        what: &str,
+    ) -> Result<&'b mut [u8]> {
+        let (cipher, epoch) = parse_envelope_header(env, what)?;
+        if cipher != self.cipher || epoch != self.epoch {
+            return Err(Error::integrity(
+                what,
+                "sealed under another cipher or key epoch",
+            ));
+        }
+        let hl = 6 + cipher.nonce_len();
+        let tl = env.len() - TAG_LEN;
+        let aad = self.aad(item, item_id, &env[..hl]);
+        let (head, rest) = env.split_at_mut(hl);
+        let (body, tag) = rest.split_at_mut(tl - hl);
+        let nonce = &head[6..];
+        let ok = match &self.aead {
+            Aead::X(c) => c.decrypt_in_place_detached(nonce.into(), &aad, body, (&*tag).into()),
+            Aead::A(c) => c.decrypt_in_place_detached(nonce.into(), &aad, body, (&*tag).into()),
+        };
+        ok.map_err(|_| {
+            Error::integrity(
+                what,
+                "authentication failed (damaged, moved, or from another repository)",
+            )
+        })?;
+        Ok(body)
     }
 }
 

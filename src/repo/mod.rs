@@ -199,19 +199,7 @@ impl Repository {
         if creds.password.is_none() && creds.key_file.is_none() {
             return Err(Error::NoCredentials("no password or key file given".into()));
         }
-        let mut slots: Vec<(KeyId, KeySlot)> = Vec::new();
-        for (name, _) in backend.list(FileType::Key)? {
-            let Ok(id) = KeyId::from_hex(&name) else {
-                continue;
-            };
-            match backend
-                .read(FileType::Key, &name)
-                .and_then(|b| KeySlot::parse(&b, &format!("key slot {}", id.short())))
-            {
-                Ok(s) => slots.push((id, s)),
-                Err(e) => tracing::warn!("skipping key slot {name}: {e}"),
-            }
-        }
+        let slots = read_slots(backend.as_ref())?;
         let mut attempts: Vec<(KeyId, KeySlot, Credential<'_>)> = Vec::new();
         if let Some(k) = &creds.key_file {
             attempts.extend(
@@ -322,18 +310,19 @@ impl Repository {
     /// [`Error::NotFound`] when no index lists it; [`Error::IntegrityMismatch`] naming pack and blob when
     /// its bytes are damaged; backend errors.
     pub fn load_blob(&self, t: BlobType, id: &BlobId) -> Result<Vec<u8>> {
-        self.load_blob_inner(t, id, true)
+        self.load_blob_inner(t, id, crate::pack::MAX_DELTA_DEPTH)
     }
 
-    /// Loads the base of a delta blob of type `t`: a blob of that type that is itself no delta.
+    /// Loads the base of a delta blob of type `t` (one level less of chain is allowed below it).
     ///
     /// # Errors
-    /// As [`Repository::load_blob`], and [`Error::IntegrityMismatch`] when the base is a delta.
+    /// As [`Repository::load_blob`].
     pub fn load_base(&self, t: BlobType, id: &BlobId) -> Result<Vec<u8>> {
-        self.load_blob_inner(t, id, false)
+        self.load_blob_inner(t, id, crate::pack::MAX_DELTA_DEPTH - 1)
     }
 
-    fn load_blob_inner(&self, t: BlobType, id: &BlobId, allow_delta: bool) -> Result<Vec<u8>> {
+    /// Loads a blob whose delta chain may be at most `depth` deltas deep.
+    fn load_blob_inner(&self, t: BlobType, id: &BlobId, depth: usize) -> Result<Vec<u8>> {
         let loc = self.locate(t, id)?;
         let env = self.backend.read_range(
             FileType::Pack,
@@ -341,13 +330,31 @@ impl Repository {
             loc.entry.offset as u64,
             loc.entry.length as u64,
         )?;
-        if allow_delta {
-            crate::pack::open_blob_with(&self.keys, &loc.pack, &loc.entry, &env, &|b| {
-                self.load_base(t, b)
-            })
-        } else {
-            crate::pack::open_blob(&self.keys, &loc.pack, &loc.entry, &env)
+        crate::pack::open_blob_with(&self.keys, &loc.pack, &loc.entry, &env, &|b| match depth {
+            0 => Err(Error::integrity(
+                format!("blob {id}"),
+                "its delta chain is longer than allowed",
+            )),
+            _ => self.load_blob_inner(t, b, depth - 1),
+        })
+    }
+
+    /// How many deltas deep the chain of blob `id` is (0 for a self-contained blob), counting at most
+    /// one past [`crate::pack::MAX_DELTA_DEPTH`].
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when a blob of the chain is in no index; cache errors.
+    pub fn delta_depth(&self, t: BlobType, id: &BlobId) -> Result<usize> {
+        let mut depth = 0;
+        let mut cur = *id;
+        while let Some(base) = self.locate(t, &cur)?.entry.base {
+            depth += 1;
+            if depth > crate::pack::MAX_DELTA_DEPTH {
+                break;
+            }
+            cur = base;
         }
+        Ok(depth)
     }
 
     /// Where a blob is stored, from the local index.
@@ -475,22 +482,7 @@ impl Repository {
     /// # Errors
     /// Backend errors.
     pub fn key_slots(&self) -> Result<Vec<(KeyId, KeySlot)>> {
-        let mut out = Vec::new();
-        for (name, _) in self.backend.list(FileType::Key)? {
-            let Ok(id) = KeyId::from_hex(&name) else {
-                continue;
-            };
-            match self
-                .backend
-                .read(FileType::Key, &name)
-                .and_then(|b| KeySlot::parse(&b, &format!("key slot {}", id.short())))
-            {
-                Ok(s) => out.push((id, s)),
-                Err(e) => tracing::warn!("skipping key slot {name}: {e}"),
-            }
-        }
-        out.sort_by(|a, b| a.1.created.cmp(&b.1.created));
-        Ok(out)
+        read_slots(self.backend.as_ref())
     }
 
     /// Adds a key slot for `cred` with `role`.
@@ -531,6 +523,25 @@ impl Repository {
         }
         self.backend.remove(FileType::Key, &id.to_hex())
     }
+}
+
+/// Every parsable key slot, oldest first (others are skipped with a warning).
+fn read_slots(backend: &dyn Backend) -> Result<Vec<(KeyId, KeySlot)>> {
+    let mut out = Vec::new();
+    for (name, _) in backend.list(FileType::Key)? {
+        let Ok(id) = KeyId::from_hex(&name) else {
+            continue;
+        };
+        match backend
+            .read(FileType::Key, &name)
+            .and_then(|b| KeySlot::parse(&b, &format!("key slot {}", id.short())))
+        {
+            Ok(s) => out.push((id, s)),
+            Err(e) => tracing::warn!("skipping key slot {name}: {e}"),
+        }
+    }
+    out.sort_by(|a, b| a.1.created.cmp(&b.1.created));
+    Ok(out)
 }
 
 fn write_slot(

@@ -154,9 +154,9 @@ impl<'a> BlobSaver<'a> {
 
     /// [`BlobSaver::save`] for a blob with known id `id`, which is probably similar to the stored blob
     /// `similar` of the same type (the chunk at the same place in the previous version of the file, or
-    /// the previous version of the same directory's tree). A new blob is
-    /// then stored as a delta against `similar`'s self-contained base when that saves at least a quarter
-    /// (see `docs/design.md`, section 6).
+    /// the previous version of the same directory's tree). A new blob is then stored as a delta against
+    /// `similar` when that saves at least a quarter and the chain stays within
+    /// [`crate::pack::MAX_DELTA_DEPTH`] (see `docs/design.md`, section 6).
     ///
     /// # Errors
     /// Index, compression and backend errors.
@@ -205,7 +205,7 @@ impl<'a> BlobSaver<'a> {
         Ok(id)
     }
 
-    /// The delta encoding of `data` against the base of `similar`, if it pays. A base that cannot be
+    /// The delta encoding of `data` against `similar`, if it pays. A base that cannot be
     /// read is only a lost opportunity: the blob is then stored self-contained.
     fn delta(
         &self,
@@ -215,14 +215,16 @@ impl<'a> BlobSaver<'a> {
         plain: &[u8],
         similar: &BlobId,
     ) -> Result<Option<Vec<u8>>> {
-        let base = match self.repo.locate(t, similar) {
-            Ok(loc) => loc.entry.base.unwrap_or(*similar),
-            Err(_) => return Ok(None),
-        };
-        match self.repo.load_base(t, &base) {
-            Ok(b) => crate::pack::encode_delta(data, level, plain, &base, &b),
+        // Chain onto `similar` itself (its plaintext is the closest dictionary) unless the chain would
+        // grow too deep; then this blob starts a new chain, self-contained.
+        match self.repo.delta_depth(t, similar) {
+            Ok(d) if d < crate::pack::MAX_DELTA_DEPTH => {}
+            _ => return Ok(None),
+        }
+        match self.repo.load_blob(t, similar) {
+            Ok(b) => crate::pack::encode_delta(data, level, plain, similar, &b),
             Err(e) => {
-                tracing::debug!("no delta against {}: {e}", base.short());
+                tracing::debug!("no delta against {}: {e}", similar.short());
                 Ok(None)
             }
         }
