@@ -232,20 +232,8 @@ pub fn open_blob_with(
     envelope: &[u8],
     base: BaseResolver<'_>,
 ) -> Result<Vec<u8>> {
-    let what = format!("blob {} in pack {}", e.id, pack);
-    let kind = blob_kind(e.blob_type);
-    let stored = keys.open(Kind::Pack, &pack.0, kind, &e.id.0, envelope, &what)?;
-    if stored_base(&stored) != e.base {
-        return Err(Error::integrity(
-            what,
-            "its base does not match the one its index entry names",
-        ));
-    }
-    let data = decode_blob_with(&stored, e.raw_length as usize, &what, base)?;
-    if keys.blob_id(&data) != e.id {
-        return Err(Error::integrity(what, "content does not hash to its id"));
-    }
-    Ok(data)
+    let mut buf = envelope.to_vec();
+    open_blob_in_place(keys, pack, e, &mut buf, base).map(std::borrow::Cow::into_owned)
 }
 
 /// [`open_blob_with`] without copying: decrypts inside `envelope`; a stored (uncompressed) blob comes
@@ -262,20 +250,7 @@ pub fn open_blob_in_place<'b>(
     base: BaseResolver<'_>,
 ) -> Result<std::borrow::Cow<'b, [u8]>> {
     let what = format!("blob {} in pack {}", e.id, pack);
-    let stored = keys.open_in_place(
-        Kind::Pack,
-        &pack.0,
-        blob_kind(e.blob_type),
-        &e.id.0,
-        envelope,
-        &what,
-    )?;
-    if stored_base(stored) != e.base {
-        return Err(Error::integrity(
-            what,
-            "its base does not match the one its index entry names",
-        ));
-    }
+    let stored = open_stored(keys, pack, e, envelope, &what)?;
     let data = match stored.split_first() {
         Some((&RAW, body)) if body.len() == e.raw_length as usize => {
             std::borrow::Cow::Borrowed(body)
@@ -300,21 +275,32 @@ pub fn open_blob_in_place<'b>(
 /// [`Error::IntegrityMismatch`] as [`open_blob`].
 pub fn authenticate(keys: &RepoKeys, pack: &PackId, e: &PackEntry, envelope: &[u8]) -> Result<()> {
     let what = format!("blob {} in pack {}", e.id, pack);
-    let stored = keys.open(
+    open_stored(keys, pack, e, &mut envelope.to_vec(), &what).map(|_| ())
+}
+
+/// Decrypts a blob's envelope in place and checks that the base it names is its entry's.
+fn open_stored<'b>(
+    keys: &RepoKeys,
+    pack: &PackId,
+    e: &PackEntry,
+    envelope: &'b mut [u8],
+    what: &str,
+) -> Result<&'b mut [u8]> {
+    let stored = keys.open_in_place(
         Kind::Pack,
         &pack.0,
         blob_kind(e.blob_type),
         &e.id.0,
         envelope,
-        &what,
+        what,
     )?;
-    if stored_base(&stored) != e.base {
+    if stored_base(stored) != e.base {
         return Err(Error::integrity(
             what,
             "its base does not match the one its index entry names",
         ));
     }
-    Ok(())
+    Ok(stored)
 }
 
 fn blob_kind(t: BlobType) -> Kind {

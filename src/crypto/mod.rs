@@ -314,21 +314,31 @@ impl RepoKeys {
         envelope: &[u8],
         what: &str,
     ) -> Result<Vec<u8>> {
+        self.opener(kind, id, envelope, what)?
+            .open(item, item_id, envelope, what)
+    }
+
+    /// The cipher of object `id` for the epoch and cipher `envelope` was sealed under.
+    fn opener(
+        &self,
+        kind: Kind,
+        id: &[u8; 32],
+        envelope: &[u8],
+        what: &str,
+    ) -> Result<ObjectCipher> {
         let (cipher, epoch) = parse_envelope_header(envelope, what)?;
-        let oc = if cipher == self.cipher {
-            self.object_at(epoch, kind, id)?
-        } else {
-            let other = RepoKeys {
-                repo_id: self.repo_id,
-                cipher,
-                master: self.master.clone(),
-                id_key: self.id_key.clone(),
-                mac_key: self.mac_key.clone(),
-                chunker_seed: self.chunker_seed,
-            };
-            other.object_at(epoch, kind, id)?
-        };
-        oc.open(item, item_id, envelope, what)
+        if cipher == self.cipher {
+            return self.object_at(epoch, kind, id);
+        }
+        RepoKeys {
+            repo_id: self.repo_id,
+            cipher,
+            master: self.master.clone(),
+            id_key: self.id_key.clone(),
+            mac_key: self.mac_key.clone(),
+            chunker_seed: self.chunker_seed,
+        }
+        .object_at(epoch, kind, id)
     }
 
     /// [`RepoKeys::open`] without copying: decrypts inside `envelope` and returns the plaintext part.
@@ -344,21 +354,8 @@ impl RepoKeys {
         envelope: &'b mut [u8],
         what: &str,
     ) -> Result<&'b mut [u8]> {
-        let (cipher, epoch) = parse_envelope_header(envelope, what)?;
-        let oc = if cipher == self.cipher {
-            self.object_at(epoch, kind, id)?
-        } else {
-            RepoKeys {
-                repo_id: self.repo_id,
-                cipher,
-                master: self.master.clone(),
-                id_key: self.id_key.clone(),
-                mac_key: self.mac_key.clone(),
-                chunker_seed: self.chunker_seed,
-            }
-            .object_at(epoch, kind, id)?
-        };
-        oc.open_in_place(item, item_id, envelope, what)
+        self.opener(kind, id, envelope, what)?
+            .open_in_place(item, item_id, envelope, what)
     }
 
     /// Seals a single-item object (snapshot, index file, lock): the item is the object itself.
