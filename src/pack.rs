@@ -42,11 +42,18 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
+/// Frames without the content size: the entry's raw length already says it (saves up to 8 bytes a blob).
+fn lean(mut c: zstd::bulk::Compressor<'static>) -> Option<zstd::bulk::Compressor<'static>> {
+    c.set_parameter(zstd::stream::raw::CParameter::ContentSizeFlag(false))
+        .ok()?;
+    Some(c)
+}
+
 fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
         if c.as_ref().map(|(l, _)| *l) != Some(level) {
-            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+            *c = Some((level, lean(zstd::bulk::Compressor::new(level).ok()?)?));
         }
         c.as_mut()?.1.compress(data).ok()
     })
@@ -123,32 +130,28 @@ pub fn encode_delta(
     if level <= 0 || base.is_empty() {
         return Ok(None);
     }
-    let Ok(mut c) = zstd::bulk::Compressor::with_dictionary(level, base) else {
+    let Some(mut c) = zstd::bulk::Compressor::with_dictionary(level, base)
+        .ok()
+        .and_then(lean)
+    else {
         return Ok(None);
     };
     let Ok(frame) = c.compress(data) else {
         return Ok(None);
     };
-    if 33 + frame.len() >= plain.len() * 3 / 4 {
+    if 1 + frame.len() >= plain.len() * 3 / 4 {
         return Ok(None);
     }
-    let mut out = Vec::with_capacity(33 + frame.len());
+    let mut out = Vec::with_capacity(1 + frame.len());
     out.push(DELTA);
-    out.extend_from_slice(&base_id.0);
     out.extend_from_slice(&frame);
-    let back = decode_blob_with(&out, data.len(), "new delta blob", &|_| Ok(base.to_vec()))?;
+    let back = decode_blob_with(&out, data.len(), Some(base_id), "new delta blob", &|_| {
+        Ok(base.to_vec())
+    })?;
     if back != data {
         return Err(Error::integrity("new delta blob", "decodes to other bytes"));
     }
     Ok(Some(out))
-}
-
-/// The base id a stored plaintext names, if it is a delta.
-pub fn stored_base(stored: &[u8]) -> Option<BlobId> {
-    match stored.split_first() {
-        Some((&DELTA, rest)) if rest.len() >= 32 => rest[..32].try_into().ok().map(BlobId),
-        _ => None,
-    }
 }
 
 /// Reverses [`encode_blob`]; a delta blob is an error here (see [`decode_blob_with`]).
@@ -156,10 +159,11 @@ pub fn stored_base(stored: &[u8]) -> Option<BlobId> {
 /// # Errors
 /// [`Error::IntegrityMismatch`] naming `what` on an unknown flag, bad zstd data or a wrong length.
 pub fn decode_blob(stored: &[u8], raw_len: usize, what: &str) -> Result<Vec<u8>> {
-    decode_blob_with(stored, raw_len, what, &no_base)
+    decode_blob_with(stored, raw_len, None, what, &no_base)
 }
 
-/// Reverses [`encode_blob`] and [`encode_delta`], fetching a delta's base with `base`.
+/// Reverses [`encode_blob`] and [`encode_delta`]; a delta's base is `base_id` (from its pack-header or
+/// index entry, and bound into its authenticated data) and its plaintext is fetched with `base`.
 ///
 /// # Errors
 /// [`Error::IntegrityMismatch`] naming `what` on an unknown flag, bad zstd data, a wrong length, or a
@@ -167,6 +171,7 @@ pub fn decode_blob(stored: &[u8], raw_len: usize, what: &str) -> Result<Vec<u8>>
 pub fn decode_blob_with(
     stored: &[u8],
     raw_len: usize,
+    base_id: Option<&BlobId>,
     what: &str,
     base: BaseResolver<'_>,
 ) -> Result<Vec<u8>> {
@@ -178,17 +183,14 @@ pub fn decode_blob_with(
         ZSTD => {
             decompress(body, raw_len).map_err(|e| Error::integrity(what, format!("zstd: {e}")))?
         }
-        DELTA if body.len() > 32 => {
-            let base_id = BlobId(
-                body[..32]
-                    .try_into()
-                    .map_err(|_| Error::integrity(what, "short delta"))?,
-            );
-            let dict = base(&base_id)
+        DELTA => {
+            let base_id = base_id
+                .ok_or_else(|| Error::integrity(what, "a delta whose entry names no base"))?;
+            let dict = base(base_id)
                 .map_err(|e| Error::integrity(what, format!("its base blob {base_id}: {e}")))?;
             let mut d = zstd::bulk::Decompressor::with_dictionary(&dict)
                 .map_err(|e| Error::integrity(what, format!("zstd dictionary: {e}")))?;
-            d.decompress(&body[32..], raw_len)
+            d.decompress(body, raw_len)
                 .map_err(|e| Error::integrity(what, format!("zstd delta: {e}")))?
         }
         f => {
@@ -258,6 +260,7 @@ pub fn open_blob_in_place<'b>(
         _ => std::borrow::Cow::Owned(decode_blob_with(
             stored,
             e.raw_length as usize,
+            e.base.as_ref(),
             &what,
             base,
         )?),
@@ -278,7 +281,8 @@ pub fn authenticate(keys: &RepoKeys, pack: &PackId, e: &PackEntry, envelope: &[u
     open_stored(keys, pack, e, &mut envelope.to_vec(), &what).map(|_| ())
 }
 
-/// Decrypts a blob's envelope in place and checks that the base it names is its entry's.
+/// Decrypts a blob's envelope in place. The item id in its authenticated data binds the base its entry
+/// names, so an entry with another (or no) base does not open it.
 fn open_stored<'b>(
     keys: &RepoKeys,
     pack: &PackId,
@@ -286,21 +290,15 @@ fn open_stored<'b>(
     envelope: &'b mut [u8],
     what: &str,
 ) -> Result<&'b mut [u8]> {
-    let stored = keys.open_in_place(
+    let item = crate::crypto::blob_item_id(&e.id, e.base.as_ref());
+    keys.open_in_place(
         Kind::Pack,
         &pack.0,
         blob_kind(e.blob_type),
-        &e.id.0,
+        &item,
         envelope,
         what,
-    )?;
-    if stored_base(stored) != e.base {
-        return Err(Error::integrity(
-            what,
-            "its base does not match the one its index entry names",
-        ));
-    }
-    Ok(stored)
+    )
 }
 
 fn blob_kind(t: BlobType) -> Kind {
@@ -315,12 +313,7 @@ struct PendingBlob {
     id: BlobId,
     raw_length: u32,
     stored: Vec<u8>,
-}
-
-impl PendingBlob {
-    fn base(&self) -> Option<BlobId> {
-        stored_base(&self.stored)
-    }
+    base: Option<BlobId>,
 }
 
 /// Collects blobs of one type until the pack is full.
@@ -352,11 +345,24 @@ impl PackBuilder {
 
     /// Adds a blob's stored plaintext (from [`encode_blob`]).
     pub fn add(&mut self, id: BlobId, raw_length: u32, stored: Vec<u8>) {
+        self.add_with_base(id, raw_length, stored, None);
+    }
+
+    /// Adds a blob's stored plaintext; `base` must be given exactly for a delta (from
+    /// [`encode_delta`] against that base).
+    pub fn add_with_base(
+        &mut self,
+        id: BlobId,
+        raw_length: u32,
+        stored: Vec<u8>,
+        base: Option<BlobId>,
+    ) {
         self.size += stored.len();
         self.blobs.push(PendingBlob {
             id,
             raw_length,
             stored,
+            base,
         });
     }
 
@@ -382,7 +388,13 @@ impl PackBuilder {
         let sealed: Vec<Vec<u8>> = self
             .blobs
             .par_iter()
-            .map(|b| oc.seal(kind, &b.id.0, &b.stored))
+            .map(|b| {
+                oc.seal(
+                    kind,
+                    &crate::crypto::blob_item_id(&b.id, b.base.as_ref()),
+                    &b.stored,
+                )
+            })
             .collect();
         let total: usize = sealed.iter().map(|s| s.len()).sum();
         if total > u32::MAX as usize / 2 {
@@ -397,7 +409,7 @@ impl PackBuilder {
                 offset: bytes.len() as u32,
                 length: s.len() as u32,
                 raw_length: b.raw_length,
-                base: b.base(),
+                base: b.base,
             });
             bytes.extend_from_slice(s);
         }
@@ -529,7 +541,7 @@ mod tests {
             delta.len(),
             plain.len()
         );
-        assert_eq!(stored_base(&delta), Some(base_id));
+        assert_eq!(delta[0], DELTA);
         // Unrelated data does not pay as a delta.
         let other: Vec<u8> = (0..20_000).map(|_| rand::random::<u8>()).collect();
         assert!(
@@ -540,7 +552,7 @@ mod tests {
 
         let mut pb = PackBuilder::new(BlobType::Data);
         let id = k.blob_id(&edited);
-        pb.add(id, edited.len() as u32, delta);
+        pb.add_with_base(id, edited.len() as u32, delta, Some(base_id));
         let fp = pb.finish(&k).unwrap();
         let e = read_header(&k, &fp.id, &fp.bytes).unwrap()[0];
         assert_eq!(e.base, Some(base_id), "the header names the base");

@@ -1,7 +1,11 @@
 //! The committed repository `tests/fixtures/repo-v1` was written by the first release of format
 //! version 1 (two snapshots of sample gateway configs, the second with delta blobs; a key-file slot and
 //! a password slot). Every later build must still open, check and restore it byte for byte, and must
-//! detect damage to a copy of it. Never regenerate it: a failure here means the format changed.
+//! detect damage to a copy of it. Never regenerate it once a release has shipped: a failure here means
+//! the format changed. (It was made with the CLI: `init --key-file`, `key add --new-password-file`,
+//! `backup` of `examples/kong/kong.yaml`, `examples/aws/orders-api-openapi.json` and a small file, one
+//! edit of two rate limits in the Kong file, `backup` again; `expected.json` holds SHA-256 of each
+//! version's files.)
 
 mod util;
 

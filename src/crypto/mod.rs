@@ -527,6 +527,20 @@ impl ObjectCipher {
     }
 }
 
+/// The item id a blob is sealed under: the blob id itself, or for a delta a hash of the blob id and
+/// its base's id, so that the base an entry names is authenticated without being stored in the blob.
+pub fn blob_item_id(id: &BlobId, base: Option<&BlobId>) -> [u8; 32] {
+    match base {
+        None => id.0,
+        Some(b) => {
+            let mut h = blake3::Hasher::new_derive_key("gatevault v1 delta blob item id");
+            h.update(&id.0);
+            h.update(&b.0);
+            *h.finalize().as_bytes()
+        }
+    }
+}
+
 /// Keyed hash used by the tamper-evident chains and tests: plain BLAKE3 of `data`.
 pub fn content_hash(data: &[u8]) -> [u8; 32] {
     *blake3::hash(data).as_bytes()

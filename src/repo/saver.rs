@@ -180,9 +180,11 @@ impl<'a> BlobSaver<'a> {
         }
         let level = self.repo.config().compression;
         let mut stored = encode_blob(data, level)?;
+        let mut base = None;
         if let Some(sim) = similar {
             if let Some(d) = self.delta(t, data, level, &stored, &sim)? {
                 stored = d;
+                base = Some(sim);
             }
         }
         self.blobs_added.fetch_add(1, Ordering::Relaxed);
@@ -192,7 +194,7 @@ impl<'a> BlobSaver<'a> {
             let mut b = self.builders[slot(t)]
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            b.add(id, data.len() as u32, stored);
+            b.add_with_base(id, data.len() as u32, stored, base);
             if b.size() >= self.repo.config().pack_size as usize {
                 Some(std::mem::replace(&mut *b, PackBuilder::new(t)))
             } else {
