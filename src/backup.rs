@@ -496,6 +496,7 @@ pub fn backup(
         }
         abs.sort();
         abs.dedup();
+        // As in restic, --force overrides the parent: every file is read and reported as new.
         let parent = match &opts.parent {
             Some(id) => Some((*id, repo.load_snapshot(id)?)),
             None if opts.force => None,

@@ -8,7 +8,6 @@
 use std::cell::RefCell;
 
 use rand::seq::SliceRandom;
-use rayon::prelude::*;
 
 use crate::crypto::{Kind, RepoKeys};
 use crate::error::{Error, Result};
@@ -376,7 +375,7 @@ impl PackBuilder {
         self.blobs.is_empty()
     }
 
-    /// Shuffles the blobs, seals them in parallel under a fresh pack's subkey and appends the header.
+    /// Shuffles the blobs, seals them under a fresh pack's subkey and appends the header.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] when the pack would exceed 4 GiB.
@@ -385,35 +384,32 @@ impl PackBuilder {
         self.blobs.shuffle(&mut rand::thread_rng());
         let oc = keys.object(Kind::Pack, &id.0);
         let kind = blob_kind(self.blob_type);
-        let sealed: Vec<Vec<u8>> = self
-            .blobs
-            .par_iter()
-            .map(|b| {
-                oc.seal(
-                    kind,
-                    &crate::crypto::blob_item_id(&b.id, b.base.as_ref()),
-                    &b.stored,
-                )
-            })
-            .collect();
-        let total: usize = sealed.iter().map(|s| s.len()).sum();
+        let overhead = keys.cipher().overhead();
+        let total: usize = self.blobs.iter().map(|b| b.stored.len() + overhead).sum();
         if total > u32::MAX as usize / 2 {
             return Err(Error::InvalidInput("pack larger than 2 GiB".into()));
         }
-        let mut bytes = Vec::with_capacity(total + 64 + self.blobs.len() * 45);
+        // Sealed straight into the pack buffer, each blob's plaintext freed once it is in: the peak is
+        // about one pack, not three copies of it.
+        let mut bytes = Vec::with_capacity(total + 64 + self.blobs.len() * 77);
         let mut entries = Vec::with_capacity(self.blobs.len());
-        for (b, s) in self.blobs.iter().zip(&sealed) {
+        for b in std::mem::take(&mut self.blobs) {
+            let offset = bytes.len();
+            oc.seal_append(
+                kind,
+                &crate::crypto::blob_item_id(&b.id, b.base.as_ref()),
+                &b.stored,
+                &mut bytes,
+            );
             entries.push(PackEntry {
                 blob_type: self.blob_type,
                 id: b.id,
-                offset: bytes.len() as u32,
-                length: s.len() as u32,
+                offset: offset as u32,
+                length: (bytes.len() - offset) as u32,
                 raw_length: b.raw_length,
                 base: b.base,
             });
-            bytes.extend_from_slice(s);
         }
-        drop(sealed);
         let header = oc.seal(Kind::Pack, &id.0, &format::encode_pack_header(&entries));
         bytes.extend_from_slice(&header);
         bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());

@@ -427,8 +427,16 @@ impl ObjectCipher {
 
     /// Seals one item with a fresh random nonce.
     pub fn seal(&self, item: Kind, item_id: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
-        let nl = self.cipher.nonce_len();
         let mut out = Vec::with_capacity(plaintext.len() + self.cipher.overhead());
+        self.seal_append(item, item_id, plaintext, &mut out);
+        out
+    }
+
+    /// [`ObjectCipher::seal`] appending the envelope to `out` (packs are built this way, without a
+    /// buffer per blob).
+    pub fn seal_append(&self, item: Kind, item_id: &[u8; 32], plaintext: &[u8], out: &mut Vec<u8>) {
+        let nl = self.cipher.nonce_len();
+        let start = out.len();
         out.push(ENVELOPE_VERSION);
         out.push(self.cipher.byte());
         out.extend_from_slice(&self.epoch.to_le_bytes());
@@ -436,7 +444,7 @@ impl ObjectCipher {
         rand::Rng::fill(&mut rand::thread_rng(), &mut nonce[..nl]);
         out.extend_from_slice(&nonce[..nl]);
         let hl = out.len();
-        let aad = self.aad(item, item_id, &out[..hl]);
+        let aad = self.aad(item, item_id, &out[start..hl]);
         out.extend_from_slice(plaintext);
         let tag = match &self.aead {
             Aead::X(c) => c
@@ -448,7 +456,6 @@ impl ObjectCipher {
         }
         .expect("AEAD encryption of an in-memory buffer cannot fail");
         out.extend_from_slice(&tag);
-        out
     }
 
     /// Opens one item sealed by [`ObjectCipher::seal`].

@@ -40,8 +40,8 @@ pub struct BlobSaver<'a> {
 }
 
 /// Writes finished packs on a thread of its own, so that waiting for the disk (each pack is fsynced)
-/// overlaps with the CPU work of the next packs. At most one pack waits in the queue, plus one being
-/// written, so memory stays bounded.
+/// overlaps with the CPU work of the next packs. The hand-over is a rendezvous: at most one pack is
+/// being written and one waits with the worker that finished it, so memory stays bounded.
 struct PackWriter {
     tx: Mutex<Option<SyncSender<FinishedPack>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -52,7 +52,7 @@ struct PackWriter {
 
 impl PackWriter {
     fn start(backend: Arc<dyn Backend>) -> Self {
-        let (tx, rx) = sync_channel::<FinishedPack>(1);
+        let (tx, rx) = sync_channel::<FinishedPack>(0);
         let written = Arc::new(Mutex::new(Vec::new()));
         let error: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
         let packed = Arc::new(AtomicU64::new(0));
