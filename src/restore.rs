@@ -21,6 +21,11 @@ use crate::id::{BlobId, PackId};
 use crate::index::BlobLocation;
 use crate::repo::Repository;
 
+thread_local! {
+    /// Each worker's pack read buffer, kept between packs so its pages are faulted in only once.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Gaps between needed blobs up to this size are read rather than skipped.
 const MAX_GAP: u32 = 1 << 20;
 
@@ -234,9 +239,12 @@ pub fn restore(
                 .map(|(l, _)| l.entry.offset as u64 + l.entry.length as u64)
                 .max()
                 .unwrap_or(start);
-            let mut bytes =
-                repo.backend()
-                    .read_range(FileType::Pack, &pack.to_hex(), start, end - start);
+            // One read buffer per worker, reused from pack to pack.
+            let mut buf = READ_BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+            let mut bytes = repo
+                .backend()
+                .read_range_into(FileType::Pack, &pack.to_hex(), start, end - start, &mut buf)
+                .map(|()| &mut buf);
             for (loc, targets) in run {
                 let e = &loc.entry;
                 // A run that cannot be read whole (a truncated pack, say) is read blob by blob, so that
@@ -292,6 +300,8 @@ pub fn restore(
                     }
                 }
             }
+            drop(bytes);
+            READ_BUF.with(|b| *b.borrow_mut() = buf);
         }
     });
     progress.finish();

@@ -669,6 +669,15 @@ fn truncated_pack_is_named_by_check() {
     assert_eq!(stdout(&out).lines().last(), Some("status: Failed"));
 }
 
+/// The relative paths of the regular files below `root`.
+fn file_set(root: &Path) -> BTreeSet<String> {
+    manifest(root)
+        .into_iter()
+        .filter(|(_, e)| matches!(e, Entry::File { .. }))
+        .map(|(k, _)| k)
+        .collect()
+}
+
 /// Restore must be at least as good as `dump`: a file whose blobs all lie before the cut of a truncated
 /// pack is intact (`dump` writes it), so restore must write it too, as its module documentation promises
 /// ("every other file is restored").
@@ -676,11 +685,7 @@ fn truncated_pack_is_named_by_check() {
 fn restore_of_truncated_pack_keeps_the_intact_files() {
     let b = broken_repo(Damage::TruncatePack);
     let r = &b.repo;
-    let files: Vec<String> = manifest(&b.src)
-        .into_iter()
-        .filter(|(_, e)| matches!(e, Entry::File { .. }))
-        .map(|(k, _)| k)
-        .collect();
+    let files = file_set(&b.src);
     let mut intact = BTreeSet::new();
     for f in &files {
         let out = r.run(["dump", "latest", s(&b.src.join(f))]);
@@ -695,11 +700,7 @@ fn restore_of_truncated_pack_keeps_the_intact_files() {
     let target = r.scratch("t");
     let out = r.run(["restore", "latest", "--target", s(&target)]);
     assert_code(&out, code::FAILURE);
-    let got: BTreeSet<String> = manifest(&restored(&target, &b.src))
-        .into_iter()
-        .filter(|(_, e)| matches!(e, Entry::File { .. }))
-        .map(|(k, _)| k)
-        .collect();
+    let got = file_set(&restored(&target, &b.src));
     assert_eq!(got, intact, "restore writes exactly the intact files");
 
     // `repair index` cannot read the cut pack's header, but keeps the blobs old index files listed
@@ -710,11 +711,7 @@ fn restore_of_truncated_pack_keeps_the_intact_files() {
     let target = r.scratch("after-repair");
     let out = r.run(["restore", "latest", "--target", s(&target)]);
     assert_code(&out, code::FAILURE);
-    let got: BTreeSet<String> = manifest(&restored(&target, &b.src))
-        .into_iter()
-        .filter(|(_, e)| matches!(e, Entry::File { .. }))
-        .map(|(k, _)| k)
-        .collect();
+    let got = file_set(&restored(&target, &b.src));
     assert_eq!(
         got, intact,
         "after repair, restore still writes exactly the intact files"

@@ -137,6 +137,19 @@ impl Backend for LocalBackend {
     }
 
     fn read_range(&self, t: FileType, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_range_into(t, name, offset, len, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn read_range_into(
+        &self,
+        t: FileType,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
         let path = self.path(t, name);
         let mut f = File::open(&path).map_err(|e| self.map_read_err(t, name, &path, e))?;
         f.seek(SeekFrom::Start(offset))
@@ -144,9 +157,10 @@ impl Backend for LocalBackend {
         let len_usize = usize::try_from(len).map_err(|_| {
             Error::integrity(t.path_of(name), format!("range length {len} too large"))
         })?;
-        let mut buf = Vec::with_capacity(len_usize);
+        buf.clear();
+        buf.reserve(len_usize);
         f.take(len)
-            .read_to_end(&mut buf)
+            .read_to_end(buf)
             .map_err(|e| self.io_err("reading", &path, e))?;
         if buf.len() != len_usize {
             return Err(Error::integrity(
@@ -157,7 +171,7 @@ impl Backend for LocalBackend {
                 ),
             ));
         }
-        Ok(buf)
+        Ok(())
     }
 
     fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()> {

@@ -118,6 +118,23 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// [`Error::NotFound`]; [`Error::IntegrityMismatch`] when the object is shorter than the range.
     fn read_range(&self, t: FileType, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
 
+    /// [`Backend::read_range`] into `buf` (cleared first), so that a caller reading many ranges can
+    /// reuse one buffer instead of faulting in fresh memory for each.
+    ///
+    /// # Errors
+    /// As [`Backend::read_range`].
+    fn read_range_into(
+        &self,
+        t: FileType,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        *buf = self.read_range(t, name, offset, len)?;
+        Ok(())
+    }
+
     /// Stores a new object; never replaces an existing one.
     ///
     /// # Errors
