@@ -175,12 +175,16 @@ pub fn restore(
         if let Some(p) = f.dest.parent() {
             fs::create_dir_all(p).map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
         }
-        let created = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&f.dest)
-            .and_then(|h| h.set_len(f.node.size));
+        // A file already at the target is replaced by a new one rather than truncated: truncating
+        // makes ext4 flush the file on every later close (auto_da_alloc), which restore does per blob.
+        let created = match fs::remove_file(&f.dest) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&f.dest)
+                .and_then(|h| h.set_len(f.node.size)),
+        };
         if let Err(e) = created {
             failed
                 .lock()
