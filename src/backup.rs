@@ -445,15 +445,46 @@ pub fn backup(
             )));
         }
         let input = stdin.ok_or_else(|| Error::InvalidInput("no standard input to read".into()))?;
-        let mut ids = Vec::new();
-        let mut size = 0u64;
-        chunker.stream(input, 4 * chunker.max_size(), "standard input", |batch| {
-            for c in batch {
-                size += c.len() as u64;
-                ids.push(saver.save(BlobType::Data, &c)?);
-            }
-            Ok(())
-        })?;
+        let paths = vec![format!("/{name}")];
+        // The same stream name in the parent snapshot gives delta candidates, as for a file.
+        let parent = match &opts.parent {
+            Some(id) => Some((*id, repo.load_snapshot(id)?)),
+            None if opts.force => None,
+            None => find_parent(repo, &host, &paths)?,
+        };
+        let previous: Option<Vec<BlobId>> = match &parent {
+            Some((_, s)) => crate::walk::find(repo, &s.tree, &paths[0])?
+                .filter(|n| n.node_type == NodeType::File)
+                .map(|n| n.content),
+            None => None,
+        };
+        // Small input (a gateway export piped in) is read whole; larger input is streamed.
+        let mut head = Vec::new();
+        input
+            .take(STREAM_THRESHOLD)
+            .read_to_end(&mut head)
+            .map_err(|e| Error::io("reading standard input", e))?;
+        let (ids, size) = if (head.len() as u64) < STREAM_THRESHOLD {
+            let ids = save_chunks(&saver, &chunker, &head, previous.as_deref().unwrap_or(&[]))?;
+            (ids, head.len() as u64)
+        } else {
+            let mut ids = Vec::new();
+            let mut size = 0u64;
+            let rest = std::io::Cursor::new(head).chain(input);
+            chunker.stream(rest, 4 * chunker.max_size(), "standard input", |batch| {
+                for c in batch {
+                    size += c.len() as u64;
+                    ids.push(saver.save(BlobType::Data, &c)?);
+                }
+                Ok(())
+            })?;
+            (ids, size)
+        };
+        match &previous {
+            None => scan.summary.files_new = 1,
+            Some(p) if *p == ids => scan.summary.files_unchanged = 1,
+            Some(_) => scan.summary.files_changed = 1,
+        }
         let now = chrono::Utc::now();
         let node = Node {
             name: name.clone(),
@@ -467,12 +498,11 @@ pub fn backup(
             subtree: None,
             link_target: None,
         };
-        scan.summary.files_new = 1;
         scan.summary.total_files = 1;
         scan.summary.total_bytes = size;
         let mut children = BTreeMap::new();
         children.insert(name.clone(), Item::Other { node });
-        (vec![format!("/{name}")], None, children)
+        (paths, parent, children)
     } else {
         if opts.paths.is_empty() {
             return Err(Error::InvalidInput(
