@@ -97,8 +97,6 @@ enum Item {
 
 fn meta_node(name: &str, t: NodeType, m: &fs::Metadata) -> Node {
     Node {
-        name: name.to_string(),
-        node_type: t,
         mode: m.mode() & 0o7777,
         mtime_ns: m
             .mtime()
@@ -107,24 +105,14 @@ fn meta_node(name: &str, t: NodeType, m: &fs::Metadata) -> Node {
         size: if t == NodeType::File { m.len() } else { 0 },
         inode: m.ino(),
         device: m.dev(),
-        content: vec![],
-        subtree: None,
-        link_target: None,
+        ..Node::new(name, t)
     }
 }
 
 fn dir_node(name: &str) -> Node {
     Node {
-        name: name.to_string(),
-        node_type: NodeType::Dir,
         mode: 0o755,
-        mtime_ns: 0,
-        size: 0,
-        inode: 0,
-        device: 0,
-        content: vec![],
-        subtree: None,
-        link_target: None,
+        ..Node::new(name, NodeType::Dir)
     }
 }
 
@@ -485,18 +473,11 @@ pub fn backup(
             Some(p) if *p == ids => scan.summary.files_unchanged = 1,
             Some(_) => scan.summary.files_changed = 1,
         }
-        let now = chrono::Utc::now();
         let node = Node {
-            name: name.clone(),
-            node_type: NodeType::File,
-            mode: 0o644,
-            mtime_ns: now.timestamp_nanos_opt().unwrap_or(0),
+            mtime_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
             size,
-            inode: 0,
-            device: 0,
             content: ids,
-            subtree: None,
-            link_target: None,
+            ..Node::new(name, NodeType::File)
         };
         scan.summary.total_files = 1;
         scan.summary.total_bytes = size;

@@ -474,6 +474,24 @@ pub struct Node {
     pub link_target: Option<String>,
 }
 
+impl Node {
+    /// A node of `node_type` named `name` with mode 0644 and every other field empty or zero.
+    pub fn new(name: &str, node_type: NodeType) -> Self {
+        Self {
+            name: name.to_string(),
+            node_type,
+            mode: 0o644,
+            mtime_ns: 0,
+            size: 0,
+            inode: 0,
+            device: 0,
+            content: vec![],
+            subtree: None,
+            link_target: None,
+        }
+    }
+}
+
 /// A directory listing, stored as a JSON tree blob.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tree {
@@ -693,18 +711,7 @@ mod tests {
 
     #[test]
     fn tree_invariants() {
-        let n = |name: &str| Node {
-            name: name.into(),
-            node_type: NodeType::File,
-            mode: 0o644,
-            mtime_ns: 0,
-            size: 0,
-            inode: 0,
-            device: 0,
-            content: vec![],
-            subtree: None,
-            link_target: None,
-        };
+        let n = |name: &str| Node::new(name, NodeType::File);
         let t = Tree {
             version: 1,
             nodes: vec![n("a"), n("b")],

@@ -550,16 +550,8 @@ fn snapshot_seeds() -> Seeds {
 
 fn node(name: &str, node_type: NodeType) -> Node {
     Node {
-        name: name.into(),
-        node_type,
-        mode: 0o644,
         mtime_ns: 1_714_564_800_123_456_789,
-        size: 0,
-        inode: 0,
-        device: 0,
-        content: vec![],
-        subtree: None,
-        link_target: None,
+        ..Node::new(name, node_type)
     }
 }
 

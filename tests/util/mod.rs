@@ -49,12 +49,7 @@ pub fn s(p: &Path) -> &str {
 
 /// The gatevault binary with a scrubbed environment whose home cache points into `home`.
 pub fn gatevault(home: &Path) -> Command {
-    let mut c = Command::cargo_bin("gatevault").expect("the gatevault binary is built");
-    for v in SCRUBBED_ENV {
-        c.env_remove(v);
-    }
-    c.env("XDG_CACHE_HOME", home.join("xdg-cache"));
-    c
+    Command::from_std(gatevault_std(home))
 }
 
 /// The same as a `std::process::Command` (for children that get killed).
@@ -180,7 +175,12 @@ impl Repo {
 
     /// `gatevault -r <repo> [--key-file K] [--password-file P] --cache-dir <cache>`.
     pub fn cmd(&self) -> Command {
-        let mut c = self.bare();
+        Command::from_std(self.cmd_std())
+    }
+
+    /// [`Repo::cmd`] as a `std::process::Command` (for children that get killed).
+    fn cmd_std(&self) -> std::process::Command {
+        let mut c = gatevault_std(self.root());
         c.arg("-r").arg(&self.path);
         if let Some(k) = &self.key {
             c.arg("--key-file").arg(k);
@@ -388,16 +388,8 @@ impl Repo {
 
     /// Spawns `gatevault <args>` (with this repository's options) as a child that may be killed.
     pub fn spawn(&self, args: &[&str], stdin: Stdio) -> Child {
-        let mut c = gatevault_std(self.root());
-        c.arg("-r").arg(&self.path);
-        if let Some(k) = &self.key {
-            c.arg("--key-file").arg(k);
-        }
-        if let Some(p) = &self.password {
-            c.arg("--password-file").arg(p);
-        }
-        c.arg("--cache-dir").arg(&self.cache);
-        c.args(args)
+        self.cmd_std()
+            .args(args)
             .stdin(stdin)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
