@@ -49,6 +49,10 @@ pub struct BackupOptions {
     pub parent: Option<SnapshotId>,
     /// Snapshot time (default: now).
     pub time: Option<chrono::DateTime<chrono::Utc>>,
+    /// Back up these in-memory documents (path to bytes) instead of files: a gateway capture.
+    pub documents: Option<BTreeMap<String, Vec<u8>>>,
+    /// The gateway the documents came from, recorded in the snapshot; its path names the snapshot.
+    pub source: Option<crate::format::Source>,
 }
 
 /// Progress callbacks (the CLI shows a bar; tests pass [`NoProgress`]).
@@ -660,6 +664,7 @@ pub fn backup(
         parent: parent.map(|(id, _)| id),
         summary,
         program_version: format!("gatevault {}", env!("CARGO_PKG_VERSION")),
+        source: opts.source,
     };
     lock.check()?;
     let id = repo.save_snapshot(&snapshot)?;

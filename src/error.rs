@@ -72,6 +72,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A gateway could not be read or its export could not be understood; `reason` ends with the next
+    /// step to take.
+    #[error("{gateway}: {reason}")]
+    Gateway { gateway: String, reason: String },
+
     /// The operation was interrupted by the user.
     #[error("interrupted")]
     Interrupted,
@@ -83,6 +88,14 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// Builds a gateway error about `gateway` (as [`crate::format::Source::describe`] puts it).
+    pub fn gateway(gateway: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Gateway {
+            gateway: gateway.into(),
+            reason: reason.into(),
         }
     }
 

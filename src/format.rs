@@ -616,6 +616,53 @@ pub struct Snapshot {
     pub summary: Summary,
     /// The program that wrote it.
     pub program_version: String,
+    /// The gateway captured, for gateway snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+}
+
+/// The gateway a snapshot was captured from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    /// Gateway kind (`kong`, `aws`, `caddy`, `nginx`, `haproxy`, `files`).
+    pub kind: String,
+    /// Admin API or service endpoint, or `file:` and the path of the export read.
+    pub endpoint: String,
+    /// Workspace, account and region, or server name, where the kind has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The gateway's version, where it tells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl Source {
+    /// A source of `kind` at `endpoint` with no scope or version.
+    pub fn new(kind: &str, endpoint: &str) -> Self {
+        Self {
+            kind: kind.into(),
+            endpoint: endpoint.into(),
+            scope: None,
+            version: None,
+        }
+    }
+
+    /// The snapshot path that stands for this source (`kong:http://host:8001#workspace`): snapshots
+    /// of one source share it, so that each finds its parent.
+    pub fn path(&self) -> String {
+        match &self.scope {
+            Some(s) => format!("{}:{}#{s}", self.kind, self.endpoint),
+            None => format!("{}:{}", self.kind, self.endpoint),
+        }
+    }
+
+    /// For messages: `kong at http://host:8001 (workspace default)`.
+    pub fn describe(&self) -> String {
+        match &self.scope {
+            Some(s) => format!("{} at {} ({s})", self.kind, self.endpoint),
+            None => format!("{} at {}", self.kind, self.endpoint),
+        }
+    }
 }
 
 impl Snapshot {

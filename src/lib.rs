@@ -19,6 +19,7 @@ pub mod diff;
 pub mod error;
 pub mod format;
 pub mod fuzzing;
+pub mod gateway;
 pub mod id;
 pub mod index;
 pub mod pack;

@@ -486,6 +486,7 @@ fn sample_snapshot() -> Snapshot {
         parent: None,
         summary: Summary::default(),
         program_version: "gatevault 0.1.0".into(),
+        source: None,
     }
 }
 

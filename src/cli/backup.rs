@@ -57,6 +57,7 @@ pub(crate) fn run(g: &Global, a: BackupArgs) -> anyhow::Result<u8> {
         force: a.force,
         parent: parent.map(|p: SnapshotId| p),
         time: None,
+        ..BackupOptions::default()
     };
     let mut stdin = std::io::stdin().lock();
     let input: Option<&mut dyn std::io::Read> = if a.stdin { Some(&mut stdin) } else { None };

@@ -1,0 +1,312 @@
+//! Gateway capture: one adapter per gateway kind reads the live configuration (or an export of it),
+//! canonicalizes it and lays it out as a tree of documents, one entity per file. The adapters know
+//! nothing of packs or keys; [`crate::backup`] stores the documents like files.
+//!
+//! The layout of a gateway snapshot (see `docs/gateways.md`):
+//! - `<kind>/<entity kind>/<natural key>.json`: one canonical entity per file (sorted keys, lists sorted
+//!   by natural key, volatile fields removed);
+//! - `raw/<name>`: the export as the gateway gave it, for fidelity;
+//! - `gateway.json`: the [`Manifest`]: where the capture came from, and per entity its kind, key,
+//!   secret and personal fields and data subject.
+
+pub mod canonical;
+pub mod kong;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+pub use crate::format::Source;
+
+/// Name of the manifest document at the root of a gateway snapshot.
+pub const MANIFEST: &str = "gateway.json";
+
+/// Version of [`Manifest`].
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Gateway kinds with an adapter.
+pub const KINDS: &[&str] = &["kong"];
+
+/// One configuration entity in canonical form.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entity {
+    /// Document path in the snapshot, e.g. `kong/services/orders.json`.
+    pub path: String,
+    /// Entity kind, e.g. `service`.
+    pub kind: String,
+    /// Natural key (or id where the id is the identity), e.g. `orders`.
+    pub key: String,
+    /// The canonical content.
+    pub value: Value,
+    /// JSON pointers of secret fields (keys, passwords, private keys).
+    pub secrets: Vec<String>,
+    /// JSON pointers of personal fields (user names, e-mail addresses).
+    pub personal: Vec<String>,
+    /// The data subject this entity belongs to, e.g. `kong:consumer=alice`.
+    pub subject: Option<String>,
+}
+
+impl Entity {
+    /// An entity of `kind` keyed `key` under `dir` (`kong/services`), with no marks.
+    pub fn new(dir: &str, kind: &str, key: &str, value: Value) -> Self {
+        Self {
+            path: format!("{dir}/{}.json", canonical::file_name(key)),
+            kind: kind.into(),
+            key: key.into(),
+            value,
+            secrets: vec![],
+            personal: vec![],
+            subject: None,
+        }
+    }
+
+    /// Marks the fields at these JSON pointers secret, where present.
+    pub fn secret(mut self, pointers: &[&str]) -> Self {
+        self.secrets.extend(present(&self.value, pointers));
+        self
+    }
+
+    /// Marks the fields at these JSON pointers personal, where present.
+    pub fn personal(mut self, pointers: &[&str]) -> Self {
+        self.personal.extend(present(&self.value, pointers));
+        self
+    }
+
+    /// Sets the data subject.
+    pub fn subject(mut self, s: impl Into<String>) -> Self {
+        self.subject = Some(s.into());
+        self
+    }
+}
+
+/// The pointers among `pointers` that exist in `v`; a `*` segment stands for every list item.
+fn present(v: &Value, pointers: &[&str]) -> Vec<String> {
+    let mut out = vec![];
+    for p in pointers {
+        expand(v, "", p, &mut out);
+    }
+    out
+}
+
+fn expand(v: &Value, done: &str, rest: &str, out: &mut Vec<String>) {
+    if rest.is_empty() {
+        if !v.is_null() {
+            out.push(done.to_string());
+        }
+        return;
+    }
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    let (seg, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    match (seg, v) {
+        ("*", Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                expand(item, &format!("{done}/{i}"), tail, out);
+            }
+        }
+        (_, Value::Object(m)) => {
+            if let Some(x) = m.get(seg) {
+                expand(x, &format!("{done}/{}", pointer_escape(seg)), tail, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn pointer_escape(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
+}
+
+/// Where a capture came from and what it holds.
+#[derive(Clone, Debug)]
+pub struct Capture {
+    /// The source, recorded in the snapshot.
+    pub source: Source,
+    /// Raw exports, name to bytes, stored under `raw/`.
+    pub raw: BTreeMap<String, Vec<u8>>,
+    /// The canonical entities.
+    pub entities: Vec<Entity>,
+}
+
+/// One entity's line in the manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// Entity kind.
+    pub kind: String,
+    /// Natural key.
+    pub key: String,
+    /// JSON pointers of secret fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// JSON pointers of personal fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub personal: Vec<String>,
+    /// The data subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// The `gateway.json` document of a gateway snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`MANIFEST_VERSION`].
+    pub version: u32,
+    /// Where the capture came from.
+    pub source: Source,
+    /// Document path to entry, for every entity.
+    pub entities: BTreeMap<String, ManifestEntry>,
+    /// Raw export document paths.
+    #[serde(default)]
+    pub raw: Vec<String>,
+}
+
+impl Manifest {
+    /// Parses a manifest.
+    ///
+    /// # Errors
+    /// [`Error::Format`] when it is not a manifest this version understands.
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
+        let m: Self = serde_json::from_slice(bytes).map_err(|e| Error::format(MANIFEST, e))?;
+        if m.version > MANIFEST_VERSION {
+            return Err(Error::format(
+                MANIFEST,
+                format!(
+                    "version {} is newer than this gatevault reads ({MANIFEST_VERSION}): upgrade gatevault",
+                    m.version
+                ),
+            ));
+        }
+        Ok(m)
+    }
+}
+
+impl Capture {
+    /// The documents to store: entities, raw exports and the manifest, path to bytes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when two entities map to one path.
+    pub fn documents(&self) -> Result<BTreeMap<String, Vec<u8>>> {
+        let mut docs = BTreeMap::new();
+        let mut entries = BTreeMap::new();
+        for e in &self.entities {
+            if docs
+                .insert(e.path.clone(), canonical::to_bytes(&e.value))
+                .is_some()
+            {
+                return Err(Error::InvalidInput(format!(
+                    "{}: two {} entities have the key {:?}",
+                    self.source.describe(),
+                    e.kind,
+                    e.key
+                )));
+            }
+            entries.insert(
+                e.path.clone(),
+                ManifestEntry {
+                    kind: e.kind.clone(),
+                    key: e.key.clone(),
+                    secrets: e.secrets.clone(),
+                    personal: e.personal.clone(),
+                    subject: e.subject.clone(),
+                },
+            );
+        }
+        let mut raw = vec![];
+        for (name, bytes) in &self.raw {
+            let p = format!("raw/{}", canonical::file_name(name));
+            docs.insert(p.clone(), bytes.clone());
+            raw.push(p);
+        }
+        let manifest = Manifest {
+            version: MANIFEST_VERSION,
+            source: self.source.clone(),
+            entities: entries,
+            raw,
+        };
+        let m = serde_json::to_value(&manifest).expect("manifest serializes");
+        docs.insert(MANIFEST.into(), canonical::to_bytes(&m));
+        Ok(docs)
+    }
+}
+
+/// What the user said about the gateway to capture.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayOptions {
+    /// Gateway kind (one of [`KINDS`]).
+    pub kind: String,
+    /// Admin API or service endpoint.
+    pub endpoint: Option<String>,
+    /// An export file to read instead of a live gateway (decK file, config file).
+    pub file: Option<std::path::PathBuf>,
+    /// Kong workspace.
+    pub workspace: Option<String>,
+    /// Only entities carrying one of these tags (Kong `--select-tag`).
+    pub select_tags: Vec<String>,
+}
+
+/// Captures the gateway `opts` names.
+///
+/// # Errors
+/// [`Error::Gateway`] for an unreachable gateway, refused credentials or a malformed export;
+/// [`Error::InvalidInput`] for an unknown kind or missing options.
+pub fn capture(opts: &GatewayOptions) -> Result<Capture> {
+    match opts.kind.as_str() {
+        "kong" => kong::capture(opts),
+        k => Err(Error::InvalidInput(format!(
+            "unknown gateway kind {k:?}: use one of {}",
+            KINDS.join(", ")
+        ))),
+    }
+}
+
+/// Replaces the values at `pointers` in `v` by a placeholder.
+pub fn mask(v: &Value, pointers: &[String]) -> Value {
+    let mut v = v.clone();
+    for p in pointers {
+        if let Some(x) = v.pointer_mut(p) {
+            *x = Value::String(SECRET_PLACEHOLDER.into());
+        }
+    }
+    v
+}
+
+/// What a masked secret shows.
+pub const SECRET_PLACEHOLDER: &str = "<secret>";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pointers_expand_list_items_and_skip_missing_fields() {
+        let v = json!({"creds": [{"key": "a"}, {"key": "b"}, {"other": 1}], "name": "x", "n": null});
+        assert_eq!(
+            present(&v, &["/creds/*/key", "/missing", "/n", "/name"]),
+            vec!["/creds/0/key", "/creds/1/key", "/name"]
+        );
+    }
+
+    #[test]
+    fn mask_hides_only_marked_fields() {
+        let v = json!({"key": "s3cret", "name": "alice"});
+        let m = mask(&v, &["/key".into()]);
+        assert_eq!(m, json!({"key": SECRET_PLACEHOLDER, "name": "alice"}));
+    }
+
+    #[test]
+    fn documents_reject_two_entities_on_one_path() {
+        let e = Entity::new("kong/services", "service", "a", json!({}));
+        let c = Capture {
+            source: Source::new("kong", "file:/x"),
+            raw: BTreeMap::new(),
+            entities: vec![e.clone(), e],
+        };
+        assert!(matches!(c.documents(), Err(Error::InvalidInput(_))));
+    }
+}
