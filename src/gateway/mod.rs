@@ -247,6 +247,12 @@ pub struct GatewayOptions {
     pub workspace: Option<String>,
     /// Only entities carrying one of these tags (Kong `--select-tag`).
     pub select_tags: Vec<String>,
+    /// Cloud region (AWS), overriding the usual configuration chain.
+    pub region: Option<String>,
+    /// Capture secret values the gateway only gives on request (AWS API key values).
+    pub include_secret_values: bool,
+    /// Skip validating file-based configurations with the gateway's own checker (`nginx -t`).
+    pub no_validate: bool,
 }
 
 /// Captures the gateway `opts` names.
