@@ -87,6 +87,8 @@ enum Item {
         path: PathBuf,
         read: bool,
         previous: Vec<BlobId>,
+        /// The content, for in-memory documents (a gateway capture), with the parent's mtime.
+        document: Option<(Vec<u8>, Option<i64>)>,
     },
     /// `previous`: the tree of the same path in the parent snapshot (delta base of the new tree).
     Dir {
@@ -173,6 +175,7 @@ impl Scan<'_> {
                         path: path.to_path_buf(),
                         read: false,
                         previous: vec![],
+                        document: None,
                     })
                 }
                 _ => {
@@ -190,6 +193,7 @@ impl Scan<'_> {
                         path: path.to_path_buf(),
                         read: true,
                         previous,
+                        document: None,
                     })
                 }
             }
@@ -414,7 +418,7 @@ pub fn find_parent(
 /// errors: they are left out and listed in [`BackupResult::warnings`].
 pub fn backup(
     repo: &Repository,
-    opts: BackupOptions,
+    mut opts: BackupOptions,
     stdin: Option<&mut dyn Read>,
     progress: &dyn Progress,
 ) -> Result<BackupResult> {
@@ -430,7 +434,21 @@ pub fn backup(
         summary: Summary::default(),
     };
 
-    let (paths, parent, root_children) = if let Some(name) = &opts.stdin_filename {
+    let documents = opts.documents.take();
+    let from_documents = documents.is_some();
+    let (paths, parent, root_children) = if let Some(docs) = documents {
+        let paths = vec![opts
+            .source
+            .as_ref()
+            .map_or_else(|| "documents".to_string(), |s| s.path())];
+        let parent = match &opts.parent {
+            Some(id) => Some((*id, repo.load_snapshot(id)?)),
+            None if opts.force => None,
+            None => find_parent(repo, &host, &paths)?,
+        };
+        let root = documents_tree(&mut scan, docs, parent.as_ref().map(|(_, s)| s.tree));
+        (paths, parent, root)
+    } else if let Some(name) = &opts.stdin_filename {
         if name.is_empty() || name.contains('/') {
             return Err(Error::InvalidInput(format!(
                 "--stdin-filename {name:?} must be a plain file name"
@@ -608,10 +626,17 @@ pub fn backup(
             node,
             path,
             previous,
+            document,
             ..
         } = item
         {
-            match save_file(&saver, &chunker, path, node.size, previous, progress) {
+            let saved = match document {
+                Some((data, _)) => save_chunks(&saver, &chunker, data, previous).inspect(|_| {
+                    progress.bytes(data.len() as u64);
+                }),
+                None => save_file(&saver, &chunker, path, node.size, previous, progress),
+            };
+            match saved {
                 Ok(ids) => node.content = ids,
                 Err(e @ Error::Io { .. }) => fail(item, e),
                 Err(e) => *fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(e),
@@ -637,6 +662,10 @@ pub fn backup(
         scan.summary.files_failed += 1;
     }
     prune_failed(&mut root_children);
+    if from_documents {
+        let now = start.timestamp_nanos_opt().unwrap_or(0);
+        settle_documents(&mut root_children, now, &mut scan.summary);
+    }
 
     let tree = save_trees(&saver, root_children, parent.as_ref().map(|(_, s)| s.tree))?;
     lock.check()?;
@@ -673,6 +702,120 @@ pub fn backup(
         snapshot,
         warnings: scan.warnings,
     })
+}
+
+/// The item tree of in-memory documents (`a/b/c.json` to bytes), each file paired with the same path
+/// of the parent snapshot's tree `parent` (delta bases, and the mtime kept when unchanged).
+fn documents_tree(
+    scan: &mut Scan<'_>,
+    docs: BTreeMap<String, Vec<u8>>,
+    parent: Option<BlobId>,
+) -> BTreeMap<String, Item> {
+    let mut root: BTreeMap<String, Item> = BTreeMap::new();
+    let mut trees: std::collections::HashMap<String, Option<Tree>> =
+        std::collections::HashMap::new();
+    let parent_root = parent.map(|t| Node {
+        subtree: Some(t),
+        ..dir_node("")
+    });
+    trees.insert(String::new(), scan.parent_children(parent_root.as_ref()));
+    for (path, data) in docs {
+        let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        let Some((name, dirs)) = comps.split_last() else {
+            continue;
+        };
+        let mut children = &mut root;
+        let mut at = String::new();
+        for d in dirs {
+            let parent_dir = trees
+                .get(&at)
+                .and_then(|t| t.as_ref())
+                .and_then(|t| t.nodes.iter().find(|n| n.name == *d))
+                .cloned();
+            let sub = crate::walk::join(&at, d);
+            if !trees.contains_key(&sub) {
+                let t = scan.parent_children(parent_dir.as_ref());
+                trees.insert(sub.clone(), t);
+                scan.summary.dirs += 1;
+            }
+            let item = children.entry(d.to_string()).or_insert_with(|| Item::Dir {
+                node: dir_node(d),
+                children: BTreeMap::new(),
+                previous: parent_dir.and_then(|n| n.subtree),
+            });
+            let Item::Dir { children: c, .. } = item else {
+                unreachable!("documents are files below folders")
+            };
+            children = c;
+            at = sub;
+        }
+        let siblings = trees.get(&at).and_then(|t| t.as_ref());
+        let prev = siblings
+            .and_then(|t| t.nodes.iter().find(|n| n.name == *name))
+            .filter(|n| n.node_type == NodeType::File);
+        // A new document is stored as a delta against its neighbour in the parent's folder: entities
+        // of one kind share most of their text.
+        let base = match prev {
+            Some(p) => p.content.clone(),
+            None => siblings
+                .and_then(|t| {
+                    let files = t.nodes.iter().filter(|n| n.node_type == NodeType::File);
+                    files
+                        .clone()
+                        .take_while(|n| n.name.as_str() < *name)
+                        .last()
+                        .or_else(|| files.clone().next())
+                })
+                .map(|n| n.content.clone())
+                .unwrap_or_default(),
+        };
+        scan.summary.total_files += 1;
+        scan.summary.total_bytes += data.len() as u64;
+        children.insert(
+            name.to_string(),
+            Item::File {
+                node: Node {
+                    size: data.len() as u64,
+                    ..Node::new(name, NodeType::File)
+                },
+                path: PathBuf::from(&path),
+                read: true,
+                previous: base,
+                document: Some((data, prev.map(|n| n.mtime_ns))),
+            },
+        );
+    }
+    root
+}
+
+/// After saving documents: an unchanged document keeps the parent's mtime (so the tree does not
+/// change and the mtime tells when the entity last changed), a new or changed one gets `now`.
+fn settle_documents(children: &mut BTreeMap<String, Item>, now: i64, summary: &mut Summary) {
+    for item in children.values_mut() {
+        match item {
+            Item::File {
+                node,
+                previous,
+                document: Some((_, prev_mtime)),
+                ..
+            } => match prev_mtime {
+                Some(t) if *previous == node.content => {
+                    node.mtime_ns = *t;
+                    summary.files_unchanged += 1;
+                }
+                Some(_) => {
+                    node.mtime_ns = now;
+                    summary.files_changed += 1;
+                }
+                None => {
+                    node.mtime_ns = now;
+                    summary.files_new += 1;
+                }
+            },
+            Item::Dir { children, .. } => settle_documents(children, now, summary),
+            _ => {}
+        }
+    }
 }
 
 fn prune_failed(children: &mut BTreeMap<String, Item>) {

@@ -175,18 +175,17 @@ pub fn restore(
     files.par_iter().enumerate().for_each(|(fi, f)| {
         // A file already at the target is replaced by a new one rather than truncated: truncating
         // makes ext4 flush the file on every later close (auto_da_alloc), which restore does per blob.
-        let created = f
-            .dest
-            .parent()
-            .map_or(Ok(()), fs::create_dir_all)
-            .and_then(|()| match fs::remove_file(&f.dest) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&f.dest)
-                    .and_then(|h| h.set_len(f.node.size)),
-            });
+        let created =
+            f.dest.parent().map_or(Ok(()), fs::create_dir_all).and_then(
+                |()| match fs::remove_file(&f.dest) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&f.dest)
+                        .and_then(|h| h.set_len(f.node.size)),
+                },
+            );
         if let Err(e) = created {
             failed
                 .lock()
@@ -196,7 +195,9 @@ pub fn restore(
     });
     let created: Vec<bool> = {
         let failed = failed.lock().unwrap_or_else(|e| e.into_inner());
-        (0..files.len()).map(|fi| !failed.contains_key(&fi)).collect()
+        (0..files.len())
+            .map(|fi| !failed.contains_key(&fi))
+            .collect()
     };
     for (fi, f) in files.iter().enumerate().filter(|(fi, _)| created[*fi]) {
         let mut off = 0u64;

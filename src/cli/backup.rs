@@ -36,12 +36,70 @@ pub(crate) struct BackupArgs {
     /// File name for standard input in the snapshot.
     #[arg(long, default_value = "stdin")]
     stdin_filename: String,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+}
+
+/// Which gateway to capture (`backup --gateway`); credentials come from the environment, never from
+/// here (see docs/gateways.md).
+#[derive(Args, Debug, Default, Clone)]
+pub(crate) struct GatewayArgs {
+    /// Capture a gateway instead of files: kong, aws, caddy, nginx, haproxy or files.
+    #[arg(long, value_name = "KIND")]
+    pub(crate) gateway: Option<String>,
+    /// The gateway's admin API or service endpoint.
+    #[arg(long, value_name = "URL", requires = "gateway")]
+    pub(crate) endpoint: Option<String>,
+    /// Read this export or config file (a decK file, nginx.conf, a folder for `files`) instead of a
+    /// live admin API.
+    #[arg(long, value_name = "PATH", requires = "gateway")]
+    pub(crate) file: Option<PathBuf>,
+    /// Kong workspace.
+    #[arg(long, requires = "gateway")]
+    pub(crate) workspace: Option<String>,
+    /// Only entities carrying this tag (Kong; repeat for several, all must match).
+    #[arg(long = "select-tag", requires = "gateway")]
+    pub(crate) select_tags: Vec<String>,
+    /// Cloud region (AWS), instead of the configured one.
+    #[arg(long, requires = "gateway")]
+    pub(crate) region: Option<String>,
+    /// Capture secret values the gateway only gives on request (AWS API key values).
+    #[arg(long, requires = "gateway")]
+    pub(crate) include_secret_values: bool,
+    /// Do not validate file-based configurations with the gateway's checker (`nginx -t`).
+    #[arg(long, requires = "gateway")]
+    pub(crate) no_validate: bool,
+}
+
+impl GatewayArgs {
+    pub(crate) fn options(&self, kind: &str) -> crate::gateway::GatewayOptions {
+        crate::gateway::GatewayOptions {
+            kind: kind.to_string(),
+            endpoint: self.endpoint.clone(),
+            file: self.file.clone(),
+            workspace: self.workspace.clone(),
+            select_tags: self.select_tags.clone(),
+            region: self.region.clone(),
+            include_secret_values: self.include_secret_values,
+            no_validate: self.no_validate,
+        }
+    }
 }
 
 pub(crate) fn run(g: &Global, a: BackupArgs) -> anyhow::Result<u8> {
     if a.stdin && !a.paths.is_empty() {
         anyhow::bail!(crate::Error::InvalidInput("--stdin takes no paths".into()));
     }
+    if a.gateway.gateway.is_some() && (a.stdin || !a.paths.is_empty()) {
+        anyhow::bail!(crate::Error::InvalidInput(
+            "--gateway takes no paths and no --stdin".into()
+        ));
+    }
+    // Capture before opening the repository: an unreachable gateway should not wait for a lock.
+    let capture = match &a.gateway.gateway {
+        Some(kind) => Some(crate::gateway::capture(&a.gateway.options(kind))?),
+        None => None,
+    };
     let repo = g.open()?;
     let parent = match &a.parent {
         Some(p) => Some(repo.resolve_snapshot_prefix(p)?),
@@ -57,8 +115,16 @@ pub(crate) fn run(g: &Global, a: BackupArgs) -> anyhow::Result<u8> {
         force: a.force,
         parent: parent.map(|p: SnapshotId| p),
         time: None,
-        ..BackupOptions::default()
+        documents: capture.as_ref().map(|c| c.documents()).transpose()?,
+        source: capture.as_ref().map(|c| c.source.clone()),
     };
+    if let (Some(c), false) = (&capture, g.quiet || g.json) {
+        println!(
+            "captured {} entities from {}",
+            c.entities.len(),
+            c.source.describe()
+        );
+    }
     let mut stdin = std::io::stdin().lock();
     let input: Option<&mut dyn std::io::Read> = if a.stdin { Some(&mut stdin) } else { None };
     let bar = Bar::new(g, "backup");

@@ -325,6 +325,20 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 /// Parses the command line, runs the command and returns the exit code.
 pub fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away (`ls | head`):
+    // `println!` panics on a closed pipe, so that one panic becomes exit status 141 (128 + SIGPIPE).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or_default();
+        if msg.starts_with("failed printing to stdout") && msg.contains("os error 32") {
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -84,13 +84,13 @@ pub fn str_field<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
     v.get(field).and_then(Value::as_str)
 }
 
-/// A file name for the natural key `key`: characters outside `[A-Za-z0-9._@=+-]` are percent-encoded
+/// A file name for the natural key `key`: characters outside `[A-Za-z0-9._@=+,:-]` are percent-encoded
 /// (so are a leading dot and `%` itself), keeping names unique, portable and free of `/`.
 pub fn file_name(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for (i, b) in key.bytes().enumerate() {
         let plain = b.is_ascii_alphanumeric()
-            || matches!(b, b'_' | b'-' | b'@' | b'=' | b'+')
+            || matches!(b, b'_' | b'-' | b'@' | b'=' | b'+' | b',' | b':')
             || (b == b'.' && i > 0);
         if plain {
             out.push(b as char);

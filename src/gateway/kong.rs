@@ -1,14 +1,830 @@
-//! Kong: decK declarative files, DB-less `GET /config` and the Admin API.
+//! Kong: decK declarative files (nested or flat), DB-less `GET /config`, and the Admin API.
+//!
+//! Every input is first brought to one model, a decK document whose references are names, and then
+//! split into entities, one per file under `kong/<entity kind>/`. Ids are dropped where a natural key
+//! exists (services, routes, consumers, plugins, upstreams, targets, snis, groups, vaults, keys) and
+//! kept where they are the identity (certificates, CA certificates, credentials without a natural
+//! key). [`to_deck`] turns the entities back into a decK file.
 
-use super::{Capture, GatewayOptions};
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{json, Map, Value};
+
+use super::canonical::{self, str_field};
+use super::{Capture, Entity, GatewayOptions, Source};
 use crate::error::{Error, Result};
 
-/// Captures Kong as `opts` says.
+/// Consumer credential kinds: decK field, natural-key field (else the id), secret and personal fields.
+const CREDENTIALS: &[(&str, &str, &[&str], &[&str])] = &[
+    ("keyauth_credentials", "id", &["/key"], &[]),
+    (
+        "basicauth_credentials",
+        "username",
+        &["/password"],
+        &["/username"],
+    ),
+    (
+        "hmacauth_credentials",
+        "username",
+        &["/secret"],
+        &["/username"],
+    ),
+    ("jwt_secrets", "key", &["/secret"], &[]),
+    ("oauth2_credentials", "client_id", &["/client_secret"], &[]),
+    ("mtls_auth_credentials", "id", &[], &["/subject_name"]),
+    ("acls", "group", &[], &[]),
+];
+
+/// Fields whose order carries no meaning: sorted.
+const SETS: &[&str] = &[
+    "tags",
+    "methods",
+    "protocols",
+    "hosts",
+    "paths",
+    "snis",
+    "groups",
+];
+
+/// Words that make a plugin or vault configuration field secret.
+const SECRET_WORDS: &[&str] = &["password", "secret", "token", "private_key", "api_key"];
+
+/// The reference fields a plugin may carry, in the order they appear in its key.
+const PLUGIN_SCOPES: &[&str] = &["service", "route", "consumer", "consumer_group"];
+
+/// Captures Kong as `opts` says: a decK file with `--file`, else the Admin API at `--endpoint`.
 ///
 /// # Errors
 /// See [`super::capture`].
 pub fn capture(opts: &GatewayOptions) -> Result<Capture> {
-    Err(Error::InvalidInput(format!(
-        "kong capture is not built yet ({opts:?})"
-    )))
+    let Some(file) = &opts.file else {
+        return Err(Error::InvalidInput(
+            "kong: give --file with a decK file (the Admin API adapter is not built yet)".into(),
+        ));
+    };
+    let abs = std::path::absolute(file).unwrap_or_else(|_| file.clone());
+    let mut source = Source::new("kong", &format!("file:{}", abs.display()));
+    let bytes =
+        std::fs::read(file).map_err(|e| Error::io(format!("reading {}", file.display()), e))?;
+    let doc = canonical::parse_json_or_yaml(&bytes).map_err(|e| {
+        Error::gateway(
+            source.describe(),
+            format!(
+                "{} is not valid YAML or JSON: {e}; fix it or dump it again with `deck gateway dump`",
+                file.display()
+            ),
+        )
+    })?;
+    if let Some(ws) = str_field(&doc, "_workspace") {
+        source.scope = Some(format!("workspace {ws}"));
+    }
+    let entities = from_deck(&doc, &opts.select_tags).map_err(|reason| {
+        Error::gateway(source.describe(), format!("{}: {reason}", file.display()))
+    })?;
+    let name = file
+        .file_name()
+        .map_or("kong.yaml".into(), |n| n.to_string_lossy().into_owned());
+    Ok(Capture {
+        source,
+        raw: BTreeMap::from([(name, bytes)]),
+        entities,
+    })
+}
+
+/// A reference (`"name"`, `{"name": ..}` or `{"id": ..}`) as a name, through `ids` for ids.
+fn reference(v: &Value, ids: &HashMap<String, String>) -> Option<String> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Object(m) => m
+            .get("name")
+            .or_else(|| m.get("username"))
+            .or_else(|| m.get("id"))
+            .and_then(Value::as_str)?
+            .to_string(),
+        _ => return None,
+    };
+    Some(ids.get(&s).cloned().unwrap_or(s))
+}
+
+fn list<'a>(v: &'a Value, field: &str) -> &'a [Value] {
+    v.get(field)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// The natural key of an entity: the first of `fields` present, else its id.
+fn natural(v: &Value, fields: &[&str]) -> Option<String> {
+    fields
+        .iter()
+        .chain(std::iter::once(&"id"))
+        .find_map(|f| match v.get(*f) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        })
+}
+
+/// Ids to names, over every entity kind that is referenced by name.
+fn id_map(doc: &Value) -> HashMap<String, String> {
+    let mut ids = HashMap::new();
+    let mut add = |e: &Value, fields: &[&str]| {
+        if let (Some(id), Some(name)) = (str_field(e, "id"), natural(e, fields)) {
+            ids.insert(id.to_string(), name);
+        }
+    };
+    for s in list(doc, "services") {
+        add(s, &["name"]);
+        for r in list(s, "routes") {
+            add(r, &["name"]);
+        }
+    }
+    for r in list(doc, "routes") {
+        add(r, &["name"]);
+    }
+    for c in list(doc, "consumers") {
+        add(c, &["username", "custom_id"]);
+    }
+    for (field, name) in [
+        ("consumer_groups", "name"),
+        ("upstreams", "name"),
+        ("key_sets", "name"),
+    ] {
+        for e in list(doc, field) {
+            add(e, &[name]);
+        }
+    }
+    ids
+}
+
+/// Strips volatile fields and child lists, drops the id where a natural key exists, sorts sets.
+fn clean(v: &Value, children: &[&str], keep_id: bool) -> Value {
+    let mut v = v.clone();
+    canonical::strip(&mut v, canonical::VOLATILE);
+    canonical::drop_fields(&mut v, children);
+    if !keep_id {
+        canonical::drop_fields(&mut v, &["id"]);
+    }
+    for s in SETS {
+        canonical::sort_set(&mut v, s);
+    }
+    v
+}
+
+/// JSON pointers of fields below `v` whose names contain a secret word.
+fn secret_fields(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                let p = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
+                let lk = k.to_ascii_lowercase();
+                if SECRET_WORDS.iter().any(|w| lk.contains(w)) && !x.is_null() && !x.is_boolean() {
+                    out.push(p);
+                } else {
+                    secret_fields(x, &p, out);
+                }
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                secret_fields(x, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn has_tags(v: &Value, select: &[String]) -> bool {
+    select.is_empty()
+        || select
+            .iter()
+            .all(|t| list(v, "tags").iter().any(|x| x.as_str() == Some(t)))
+}
+
+struct Builder<'a> {
+    ids: HashMap<String, String>,
+    select: &'a [String],
+    out: Vec<Entity>,
+}
+
+impl Builder<'_> {
+    fn push(&mut self, e: Entity) {
+        self.out.push(e);
+    }
+
+    /// A plugin with its scope references (`service`, `route`, ...) given by the parent or itself.
+    fn plugin(
+        &mut self,
+        p: &Value,
+        parent: Option<(&str, &str)>,
+    ) -> std::result::Result<(), String> {
+        let name = str_field(p, "name").ok_or("a plugin has no name")?;
+        let mut v = clean(p, &[], false);
+        let m = v.as_object_mut().ok_or("a plugin is not a mapping")?;
+        for s in PLUGIN_SCOPES {
+            if let Some(r) = m.get(*s).and_then(|r| reference(r, &self.ids)) {
+                m.insert((*s).into(), Value::String(r));
+            } else {
+                m.remove(*s);
+            }
+        }
+        if let Some((field, parent)) = parent {
+            m.insert(field.into(), Value::String(parent.into()));
+        }
+        let scope: Vec<String> = PLUGIN_SCOPES
+            .iter()
+            .filter_map(|s| Some(format!("{s}={}", str_field(&v, s)?)))
+            .collect();
+        let scope = if scope.is_empty() {
+            "global".to_string()
+        } else {
+            scope.join(",")
+        };
+        let label = match str_field(&v, "instance_name") {
+            Some(i) => format!("{name}:{i}"),
+            None => name.to_string(),
+        };
+        let mut secrets = vec![];
+        secret_fields(
+            v.get("config").unwrap_or(&Value::Null),
+            "/config",
+            &mut secrets,
+        );
+        let subject = str_field(&v, "consumer").map(|c| format!("kong:consumer={c}"));
+        let mut e = Entity::new("kong/plugins", "plugin", &format!("{label}@{scope}"), v);
+        e.secrets = secrets;
+        e.subject = subject;
+        self.push(e);
+        Ok(())
+    }
+
+    fn route(&mut self, r: &Value, service: Option<&str>) -> std::result::Result<(), String> {
+        if !has_tags(r, self.select) {
+            return Ok(());
+        }
+        let key = natural(r, &["name"]).ok_or("a route has neither name nor id")?;
+        let keep_id = str_field(r, "name").is_none();
+        let mut v = clean(r, &["plugins"], keep_id);
+        let svc = service
+            .map(str::to_string)
+            .or_else(|| r.get("service").and_then(|s| reference(s, &self.ids)));
+        match (v.as_object_mut(), svc) {
+            (Some(m), Some(s)) => {
+                m.insert("service".into(), Value::String(s));
+            }
+            (Some(m), None) => {
+                m.remove("service");
+            }
+            _ => return Err(format!("route {key} is not a mapping")),
+        }
+        for p in list(r, "plugins") {
+            self.plugin(p, Some(("route", &key)))?;
+        }
+        self.push(Entity::new("kong/routes", "route", &key, v));
+        Ok(())
+    }
+
+    fn consumer(&mut self, c: &Value) -> std::result::Result<(), String> {
+        if !has_tags(c, self.select) {
+            return Ok(());
+        }
+        let key = natural(c, &["username", "custom_id"]).ok_or("a consumer has no username")?;
+        let subject = format!("kong:consumer={key}");
+        let children: Vec<&str> = CREDENTIALS.iter().map(|c| c.0).chain(["plugins"]).collect();
+        let mut v = clean(c, &children, false);
+        if let Some(Value::Array(groups)) = v.get_mut("groups") {
+            let mut names: Vec<Value> = groups
+                .iter()
+                .filter_map(|g| reference(g, &self.ids).map(Value::String))
+                .collect();
+            names.sort_by_key(canonical::scalar_key);
+            *groups = names;
+        }
+        self.push(
+            Entity::new("kong/consumers", "consumer", &key, v)
+                .personal(&["/username", "/custom_id"])
+                .subject(subject.clone()),
+        );
+        for (field, nat, secret, personal) in CREDENTIALS {
+            for cred in list(c, field) {
+                self.credential(field, nat, secret, personal, cred, &key)?;
+            }
+        }
+        for p in list(c, "plugins") {
+            self.plugin(p, Some(("consumer", &key)))?;
+        }
+        Ok(())
+    }
+
+    fn credential(
+        &mut self,
+        field: &str,
+        nat: &str,
+        secret: &[&str],
+        personal: &[&str],
+        cred: &Value,
+        consumer: &str,
+    ) -> std::result::Result<(), String> {
+        let own =
+            natural(cred, &[nat]).ok_or_else(|| format!("a {field} entry has no {nat} or id"))?;
+        let mut v = clean(cred, &[], nat == "id" || str_field(cred, nat).is_none());
+        if let Some(m) = v.as_object_mut() {
+            m.insert("consumer".into(), Value::String(consumer.into()));
+        }
+        self.push(
+            Entity::new(
+                &format!("kong/{field}"),
+                field.trim_end_matches('s'),
+                &format!("{consumer}@{own}"),
+                v,
+            )
+            .secret(secret)
+            .personal(personal)
+            .subject(format!("kong:consumer={consumer}")),
+        );
+        Ok(())
+    }
+
+    /// A top-level entity of `field` keyed by `fields` (else its id, which is then kept).
+    fn simple(
+        &mut self,
+        doc: &Value,
+        field: &str,
+        kind: &str,
+        fields: &[&str],
+        children: &[&str],
+        secret: &[&str],
+    ) -> std::result::Result<Vec<(String, Value)>, String> {
+        let mut parents = vec![];
+        for e in list(doc, field) {
+            if !has_tags(e, self.select) {
+                continue;
+            }
+            let key = natural(e, fields)
+                .ok_or_else(|| format!("a {kind} has no {} or id", fields.join("/")))?;
+            let keep_id = fields.iter().all(|f| e.get(*f).is_none());
+            let mut v = clean(e, children, keep_id);
+            let mut secrets: Vec<String> = vec![];
+            if kind == "vault" {
+                secret_fields(
+                    v.get("config").unwrap_or(&Value::Null),
+                    "/config",
+                    &mut secrets,
+                );
+            }
+            if kind == "key" {
+                if let Some(m) = v.as_object_mut() {
+                    if let Some(s) = m.get("set").and_then(|s| reference(s, &self.ids)) {
+                        m.insert("set".into(), Value::String(s));
+                    }
+                }
+            }
+            let mut ent = Entity::new(&format!("kong/{field}"), kind, &key, v).secret(secret);
+            ent.secrets.extend(secrets);
+            self.push(ent);
+            parents.push((key, e.clone()));
+        }
+        Ok(parents)
+    }
+}
+
+/// Splits a decK document into canonical entities; `select` keeps only entities carrying all these
+/// tags (decK's `--select-tag`).
+///
+/// # Errors
+/// A message naming the malformed entity.
+pub fn from_deck(doc: &Value, select: &[String]) -> std::result::Result<Vec<Entity>, String> {
+    if !doc.is_object() {
+        return Err("not a decK file: the top level is not a mapping".into());
+    }
+    let mut b = Builder {
+        ids: id_map(doc),
+        select,
+        out: vec![],
+    };
+    let meta: Map<String, Value> = doc
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with('_'))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    b.push(Entity::new("kong", "deck", "_deck", Value::Object(meta)));
+    for s in b.simple(
+        doc,
+        "services",
+        "service",
+        &["name"],
+        &["routes", "plugins"],
+        &[],
+    )? {
+        let (key, raw) = s;
+        for r in list(&raw, "routes") {
+            b.route(r, Some(&key))?;
+        }
+        for p in list(&raw, "plugins") {
+            b.plugin(p, Some(("service", &key)))?;
+        }
+    }
+    for r in list(doc, "routes") {
+        b.route(r, None)?;
+    }
+    for c in list(doc, "consumers") {
+        b.consumer(c)?;
+    }
+    for (key, raw) in b.simple(
+        doc,
+        "consumer_groups",
+        "consumer_group",
+        &["name"],
+        &["plugins", "consumers"],
+        &[],
+    )? {
+        let mut members: Vec<String> = list(&raw, "consumers")
+            .iter()
+            .filter_map(|c| reference(c, &b.ids))
+            .collect();
+        members.sort();
+        if !members.is_empty() {
+            if let Some(last) = b.out.last_mut() {
+                last.value["consumers"] = json!(members);
+            }
+        }
+        for p in list(&raw, "plugins") {
+            b.plugin(p, Some(("consumer_group", &key)))?;
+        }
+    }
+    for p in list(doc, "plugins") {
+        b.plugin(p, None)?;
+    }
+    for (key, raw) in b.simple(doc, "upstreams", "upstream", &["name"], &["targets"], &[])? {
+        for t in list(&raw, "targets") {
+            let target = natural(t, &["target"]).ok_or("a target has no target address")?;
+            let mut v = clean(t, &[], false);
+            v["upstream"] = Value::String(key.clone());
+            b.push(Entity::new(
+                "kong/targets",
+                "target",
+                &format!("{key}@{target}"),
+                v,
+            ));
+        }
+    }
+    for (key, raw) in b.simple(
+        doc,
+        "certificates",
+        "certificate",
+        &[],
+        &["snis"],
+        &["/key", "/key_alt"],
+    )? {
+        for s in list(&raw, "snis") {
+            let name = natural(s, &["name"]).ok_or("an SNI has no name")?;
+            let mut v = clean(s, &[], false);
+            v["certificate"] = Value::String(key.clone());
+            b.push(Entity::new("kong/snis", "sni", &name, v));
+        }
+    }
+    for s in list(doc, "snis") {
+        let name = natural(s, &["name"]).ok_or("an SNI has no name")?;
+        let mut v = clean(s, &[], false);
+        if let Some(c) = s.get("certificate").and_then(|c| reference(c, &b.ids)) {
+            v["certificate"] = Value::String(c);
+        }
+        b.push(Entity::new("kong/snis", "sni", &name, v));
+    }
+    b.simple(doc, "ca_certificates", "ca_certificate", &[], &[], &[])?;
+    b.simple(doc, "vaults", "vault", &["prefix"], &[], &[])?;
+    b.simple(doc, "key_sets", "key_set", &["name"], &[], &[])?;
+    b.simple(
+        doc,
+        "keys",
+        "key",
+        &["name", "kid"],
+        &[],
+        &["/pem/private_key", "/jwk"],
+    )?;
+    b.out
+        .iter_mut()
+        .for_each(|e| e.value = canonical::sort_keys(&e.value));
+    Ok(b.out)
+}
+
+/// Rebuilds a nested decK document from canonical entities (`kind` and content).
+pub fn to_deck(entities: &[(String, Value)]) -> Value {
+    let by = |kind: &str| -> Vec<Value> {
+        entities
+            .iter()
+            .filter(|(k, _)| k == kind)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let mut doc = Map::new();
+    for (_, v) in entities.iter().filter(|(k, _)| k == "deck") {
+        if let Value::Object(m) = v {
+            doc.extend(m.clone());
+        }
+    }
+    doc.entry("_format_version").or_insert(json!("3.0"));
+    // Plugins with exactly one scope nest under that parent; the rest stay top level.
+    let mut nested: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
+    let mut top_plugins = vec![];
+    for mut p in by("plugin") {
+        let scopes: Vec<&str> = PLUGIN_SCOPES
+            .iter()
+            .copied()
+            .filter(|s| p.get(*s).is_some())
+            .collect();
+        if let [s] = scopes[..] {
+            let parent = str_field(&p, s).unwrap_or_default().to_string();
+            canonical::drop_fields(&mut p, &[s]);
+            nested.entry((s.to_string(), parent)).or_default().push(p);
+        } else {
+            top_plugins.push(p);
+        }
+    }
+    let mut take = |scope: &str, name: &str| {
+        nested
+            .remove(&(scope.into(), name.into()))
+            .unwrap_or_default()
+    };
+    let mut routes_of: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut top_routes = vec![];
+    for mut r in by("route") {
+        let key = natural(&r, &["name"]).unwrap_or_default();
+        let plugins = take("route", &key);
+        if !plugins.is_empty() {
+            r["plugins"] = Value::Array(plugins);
+        }
+        match str_field(&r, "service").map(str::to_string) {
+            Some(s) => {
+                canonical::drop_fields(&mut r, &["service"]);
+                routes_of.entry(s).or_default().push(r);
+            }
+            None => top_routes.push(r),
+        }
+    }
+    let mut services = vec![];
+    for mut s in by("service") {
+        let key = natural(&s, &["name"]).unwrap_or_default();
+        if let Some(r) = routes_of.remove(&key) {
+            s["routes"] = Value::Array(r);
+        }
+        let plugins = take("service", &key);
+        if !plugins.is_empty() {
+            s["plugins"] = Value::Array(plugins);
+        }
+        services.push(s);
+    }
+    let mut consumers = vec![];
+    for mut c in by("consumer") {
+        let key = natural(&c, &["username", "custom_id"]).unwrap_or_default();
+        for (field, ..) in CREDENTIALS {
+            let creds: Vec<Value> = by(field.trim_end_matches('s'))
+                .into_iter()
+                .filter(|x| str_field(x, "consumer") == Some(&key))
+                .map(|mut x| {
+                    canonical::drop_fields(&mut x, &["consumer"]);
+                    x
+                })
+                .collect();
+            if !creds.is_empty() {
+                c[*field] = Value::Array(creds);
+            }
+        }
+        let plugins = take("consumer", &key);
+        if !plugins.is_empty() {
+            c["plugins"] = Value::Array(plugins);
+        }
+        consumers.push(c);
+    }
+    let mut groups = vec![];
+    for mut g in by("consumer_group") {
+        let key = natural(&g, &["name"]).unwrap_or_default();
+        if let Some(Value::Array(members)) = g.get("consumers").cloned() {
+            g["consumers"] = Value::Array(
+                members
+                    .into_iter()
+                    .map(|m| json!({"username": m}))
+                    .collect(),
+            );
+        }
+        let plugins = take("consumer_group", &key);
+        if !plugins.is_empty() {
+            g["plugins"] = Value::Array(plugins);
+        }
+        groups.push(g);
+    }
+    let mut upstreams = vec![];
+    for mut u in by("upstream") {
+        let key = natural(&u, &["name"]).unwrap_or_default();
+        let targets: Vec<Value> = by("target")
+            .into_iter()
+            .filter(|t| str_field(t, "upstream") == Some(&key))
+            .map(|mut t| {
+                canonical::drop_fields(&mut t, &["upstream"]);
+                t
+            })
+            .collect();
+        if !targets.is_empty() {
+            u["targets"] = Value::Array(targets);
+        }
+        upstreams.push(u);
+    }
+    let mut certificates = vec![];
+    let mut top_snis = vec![];
+    let mut snis = by("sni");
+    for mut c in by("certificate") {
+        let key = natural(&c, &[]).unwrap_or_default();
+        let (mine, rest): (Vec<Value>, Vec<Value>) = snis
+            .into_iter()
+            .partition(|s| str_field(s, "certificate") == Some(&key));
+        snis = rest;
+        if !mine.is_empty() {
+            c["snis"] = Value::Array(
+                mine.into_iter()
+                    .map(|mut s| {
+                        canonical::drop_fields(&mut s, &["certificate"]);
+                        s
+                    })
+                    .collect(),
+            );
+        }
+        certificates.push(c);
+    }
+    top_snis.extend(snis);
+    // Plugins whose parent is not in the snapshot (a filtered capture) stay top level with their reference.
+    for ((scope, parent), ps) in nested {
+        for mut p in ps {
+            p[scope.as_str()] = Value::String(parent.clone());
+            top_plugins.push(p);
+        }
+    }
+    for (field, v) in [
+        ("services", services),
+        ("routes", top_routes),
+        ("consumers", consumers),
+        ("consumer_groups", groups),
+        ("plugins", top_plugins),
+        ("upstreams", upstreams),
+        ("certificates", certificates),
+        ("snis", top_snis),
+        ("ca_certificates", by("ca_certificate")),
+        ("vaults", by("vault")),
+        ("key_sets", by("key_set")),
+        ("keys", by("key")),
+    ] {
+        if !v.is_empty() {
+            doc.insert(field.into(), Value::Array(v));
+        }
+    }
+    canonical::sort_keys(&Value::Object(doc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DECK: &str = r#"
+_format_version: "3.0"
+services:
+- name: orders
+  id: 11111111-0000-0000-0000-000000000001
+  host: orders.svc
+  created_at: 1700000000
+  tags: [b, a]
+  routes:
+  - name: orders-get
+    id: 22222222-0000-0000-0000-000000000001
+    methods: [POST, GET]
+    paths: [/orders]
+    plugins:
+    - name: rate-limiting
+      config: {minute: 60, redis_password: hunter2}
+  plugins:
+  - name: key-auth
+    config: {key_names: [apikey]}
+consumers:
+- username: alice
+  custom_id: cust-1
+  keyauth_credentials:
+  - id: 33333333-0000-0000-0000-000000000001
+    key: alice-key
+  acls:
+  - group: admins
+    id: 44444444-0000-0000-0000-000000000001
+plugins:
+- name: prometheus
+- name: rate-limiting
+  service: orders
+  consumer: {id: ignored-unknown}
+  config: {minute: 5}
+upstreams:
+- name: up
+  targets:
+  - target: 10.0.0.1:80
+    weight: 100
+certificates:
+- id: 55555555-0000-0000-0000-000000000001
+  cert: CERT
+  key: KEY
+  snis:
+  - name: api.example.com
+"#;
+
+    fn entities() -> Vec<Entity> {
+        from_deck(
+            &canonical::parse_json_or_yaml(DECK.as_bytes()).unwrap(),
+            &[],
+        )
+        .unwrap()
+    }
+
+    fn get<'a>(es: &'a [Entity], path: &str) -> &'a Entity {
+        es.iter().find(|e| e.path == path).unwrap_or_else(|| {
+            panic!(
+                "no {path} in {:?}",
+                es.iter().map(|e| &e.path).collect::<Vec<_>>()
+            )
+        })
+    }
+
+    #[test]
+    fn deck_splits_into_one_entity_per_file_with_names_for_ids() {
+        let es = entities();
+        let s = get(&es, "kong/services/orders.json");
+        assert_eq!(
+            s.value,
+            json!({"host": "orders.svc", "name": "orders", "tags": ["a", "b"]})
+        );
+        let r = get(&es, "kong/routes/orders-get.json");
+        assert_eq!(r.value["service"], "orders");
+        assert_eq!(r.value["methods"], json!(["GET", "POST"]));
+        assert!(r.value.get("id").is_none());
+        let p = get(&es, "kong/plugins/rate-limiting@route=orders-get.json");
+        assert_eq!(p.secrets, vec!["/config/redis_password"]);
+        get(&es, "kong/plugins/key-auth@service=orders.json");
+        get(&es, "kong/plugins/prometheus@global.json");
+        get(
+            &es,
+            "kong/plugins/rate-limiting@service=orders,consumer=ignored-unknown.json",
+        );
+        let k = get(
+            &es,
+            "kong/keyauth_credentials/alice@33333333-0000-0000-0000-000000000001.json",
+        );
+        assert_eq!(k.secrets, vec!["/key"]);
+        assert_eq!(k.subject.as_deref(), Some("kong:consumer=alice"));
+        assert!(
+            k.value.get("id").is_some(),
+            "a credential's id is its identity"
+        );
+        let c = get(&es, "kong/consumers/alice.json");
+        assert_eq!(c.personal, vec!["/username", "/custom_id"]);
+        assert!(get(&es, "kong/acls/alice@admins.json")
+            .value
+            .get("id")
+            .is_none());
+        get(&es, "kong/targets/up@10.0.0.1:80.json");
+        let cert = get(
+            &es,
+            "kong/certificates/55555555-0000-0000-0000-000000000001.json",
+        );
+        assert_eq!(cert.secrets, vec!["/key"]);
+        assert_eq!(
+            get(&es, "kong/snis/api.example.com.json").value["certificate"],
+            cert.key
+        );
+    }
+
+    #[test]
+    fn deck_round_trips_through_export() {
+        let es = entities();
+        let pairs: Vec<(String, Value)> = es
+            .iter()
+            .map(|e| (e.kind.clone(), e.value.clone()))
+            .collect();
+        let deck = to_deck(&pairs);
+        let again = from_deck(&deck, &[]).unwrap();
+        let paths = |v: &[Entity]| {
+            v.iter()
+                .map(|e| (e.path.clone(), e.value.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(paths(&again), paths(&es));
+    }
+
+    #[test]
+    fn select_tags_keep_only_tagged_entities() {
+        let doc = canonical::parse_json_or_yaml(DECK.as_bytes()).unwrap();
+        let es = from_deck(&doc, &["a".into()]).unwrap();
+        assert!(es.iter().any(|e| e.path == "kong/services/orders.json"));
+        assert!(!es.iter().any(|e| e.path == "kong/consumers/alice.json"));
+    }
+
+    #[test]
+    fn malformed_entities_are_named() {
+        let doc = json!({"services": [{"host": "x"}]});
+        assert!(from_deck(&doc, &[]).unwrap_err().contains("service"));
+        assert!(from_deck(&json!([1]), &[]).is_err());
+    }
 }

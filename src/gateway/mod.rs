@@ -291,7 +291,8 @@ mod tests {
 
     #[test]
     fn pointers_expand_list_items_and_skip_missing_fields() {
-        let v = json!({"creds": [{"key": "a"}, {"key": "b"}, {"other": 1}], "name": "x", "n": null});
+        let v =
+            json!({"creds": [{"key": "a"}, {"key": "b"}, {"other": 1}], "name": "x", "n": null});
         assert_eq!(
             present(&v, &["/creds/*/key", "/missing", "/n", "/name"]),
             vec!["/creds/0/key", "/creds/1/key", "/name"]
