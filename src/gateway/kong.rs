@@ -52,15 +52,42 @@ const SECRET_WORDS: &[&str] = &["password", "secret", "token", "private_key", "a
 /// The reference fields a plugin may carry, in the order they appear in its key.
 const PLUGIN_SCOPES: &[&str] = &["service", "route", "consumer", "consumer_group"];
 
+/// Admin API collections and the decK fields they become.
+const ADMIN_COLLECTIONS: &[(&str, &str)] = &[
+    ("services", "services"),
+    ("routes", "routes"),
+    ("plugins", "plugins"),
+    ("consumers", "consumers"),
+    ("consumer_groups", "consumer_groups"),
+    ("upstreams", "upstreams"),
+    ("certificates", "certificates"),
+    ("snis", "snis"),
+    ("ca_certificates", "ca_certificates"),
+    ("vaults", "vaults"),
+    ("key-sets", "key_sets"),
+    ("keys", "keys"),
+    ("key-auths", "keyauth_credentials"),
+    ("basic-auths", "basicauth_credentials"),
+    ("hmac-auths", "hmacauth_credentials"),
+    ("jwts", "jwt_secrets"),
+    ("oauth2", "oauth2_credentials"),
+    ("acls", "acls"),
+    ("mtls-auths", "mtls_auth_credentials"),
+];
+
+/// Page size asked of the Admin API (its maximum).
+const PAGE_SIZE: usize = 1000;
+
+/// Default Admin API address.
+pub const DEFAULT_ENDPOINT: &str = "http://localhost:8001";
+
 /// Captures Kong as `opts` says: a decK file with `--file`, else the Admin API at `--endpoint`.
 ///
 /// # Errors
 /// See [`super::capture`].
 pub fn capture(opts: &GatewayOptions) -> Result<Capture> {
     let Some(file) = &opts.file else {
-        return Err(Error::InvalidInput(
-            "kong: give --file with a decK file (the Admin API adapter is not built yet)".into(),
-        ));
+        return capture_admin(opts);
     };
     let abs = std::path::absolute(file).unwrap_or_else(|_| file.clone());
     let mut source = Source::new("kong", &format!("file:{}", abs.display()));
@@ -87,6 +114,155 @@ pub fn capture(opts: &GatewayOptions) -> Result<Capture> {
     Ok(Capture {
         source,
         raw: BTreeMap::from([(name, bytes)]),
+        entities,
+    })
+}
+
+/// Headers for the Admin API from the environment: `KONG_ADMIN_TOKEN` becomes `Kong-Admin-Token`, and
+/// `DECK_HEADERS` (`name:value,name:value`, as decK reads it) adds more.
+fn admin_headers() -> Vec<(String, String)> {
+    let mut h = vec![];
+    if let Ok(t) = std::env::var("KONG_ADMIN_TOKEN") {
+        h.push(("Kong-Admin-Token".to_string(), t));
+    }
+    if let Ok(list) = std::env::var("DECK_HEADERS") {
+        for kv in list.split(',') {
+            if let Some((k, v)) = kv.split_once(':') {
+                h.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+    }
+    h
+}
+
+/// Every item of an Admin API collection at `path`, following `next` links; `None` when the
+/// collection does not exist in this Kong (404).
+fn paginate(c: &super::http::Client, ws: &str, path: &str) -> Result<Option<Vec<Value>>> {
+    let mut items = vec![];
+    let mut next = Some(format!("{ws}{path}?size={PAGE_SIZE}"));
+    let mut pages = 0usize;
+    while let Some(p) = next.take() {
+        let Some(page) = c.get_json(&p)? else {
+            return Ok(None);
+        };
+        let data = page.get("data").and_then(Value::as_array).ok_or_else(|| {
+            Error::gateway(
+                "kong",
+                format!(
+                    "{}: a list page without `data`; is this Kong's Admin API?",
+                    c.url(&p)
+                ),
+            )
+        })?;
+        items.extend(data.iter().cloned());
+        pages += 1;
+        next = match page.get("next") {
+            Some(Value::String(n)) if n.starts_with(&format!("{ws}/")) || ws.is_empty() => {
+                Some(n.clone())
+            }
+            Some(Value::String(n)) if n.starts_with('/') => Some(format!("{ws}{n}")),
+            Some(Value::String(n)) => Some(n.clone()),
+            _ => None,
+        };
+        if pages > 100_000 {
+            return Err(Error::gateway(
+                "kong",
+                format!("{}: pagination does not end", c.url(path)),
+            ));
+        }
+    }
+    Ok(Some(items))
+}
+
+/// Captures Kong through its Admin API (or `GET /config` when it runs without a database).
+fn capture_admin(opts: &GatewayOptions) -> Result<Capture> {
+    let endpoint = opts
+        .endpoint
+        .as_deref()
+        .unwrap_or(DEFAULT_ENDPOINT)
+        .trim_end_matches('/');
+    let mut source = Source::new("kong", endpoint);
+    let ws = match &opts.workspace {
+        Some(w) => {
+            source.scope = Some(format!("workspace {w}"));
+            format!("/{w}")
+        }
+        None => String::new(),
+    };
+    let c = super::http::Client::new(
+        endpoint,
+        source.describe(),
+        admin_headers(),
+        "set KONG_ADMIN_TOKEN (or DECK_HEADERS) to a token the Admin API accepts",
+    );
+    let root = c.get_json("/")?.ok_or_else(|| {
+        Error::gateway(
+            source.describe(),
+            format!("{endpoint}/ answers 404: is --endpoint Kong's Admin API?"),
+        )
+    })?;
+    source.version = str_field(&root, "version").map(str::to_string);
+    let dbless = root
+        .pointer("/configuration/database")
+        .and_then(Value::as_str)
+        == Some("off");
+    let (doc, raw_name, raw) = if dbless {
+        let cfg = c.get_json(&format!("{ws}/config"))?.unwrap_or(Value::Null);
+        let text = str_field(&cfg, "config").ok_or_else(|| {
+            Error::gateway(
+                source.describe(),
+                "GET /config gave no `config`: is this Kong in DB-less mode?",
+            )
+        })?;
+        let doc = canonical::parse_json_or_yaml(text.as_bytes()).map_err(|e| {
+            Error::gateway(
+                source.describe(),
+                format!("GET /config is not a declarative config: {e}"),
+            )
+        })?;
+        (doc, "kong-config.yaml", text.as_bytes().to_vec())
+    } else {
+        let mut doc = Map::new();
+        for (path, field) in ADMIN_COLLECTIONS {
+            let Some(mut items) = paginate(&c, &ws, &format!("/{path}"))? else {
+                // Every Kong has services: a 404 there means the workspace (or the API) is wrong.
+                if *path == "services" {
+                    return Err(Error::gateway(
+                        source.describe(),
+                        format!(
+                            "{endpoint}{ws}/services answers 404: check --workspace{}",
+                            if ws.is_empty() { " and --endpoint" } else { "" }
+                        ),
+                    ));
+                }
+                tracing::debug!("{endpoint}: no /{path} in this Kong; skipped");
+                continue;
+            };
+            for item in items.iter_mut() {
+                let id = str_field(item, "id").unwrap_or_default().to_string();
+                let nested = match *path {
+                    "upstreams" => Some(("targets", format!("/upstreams/{id}/targets"))),
+                    "consumer_groups" => {
+                        Some(("consumers", format!("/consumer_groups/{id}/consumers")))
+                    }
+                    _ => None,
+                };
+                if let Some((f, p)) = nested {
+                    let children = paginate(&c, &ws, &p)?.unwrap_or_default();
+                    item[f] = Value::Array(children);
+                }
+            }
+            doc.insert((*field).into(), Value::Array(items));
+        }
+        let doc = Value::Object(doc);
+        let raw = canonical::to_bytes(&doc);
+        (doc, "kong-admin.json", raw)
+    };
+    let entities = from_deck(&doc, &opts.select_tags)
+        .map_err(|reason| Error::gateway(source.describe(), reason))?;
+    Ok(Capture {
+        source,
+        raw: BTreeMap::from([(raw_name.to_string(), raw)]),
         entities,
     })
 }
@@ -167,6 +343,10 @@ fn clean(v: &Value, children: &[&str], keep_id: bool) -> Value {
     for s in SETS {
         canonical::sort_set(&mut v, s);
     }
+    // An unset field reads as null from the Admin API and is absent from decK files: both mean unset.
+    if let Value::Object(m) = &mut v {
+        m.retain(|_, x| !x.is_null());
+    }
     v
 }
 
@@ -204,6 +384,8 @@ struct Builder<'a> {
     ids: HashMap<String, String>,
     select: &'a [String],
     out: Vec<Entity>,
+    /// Consumer group to member consumers, as consumers name their groups.
+    members: BTreeMap<String, Vec<String>>,
 }
 
 impl Builder<'_> {
@@ -291,14 +473,13 @@ impl Builder<'_> {
         let subject = format!("kong:consumer={key}");
         let children: Vec<&str> = CREDENTIALS.iter().map(|c| c.0).chain(["plugins"]).collect();
         let mut v = clean(c, &children, false);
-        if let Some(Value::Array(groups)) = v.get_mut("groups") {
-            let mut names: Vec<Value> = groups
-                .iter()
-                .filter_map(|g| reference(g, &self.ids).map(Value::String))
-                .collect();
-            names.sort_by_key(canonical::scalar_key);
-            *groups = names;
+        // Group membership lives in the group's entity, whichever side the input named it on.
+        for g in list(c, "groups") {
+            if let Some(g) = reference(g, &self.ids) {
+                self.members.entry(g).or_default().push(key.clone());
+            }
         }
+        canonical::drop_fields(&mut v, &["groups"]);
         self.push(
             Entity::new("kong/consumers", "consumer", &key, v)
                 .personal(&["/username", "/custom_id"])
@@ -400,6 +581,7 @@ pub fn from_deck(doc: &Value, select: &[String]) -> std::result::Result<Vec<Enti
         ids: id_map(doc),
         select,
         out: vec![],
+        members: BTreeMap::new(),
     };
     let meta: Map<String, Value> = doc
         .as_object()
@@ -431,6 +613,16 @@ pub fn from_deck(doc: &Value, select: &[String]) -> std::result::Result<Vec<Enti
     for c in list(doc, "consumers") {
         b.consumer(c)?;
     }
+    // Credentials listed on their own (Admin API captures) name their consumer.
+    for (field, nat, secret, personal) in CREDENTIALS {
+        for cred in list(doc, field) {
+            let consumer = cred
+                .get("consumer")
+                .and_then(|c| reference(c, &b.ids))
+                .ok_or_else(|| format!("a {field} entry names no consumer"))?;
+            b.credential(field, nat, secret, personal, cred, &consumer)?;
+        }
+    }
     for (key, raw) in b.simple(
         doc,
         "consumer_groups",
@@ -442,8 +634,10 @@ pub fn from_deck(doc: &Value, select: &[String]) -> std::result::Result<Vec<Enti
         let mut members: Vec<String> = list(&raw, "consumers")
             .iter()
             .filter_map(|c| reference(c, &b.ids))
+            .chain(b.members.remove(&key).unwrap_or_default())
             .collect();
         members.sort();
+        members.dedup();
         if !members.is_empty() {
             if let Some(last) = b.out.last_mut() {
                 last.value["consumers"] = json!(members);
@@ -575,9 +769,25 @@ pub fn to_deck(entities: &[(String, Value)]) -> Value {
         }
         services.push(s);
     }
+    // Membership goes on the consumers (`groups`), as decK 3 writes it.
+    let mut groups_of: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for g in by("consumer_group") {
+        let name = natural(&g, &["name"]).unwrap_or_default();
+        for m in list(&g, "consumers") {
+            if let Some(m) = m.as_str() {
+                groups_of
+                    .entry(m.into())
+                    .or_default()
+                    .push(json!({"name": name}));
+            }
+        }
+    }
     let mut consumers = vec![];
     for mut c in by("consumer") {
         let key = natural(&c, &["username", "custom_id"]).unwrap_or_default();
+        if let Some(g) = groups_of.remove(&key) {
+            c["groups"] = Value::Array(g);
+        }
         for (field, ..) in CREDENTIALS {
             let creds: Vec<Value> = by(field.trim_end_matches('s'))
                 .into_iter()
@@ -600,14 +810,7 @@ pub fn to_deck(entities: &[(String, Value)]) -> Value {
     let mut groups = vec![];
     for mut g in by("consumer_group") {
         let key = natural(&g, &["name"]).unwrap_or_default();
-        if let Some(Value::Array(members)) = g.get("consumers").cloned() {
-            g["consumers"] = Value::Array(
-                members
-                    .into_iter()
-                    .map(|m| json!({"username": m}))
-                    .collect(),
-            );
-        }
+        canonical::drop_fields(&mut g, &["consumers"]);
         let plugins = take("consumer_group", &key);
         if !plugins.is_empty() {
             g["plugins"] = Value::Array(plugins);

@@ -10,6 +10,7 @@
 //!   secret and personal fields and data subject.
 
 pub mod canonical;
+pub mod http;
 pub mod kong;
 
 use std::collections::BTreeMap;

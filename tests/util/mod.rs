@@ -803,3 +803,84 @@ pub fn broken_repo(damage: Damage) -> Broken {
     b.snapshots = b.repo.snapshot_ids();
     b
 }
+
+/// A free TCP port on loopback (bound, read and released; good enough for a test server).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Whether the external program `bin` can run here. When it cannot, the test says so and is skipped,
+/// unless `GATEVAULT_REQUIRE_SERVICES=1` (set by `scripts/test`, which installs them): then it fails.
+pub fn have(bin: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("GATEVAULT_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "{bin} is required (GATEVAULT_REQUIRE_SERVICES=1) but not installed: run scripts/test"
+        );
+        eprintln!("SKIPPED: {bin} is not installed (scripts/test installs it)");
+    }
+    found
+}
+
+/// A server child process on a loopback port, killed when dropped.
+pub struct Service {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Service {
+    /// Starts `cmd` (which must listen on `port`) and waits until the port accepts connections.
+    pub fn start(mut cmd: std::process::Command, port: u16) -> Self {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting a test server");
+        let mut svc = Service { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(st)) = svc.child.try_wait() {
+                panic!("test server on port {port} exited at start: {st}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "test server on port {port} never listened"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        svc
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the fake Kong Admin API (`tests/fixtures/fake_kong.py`) with extra arguments.
+pub fn fake_kong(extra: &[&str]) -> Option<Service> {
+    if !have("python3") {
+        return None;
+    }
+    let port = free_port();
+    let mut c = std::process::Command::new("python3");
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_kong.py"))
+        .args(["--port", &port.to_string()])
+        .args(extra);
+    Some(Service::start(c, port))
+}

@@ -1,0 +1,382 @@
+//! Kong capture against the fake Admin API (`tests/fixtures/fake_kong.py`; Kong itself cannot run on
+//! the test machines) and from decK files.
+
+mod util;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use gatevault::gateway::{self, canonical, GatewayOptions};
+use gatevault::Error;
+use serde_json::{json, Value};
+use util::{fake_kong, Repo};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gateways/kong/kong.yaml")
+}
+
+fn deck() -> Value {
+    canonical::parse_json_or_yaml(&std::fs::read(fixture()).unwrap()).unwrap()
+}
+
+fn send(method: &str, url: &str, body: &Value) -> Value {
+    match ureq::request(method, url).send_json(body.clone()) {
+        Ok(r) => r.into_json().unwrap_or(Value::Null),
+        Err(e) => panic!("{method} {url}: {e}"),
+    }
+}
+
+fn list<'a>(v: &'a Value, f: &str) -> Vec<&'a Value> {
+    v.get(f)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+/// `v` without the nested lists `fields`.
+fn without(v: &Value, fields: &[&str]) -> Value {
+    let mut v = v.clone();
+    for f in fields {
+        v.as_object_mut().unwrap().remove(*f);
+    }
+    v
+}
+
+/// Loads a nested decK document into the Admin API at `base` through the API itself, as an operator
+/// (or decK sync) would.
+fn load(base: &str, doc: &Value) {
+    for c in list(doc, "certificates") {
+        let cert = send(
+            "POST",
+            &format!("{base}/certificates"),
+            &without(c, &["snis"]),
+        );
+        for s in list(c, "snis") {
+            let mut s = s.clone();
+            s["certificate"] = json!({"id": cert["id"]});
+            send("POST", &format!("{base}/snis"), &s);
+        }
+    }
+    for s in list(doc, "services") {
+        let name = s["name"].as_str().unwrap();
+        send(
+            "POST",
+            &format!("{base}/services"),
+            &without(s, &["routes", "plugins"]),
+        );
+        for r in list(s, "routes") {
+            send(
+                "POST",
+                &format!("{base}/services/{name}/routes"),
+                &without(r, &["plugins"]),
+            );
+            for p in list(r, "plugins") {
+                send(
+                    "POST",
+                    &format!("{base}/routes/{}/plugins", r["name"].as_str().unwrap()),
+                    p,
+                );
+            }
+        }
+        for p in list(s, "plugins") {
+            send("POST", &format!("{base}/services/{name}/plugins"), p);
+        }
+    }
+    let creds = [
+        ("keyauth_credentials", "key-auths"),
+        ("basicauth_credentials", "basic-auths"),
+        ("jwt_secrets", "jwts"),
+        ("acls", "acls"),
+    ];
+    for c in list(doc, "consumers") {
+        let u = c["username"].as_str().unwrap();
+        let mut fields: Vec<&str> = creds.iter().map(|c| c.0).collect();
+        fields.push("plugins");
+        send("POST", &format!("{base}/consumers"), &without(c, &fields));
+        for (field, path) in creds {
+            for x in list(c, field) {
+                send("POST", &format!("{base}/consumers/{u}/{path}"), x);
+            }
+        }
+        for p in list(c, "plugins") {
+            send("POST", &format!("{base}/consumers/{u}/plugins"), p);
+        }
+    }
+    for g in list(doc, "consumer_groups") {
+        let name = g["name"].as_str().unwrap();
+        send(
+            "POST",
+            &format!("{base}/consumer_groups"),
+            &without(g, &["consumers"]),
+        );
+        for m in list(g, "consumers") {
+            send(
+                "POST",
+                &format!("{base}/consumer_groups/{name}/consumers"),
+                &json!({"consumer": m["username"]}),
+            );
+        }
+    }
+    for p in list(doc, "plugins") {
+        send("POST", &format!("{base}/plugins"), p);
+    }
+    for u in list(doc, "upstreams") {
+        let name = u["name"].as_str().unwrap();
+        send(
+            "POST",
+            &format!("{base}/upstreams"),
+            &without(u, &["targets"]),
+        );
+        for t in list(u, "targets") {
+            send("POST", &format!("{base}/upstreams/{name}/targets"), t);
+        }
+    }
+    for v in list(doc, "vaults") {
+        send("POST", &format!("{base}/vaults"), v);
+    }
+}
+
+fn admin(endpoint: &str) -> GatewayOptions {
+    GatewayOptions {
+        kind: "kong".into(),
+        endpoint: Some(endpoint.into()),
+        ..Default::default()
+    }
+}
+
+fn file_opts(p: &Path) -> GatewayOptions {
+    GatewayOptions {
+        kind: "kong".into(),
+        file: Some(p.to_path_buf()),
+        ..Default::default()
+    }
+}
+
+/// The entity documents of a capture (not the manifest, raw exports or decK metadata).
+fn entity_docs(c: &gateway::Capture) -> BTreeMap<String, String> {
+    c.documents()
+        .unwrap()
+        .into_iter()
+        .filter(|(p, _)| p.starts_with("kong/") && p != "kong/_deck.json")
+        .map(|(p, b)| (p, String::from_utf8(b).unwrap()))
+        .collect()
+}
+
+#[test]
+fn admin_api_and_deck_file_give_the_same_entities() {
+    // A page cap of 2 makes every collection span several pages.
+    let Some(kong) = fake_kong(&["--page-cap", "2"]) else {
+        return;
+    };
+    load(&kong.url(), &deck());
+    let live = gateway::capture(&admin(&kong.url())).unwrap();
+    let file = gateway::capture(&file_opts(&fixture())).unwrap();
+    assert_eq!(entity_docs(&live), entity_docs(&file));
+    assert_eq!(live.source.version.as_deref(), Some("3.9.0-fake"));
+    assert!(live.raw.contains_key("kong-admin.json"));
+    // Everything the fixture holds was found, across pages.
+    let docs = entity_docs(&live);
+    for p in [
+        "kong/services/orders.json",
+        "kong/routes/orders-post.json",
+        "kong/plugins/rate-limiting@route=orders-get.json",
+        "kong/plugins/rate-limiting@consumer=alice.json",
+        "kong/plugins/prometheus@global.json",
+        "kong/keyauth_credentials/alice@0b6f2f1c-5d7c-4f6e-9a51-3b2f8f5a0001.json",
+        "kong/basicauth_credentials/bob@bob-basic.json",
+        "kong/jwt_secrets/alice@iss-alice.json",
+        "kong/acls/alice@team-core.json",
+        "kong/consumer_groups/gold.json",
+        "kong/targets/orders-upstream@10.0.0.2:8080.json",
+        "kong/snis/api.example.com.json",
+        "kong/vaults/env-vault.json",
+    ] {
+        assert!(docs.contains_key(p), "{p} missing from {:?}", docs.keys());
+    }
+    assert!(docs["kong/consumer_groups/gold.json"].contains("alice"));
+    // Timestamps and surrogate ids are gone; identities stay.
+    assert!(!docs.values().any(|d| d.contains("created_at")));
+    assert!(!docs["kong/routes/orders-get.json"].contains("\"id\""));
+    // Capturing again gives the same bytes, manifest included.
+    let again = gateway::capture(&admin(&kong.url())).unwrap();
+    assert_eq!(again.documents().unwrap(), live.documents().unwrap());
+}
+
+#[test]
+fn secrets_and_personal_fields_are_marked() {
+    let c = gateway::capture(&file_opts(&fixture())).unwrap();
+    let by: BTreeMap<&str, &gateway::Entity> =
+        c.entities.iter().map(|e| (e.path.as_str(), e)).collect();
+    let k = by["kong/keyauth_credentials/alice@0b6f2f1c-5d7c-4f6e-9a51-3b2f8f5a0001.json"];
+    assert_eq!(k.secrets, ["/key"]);
+    assert_eq!(k.subject.as_deref(), Some("kong:consumer=alice"));
+    assert_eq!(
+        by["kong/basicauth_credentials/bob@bob-basic.json"].secrets,
+        ["/password"]
+    );
+    assert_eq!(
+        by["kong/jwt_secrets/alice@iss-alice.json"].secrets,
+        ["/secret"]
+    );
+    assert_eq!(
+        by["kong/plugins/rate-limiting@route=orders-get.json"].secrets,
+        ["/config/redis_password"]
+    );
+    assert_eq!(
+        by["kong/certificates/6a0c1e8a-1f3e-4c55-8d2b-2f1a9c0e0001.json"].secrets,
+        ["/key"]
+    );
+    assert_eq!(
+        by["kong/consumers/alice.json"].personal,
+        ["/username", "/custom_id"]
+    );
+    let docs = c.documents().unwrap();
+    let manifest = gateway::Manifest::parse(&docs[gateway::MANIFEST]).unwrap();
+    assert_eq!(
+        manifest.entities["kong/jwt_secrets/alice@iss-alice.json"].secrets,
+        ["/secret"]
+    );
+}
+
+#[test]
+fn workspaces_are_captured_apart() {
+    let Some(kong) = fake_kong(&[]) else {
+        return;
+    };
+    send(
+        "POST",
+        &format!("{}/workspaces", kong.url()),
+        &json!({"name": "team"}),
+    );
+    send(
+        "POST",
+        &format!("{}/team/services", kong.url()),
+        &json!({"name": "team-svc", "host": "t.svc"}),
+    );
+    send(
+        "POST",
+        &format!("{}/services", kong.url()),
+        &json!({"name": "default-svc", "host": "d.svc"}),
+    );
+    let mut o = admin(&kong.url());
+    o.workspace = Some("team".into());
+    let team = gateway::capture(&o).unwrap();
+    let docs = entity_docs(&team);
+    assert!(docs.contains_key("kong/services/team-svc.json"));
+    assert!(!docs.contains_key("kong/services/default-svc.json"));
+    assert_eq!(team.source.scope.as_deref(), Some("workspace team"));
+    o.workspace = Some("nowhere".into());
+    let e = gateway::capture(&o).unwrap_err().to_string();
+    assert!(e.contains("nowhere"), "{e}");
+}
+
+#[test]
+fn rate_limits_are_waited_out_and_failures_are_clear() {
+    let Some(kong) = fake_kong(&[]) else {
+        return;
+    };
+    load(&kong.url(), &deck());
+    let fault = |f: Value| send("POST", &format!("{}/_fake/fault", kong.url()), &f);
+    // One 429 with Retry-After: 1 is waited out.
+    fault(json!({"path": "/routes", "status": 429, "retry_after": 1, "times": 1}));
+    let c = gateway::capture(&admin(&kong.url())).unwrap();
+    assert!(c
+        .entities
+        .iter()
+        .any(|e| e.path == "kong/routes/orders-get.json"));
+    // A page that keeps failing fails the capture, naming the URL; nothing partial comes back.
+    fault(json!({"path": "/consumers", "status": 503, "times": 10}));
+    let e = gateway::capture(&admin(&kong.url())).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, Error::Gateway { .. }) && msg.contains("/consumers") && msg.contains("503"),
+        "{msg}"
+    );
+    send("POST", &format!("{}/_fake/reset", kong.url()), &json!({}));
+    // Malformed JSON is named as such.
+    fault(json!({"path": "/services", "body": "{not json", "times": 1}));
+    let msg = gateway::capture(&admin(&kong.url()))
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("malformed JSON"), "{msg}");
+}
+
+#[test]
+fn db_less_kong_is_read_through_get_config() {
+    let Some(kong) = fake_kong(&["--dbless"]) else {
+        return;
+    };
+    send(
+        "POST",
+        &format!("{}/config", kong.url()),
+        &json!({"config": serde_json::to_string(&deck()).unwrap()}),
+    );
+    let live = gateway::capture(&admin(&kong.url())).unwrap();
+    let file = gateway::capture(&file_opts(&fixture())).unwrap();
+    assert_eq!(entity_docs(&live), entity_docs(&file));
+    assert!(live.raw.contains_key("kong-config.yaml"));
+}
+
+#[test]
+fn cli_backup_of_kong_round_trips_and_refuses_bad_tokens() {
+    let Some(kong) = fake_kong(&["--token", "s3cret-token"]) else {
+        return;
+    };
+    let r = Repo::init();
+    // Without the token: a clear error, no snapshot.
+    let out = r.run(["backup", "--gateway", "kong", "--endpoint", &kong.url()]);
+    util::assert_code(&out, util::code::FAILURE);
+    let err = util::stderr(&out);
+    assert!(
+        err.contains("401") && err.contains("KONG_ADMIN_TOKEN"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret-token"));
+    assert!(r.snapshots().is_empty());
+    // With it (from the environment, never the command line).
+    let mut c = r.cmd();
+    c.env("KONG_ADMIN_TOKEN", "s3cret-token");
+    // Load through the API with the token header.
+    for (path, body) in [
+        ("services", json!({"name": "orders", "host": "o.svc"})),
+        (
+            "services/orders/routes",
+            json!({"name": "orders-get", "paths": ["/o"]}),
+        ),
+        ("consumers", json!({"username": "alice"})),
+        ("consumers/alice/key-auths", json!({"key": "alice-key"})),
+    ] {
+        ureq::post(&format!("{}/{path}", kong.url()))
+            .set("Kong-Admin-Token", "s3cret-token")
+            .send_json(body)
+            .unwrap();
+    }
+    let out = c
+        .args([
+            "backup",
+            "--json",
+            "--gateway",
+            "kong",
+            "--endpoint",
+            &kong.url(),
+            "--tag",
+            "Environment=prod",
+            "--tag",
+            "BackupType=full",
+        ])
+        .output()
+        .unwrap();
+    util::assert_code(&out, util::code::OK);
+    let snaps = r.snapshots();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0]["source"]["kind"], "kong");
+    assert_eq!(snaps[0]["source"]["version"], "3.9.0-fake");
+    assert_eq!(snaps[0]["tags"]["Environment"], "prod");
+    // Restore the files, canonicalize them again: the same bytes.
+    let target = r.scratch("restored");
+    r.restore("latest", &target, &[]);
+    let restored = std::fs::read(target.join("kong/routes/orders-get.json")).unwrap();
+    let v: Value = serde_json::from_slice(&restored).unwrap();
+    assert_eq!(canonical::to_bytes(&v), restored);
+    assert_eq!(v["service"], "orders");
+}
