@@ -571,8 +571,9 @@ fn haproxy_refs(files: &mut Files, main: &Path, base: &Path) -> Result<()> {
                 ("crt", Some(arg)) => {
                     refs.push((word.clone(), resolve(&crt_base, arg), "certificate"))
                 }
+                // The list itself is not under crt-base; the certificates it names are.
                 ("crt-list", Some(arg)) => {
-                    refs.push((word.clone(), resolve(&crt_base, arg), "crt-list"))
+                    refs.push((word.clone(), resolve(base, arg), "crt-list"))
                 }
                 ("ca-file" | "ca-verify-file" | "crl-file", Some(arg)) => {
                     let role = if word == "crl-file" {
@@ -712,7 +713,11 @@ fn validate(source: &Source, kind: &str, bin: &Path, main: &Path) -> Result<()> 
             .arg("-e")
             .arg(scratch.join("error.log"));
     }
-    let shown = format!("{bin:?} {:?}", cmd.get_args().collect::<Vec<_>>());
+    let shown = std::iter::once(bin.as_os_str())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
     let out = cmd.output();
     let _ = std::fs::remove_dir_all(&scratch);
     let out = out.map_err(|e| {
@@ -735,7 +740,7 @@ fn validate(source: &Source, kind: &str, bin: &Path, main: &Path) -> Result<()> 
     Err(Error::gateway(
         source.describe(),
         format!(
-            "the configuration check {shown} failed:\n{}\nfix the configuration, or pass --no-validate to back it up as it is",
+            "the configuration check `{shown}` failed:\n{}\nfix the configuration, or pass --no-validate to back it up as it is",
             text.trim_end()
         ),
     ))
