@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -88,44 +89,125 @@ fn fetch(endpoint: &str) -> Result<(Source, Vec<u8>)> {
             "only plain http:// admin endpoints are supported (Caddy's default, on loopback): give one with --endpoint, or save the config with `curl .../config/ > caddy.json` and pass --file caddy.json",
         ));
     }
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(5))
-        .timeout(Duration::from_secs(60))
-        .build();
     let url = format!("{endpoint}/config/");
-    let resp = match agent.get(&url).set("Accept", "application/json").call() {
-        Ok(r) => r,
-        Err(ureq::Error::Status(code, r)) => {
-            let body = r.into_string().unwrap_or_default();
-            let hint = match code {
-                401 | 403 => "the admin API refused access: check its `admin.origins` and identity settings, or run gatevault where the admin API is reachable",
-                404 => "no Caddy admin API answers there: check --endpoint",
-                _ => "check Caddy's log and try again",
-            };
-            return Err(Error::gateway(
-                source.describe(),
-                format!("GET {url} answered HTTP {code} {}: {hint}", body.trim()),
-            ));
-        }
-        Err(ureq::Error::Transport(t)) => {
-            return Err(Error::gateway(
-                source.describe(),
-                format!("cannot reach the admin API ({t}): is Caddy running with its admin API at {endpoint}? Give the right address with --endpoint"),
-            ));
-        }
+    let resp = http_get(&url).map_err(|e| {
+        Error::gateway(
+            source.describe(),
+            format!("cannot reach the admin API ({e}): is Caddy running with its admin API at {endpoint}? Give the right address with --endpoint"),
+        )
+    })?;
+    if resp.status != 200 {
+        let hint = match resp.status {
+            401 | 403 => "the admin API refused access: check its `admin.origins` and identity settings, or run gatevault where the admin API is reachable",
+            404 => "no Caddy admin API answers there: check --endpoint",
+            _ => "check Caddy's log and try again",
+        };
+        return Err(Error::gateway(
+            source.describe(),
+            format!(
+                "GET {url} answered HTTP {} {}: {hint}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body).trim()
+            ),
+        ));
+    }
+    source.version = resp.header("server").map(str::to_string);
+    Ok((source, resp.body))
+}
+
+/// A response to [`http_get`].
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    /// The first header named `name` (lower case).
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// GETs `url` (`http://host:port/path`) with HTTP/1.0.
+///
+/// HTTP/1.0 on purpose: Caddy sends the config's ETag as a trailer of a chunked HTTP/1.1
+/// response, which common clients fail to decode; an HTTP/1.0 response is the plain body, ended by
+/// the connection closing (and checked against `Content-Length` where given). Admin APIs listen on
+/// loopback without TLS, so this is all the client the capture needs.
+fn http_get(url: &str) -> std::io::Result<Response> {
+    use std::io::{Error as IoError, ErrorKind, Write};
+    let bad = |m: String| IoError::new(ErrorKind::InvalidData, m);
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| bad(format!("{url} is not an http:// URL")))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
     };
-    source.version = resp.header("Server").map(str::to_string);
-    let mut body = vec![];
-    resp.into_reader()
-        .take(MAX_CONFIG_BYTES)
-        .read_to_end(&mut body)
-        .map_err(|e| {
-            Error::gateway(
-                source.describe(),
-                format!("reading the config from {url} failed ({e}): try again"),
-            )
-        })?;
-    Ok((source, body))
+    let addr = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let mut last = IoError::new(ErrorKind::NotFound, format!("{authority} has no address"));
+    let mut stream = None;
+    for a in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, Duration::from_secs(5)) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let mut s = stream.ok_or(last)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.set_write_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\nUser-Agent: gatevault\r\n\r\n"
+    )?;
+    let mut buf = vec![];
+    s.take(MAX_CONFIG_BYTES).read_to_end(&mut buf)?;
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("the answer is not HTTP".into()))?;
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("the answer is not HTTP".into()))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let resp = Response {
+        status,
+        headers,
+        body: buf[end + 4..].to_vec(),
+    };
+    if let Some(n) = resp
+        .header("content-length")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        if resp.body.len() != n {
+            return Err(bad(format!(
+                "the answer was cut short ({} of {n} bytes)",
+                resp.body.len()
+            )));
+        }
+    }
+    Ok(resp)
 }
 
 /// Splits a Caddy config into entities.
