@@ -160,7 +160,8 @@ fn classify(capture: &mut Capture, rel: &str, bytes: Vec<u8>) {
             }
         }
     }
-    let mut e = Entity::verbatim(&format!("files/{rel}"), &verbatim_kind(rel), rel, bytes);
+    let (kind, key) = apiops(rel).unwrap_or_else(|| (verbatim_kind(rel), rel.to_string()));
+    let mut e = Entity::verbatim(&format!("files/{rel}"), &kind, &key, bytes);
     let text = String::from_utf8_lossy(e.text.as_deref().unwrap_or_default());
     if text.contains("-----BEGIN") && text.contains("PRIVATE KEY-----") {
         e.secrets.push(String::new());
@@ -358,11 +359,8 @@ fn recognize(rel: &str, path: String, v: Value) -> Entity {
     e
 }
 
-/// The kind of a file stored verbatim.
+/// The kind of a file stored verbatim outside an APIOps tree.
 fn verbatim_kind(rel: &str) -> String {
-    if let Some((kind, _)) = apiops(rel) {
-        return kind;
-    }
     let lower = rel.to_ascii_lowercase();
     if lower.ends_with(".pem") || lower.ends_with(".crt") || lower.ends_with(".key") {
         "certificate".into()
