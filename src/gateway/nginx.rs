@@ -314,7 +314,9 @@ fn nginx_directives(text: &str) -> Vec<Directive> {
                     if d.is_whitespace() || d == ';' || (d == '{' && !var_brace) {
                         break;
                     }
-                    if d == '}' && !(w.contains("${") && !w.ends_with('}')) {
+                    // `}` closes a `${var}` inside the word, else the block.
+                    let open_var = w.rfind("${").is_some_and(|i| !w[i..].contains('}'));
+                    if d == '}' && !open_var {
                         break;
                     }
                     w.push(d);
