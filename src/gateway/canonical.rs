@@ -118,6 +118,34 @@ pub fn parse_json_or_yaml(bytes: &[u8]) -> Result<Value, String> {
     }
 }
 
+/// JSON pointers of every field named one of `names`, at any depth of `v`, in document order: for
+/// marking secrets whose place varies (`password` of any handler, `private_key` of any issuer).
+pub fn field_pointers(v: &Value, names: &[&str]) -> Vec<String> {
+    fn walk(v: &Value, at: &str, names: &[&str], out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let p = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
+                    if names.contains(&k.as_str()) && !x.is_null() {
+                        out.push(p);
+                    } else {
+                        walk(x, &p, names, out);
+                    }
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    walk(x, &format!("{at}/{i}"), names, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = vec![];
+    walk(v, "", names, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +160,16 @@ mod tests {
         assert_eq!(file_name("50%"), "50%25");
         assert_eq!(file_name(""), "%00");
         assert_ne!(file_name("a b"), file_name("a_b"));
+    }
+
+    #[test]
+    fn field_pointers_find_fields_at_any_depth() {
+        let v =
+            json!({"a": [{"password": "x"}, {"b": {"password": "y", "p/w": 1}}], "password": null});
+        assert_eq!(
+            field_pointers(&v, &["password", "p/w"]),
+            vec!["/a/0/password", "/a/1/b/p~1w", "/a/1/b/password"]
+        );
     }
 
     #[test]

@@ -9,9 +9,12 @@
 //! - `gateway.json`: the [`Manifest`]: where the capture came from, and per entity its kind, key,
 //!   secret and personal fields and data subject.
 
+pub mod caddy;
 pub mod canonical;
+pub mod files;
 pub mod http;
 pub mod kong;
+pub mod nginx;
 
 use std::collections::BTreeMap;
 
@@ -29,7 +32,7 @@ pub const MANIFEST: &str = "gateway.json";
 pub const MANIFEST_VERSION: u32 = 1;
 
 /// Gateway kinds with an adapter.
-pub const KINDS: &[&str] = &["kong"];
+pub const KINDS: &[&str] = &["kong", "caddy", "nginx", "haproxy", "files"];
 
 /// One configuration entity in canonical form.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,6 +51,10 @@ pub struct Entity {
     pub personal: Vec<String>,
     /// The data subject this entity belongs to, e.g. `kong:consumer=alice`.
     pub subject: Option<String>,
+    /// Bytes stored verbatim instead of the canonical JSON of `value` (a config file that is not
+    /// JSON: an nginx include, a PEM file, an htpasswd file). For such a document the marks point
+    /// into it seen as a list of lines: `""` is the whole document, `/3` its fourth line.
+    pub text: Option<Vec<u8>>,
 }
 
 impl Entity {
@@ -61,6 +68,21 @@ impl Entity {
             secrets: vec![],
             personal: vec![],
             subject: None,
+            text: None,
+        }
+    }
+
+    /// An entity stored verbatim at `path` (no `.json` added), with no marks and a null `value`.
+    pub fn verbatim(path: &str, kind: &str, key: &str, bytes: Vec<u8>) -> Self {
+        Self {
+            path: path.into(),
+            kind: kind.into(),
+            key: key.into(),
+            value: Value::Null,
+            secrets: vec![],
+            personal: vec![],
+            subject: None,
+            text: Some(bytes),
         }
     }
 
@@ -195,10 +217,11 @@ impl Capture {
         let mut docs = BTreeMap::new();
         let mut entries = BTreeMap::new();
         for e in &self.entities {
-            if docs
-                .insert(e.path.clone(), canonical::to_bytes(&e.value))
-                .is_some()
-            {
+            let bytes = match &e.text {
+                Some(t) => t.clone(),
+                None => canonical::to_bytes(&e.value),
+            };
+            if docs.insert(e.path.clone(), bytes).is_some() {
                 return Err(Error::InvalidInput(format!(
                     "{}: two {} entities have the key {:?}",
                     self.source.describe(),
@@ -264,6 +287,9 @@ pub struct GatewayOptions {
 pub fn capture(opts: &GatewayOptions) -> Result<Capture> {
     match opts.kind.as_str() {
         "kong" => kong::capture(opts),
+        "caddy" => caddy::capture(opts),
+        "nginx" | "haproxy" => nginx::capture(opts),
+        "files" => files::capture(opts),
         k => Err(Error::InvalidInput(format!(
             "unknown gateway kind {k:?}: use one of {}",
             KINDS.join(", ")

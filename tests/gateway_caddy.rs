@@ -1,0 +1,367 @@
+//! Caddy capture against a real `caddy run` on loopback: the admin API on a free port, the sample
+//! config of `examples/caddy/caddy.json` (on free ports, plus a basic-auth route and a `load_pem`
+//! certificate) loaded through `POST /load`.
+//!
+//! Without caddy (or openssl, which makes the certificate) the test prints why it skips, unless
+//! `GATEVAULT_REQUIRE_SERVICES=1`, which makes it fail instead.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gatevault::gateway::{self, GatewayOptions, Manifest};
+use gatevault::Error;
+use serde_json::{json, Value};
+
+/// A bcrypt hash of `example-password`.
+const HASH: &str = "$2a$14$ONYr17eYnLWun3vh7rSn0umSVvie9cSWZu0E5s3AWio/9tTX9W2ky";
+
+/// Kills caddy when the test ends, passing or not.
+struct Caddy {
+    child: Child,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn find(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin", "/usr/sbin"].map(PathBuf::from))
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+fn tools_here() -> bool {
+    let missing: Vec<&str> = ["caddy", "openssl"]
+        .into_iter()
+        .filter(|t| find(t).is_none())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("GATEVAULT_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("{missing:?} not installed and GATEVAULT_REQUIRE_SERVICES=1");
+    }
+    eprintln!(
+        "SKIPPED: {missing:?} not installed (set GATEVAULT_REQUIRE_SERVICES=1 to fail instead)"
+    );
+    false
+}
+
+fn start_caddy() -> Caddy {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let init = dir.path().join("init.json");
+    std::fs::write(&init, json!({"admin": {"listen": admin}}).to_string()).unwrap();
+    let child = Command::new(find("caddy").unwrap())
+        .args(["run", "--config"])
+        .arg(&init)
+        .env("HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path().join("data"))
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let caddy = Caddy {
+        child,
+        admin: format!("http://{admin}"),
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http(&caddy.admin, "GET", "/config/", "").map_or(true, |(s, _)| s != 200) {
+        assert!(Instant::now() < deadline, "caddy did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    caddy
+}
+
+/// A plain HTTP/1.0 request to `base` (`http://127.0.0.1:port`): status and body.
+fn http(base: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let authority = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(authority)?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_string()))
+}
+
+fn load(caddy: &Caddy, config: &Value) {
+    let (status, body) = http(&caddy.admin, "POST", "/load", &config.to_string()).unwrap();
+    assert_eq!(status, 200, "POST /load: {body}");
+}
+
+/// The sample config on free ports, with a basic-auth route, an id-less route and a certificate.
+fn config(admin: &str, cert: &str, key: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/caddy/caddy.json");
+    let mut c: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    c["admin"]["listen"] = json!(admin.trim_start_matches("http://"));
+    let servers = c["apps"]["http"]["servers"].as_object_mut().unwrap();
+    for s in servers.values_mut() {
+        s["listen"] = json!([format!("127.0.0.1:{}", free_port())]);
+    }
+    let internal = servers["internal"]["routes"].as_array_mut().unwrap();
+    internal[0].as_object_mut().unwrap().remove("@id");
+    internal.insert(
+        1,
+        json!({
+            "@id": "admin-area",
+            "match": [{"path": ["/admin/*"]}],
+            "handle": [{
+                "handler": "authentication",
+                "providers": {"http_basic": {"accounts": [{"username": "alice", "password": HASH}]}}
+            }]
+        }),
+    );
+    c["apps"]["tls"] = json!({
+        "certificates": {"load_pem": [{"certificate": cert, "key": key, "tags": ["api"]}]}
+    });
+    c
+}
+
+fn real_cert(dir: &Path) -> (String, String) {
+    let (k, c) = (dir.join("k.pem"), dir.join("c.pem"));
+    let out = Command::new(find("openssl").unwrap())
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=api.example.com",
+            "-keyout",
+        ])
+        .arg(&k)
+        .arg("-out")
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        std::fs::read_to_string(c).unwrap(),
+        std::fs::read_to_string(k).unwrap(),
+    )
+}
+
+fn capture(endpoint: &str) -> gatevault::Result<gateway::Capture> {
+    gateway::capture(&GatewayOptions {
+        kind: "caddy".into(),
+        endpoint: Some(endpoint.into()),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn caddy_admin_api_capture() {
+    if !tools_here() {
+        return;
+    }
+    let caddy = start_caddy();
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = real_cert(tmp.path());
+    let mut cfg = config(&caddy.admin, &cert, &key);
+    load(&caddy, &cfg);
+
+    let c = capture(&caddy.admin).unwrap();
+    assert_eq!(c.source.kind, "caddy");
+    assert_eq!(c.source.endpoint, caddy.admin);
+    let docs = c.documents().unwrap();
+    let m = Manifest::parse(&docs[gateway::MANIFEST]).unwrap();
+    for p in [
+        "caddy/admin.json",
+        "caddy/logging.json",
+        "caddy/apps/http.json",
+        "caddy/apps/tls.json",
+        "caddy/apps/http/servers/edge.json",
+        "caddy/apps/http/servers/internal.json",
+        "caddy/apps/tls/certificates/api.json",
+        "raw/caddy.json",
+    ] {
+        assert!(docs.contains_key(p), "{p} missing: {:?}", docs.keys());
+    }
+    // Route order is kept in the server document; one document per route.
+    let edge: Value = serde_json::from_slice(&docs["caddy/apps/http/servers/edge.json"]).unwrap();
+    let order = [
+        "healthz",
+        "deny-missing-api-key",
+        "shed-bulk-exports",
+        "catalog",
+        "orders",
+        "inventory",
+        "users",
+        "fallback",
+    ];
+    assert_eq!(edge["route_keys"], json!(order));
+    assert!(edge.get("routes").is_none());
+    for k in order {
+        let p = format!("caddy/apps/http/servers/edge/routes/{k}.json");
+        let r: Value = serde_json::from_slice(&docs[&p]).unwrap();
+        assert_eq!(r["@id"], json!(k));
+        assert_eq!(m.entities[&p].kind, "route");
+        assert_eq!(m.entities[&p].key, format!("edge/{k}"));
+    }
+    let internal: Value =
+        serde_json::from_slice(&docs["caddy/apps/http/servers/internal.json"]).unwrap();
+    assert_eq!(
+        internal["route_keys"],
+        json!(["/reports/*", "admin-area", "internal-deny"])
+    );
+    assert!(docs.contains_key("caddy/apps/http/servers/internal/routes/%2Freports%2F%2A.json"));
+    // Secrets and personal data are marked.
+    let auth = &m.entities["caddy/apps/http/servers/internal/routes/admin-area.json"];
+    assert_eq!(
+        auth.secrets,
+        vec!["/handle/0/providers/http_basic/accounts/0/password"]
+    );
+    assert_eq!(
+        auth.personal,
+        vec!["/handle/0/providers/http_basic/accounts/0/username"]
+    );
+    assert_eq!(
+        m.entities["caddy/apps/tls/certificates/api.json"].secrets,
+        vec!["/key"]
+    );
+    let pem: Value = serde_json::from_slice(&docs["caddy/apps/tls/certificates/api.json"]).unwrap();
+    assert_eq!(pem["key"], json!(key));
+    let raw: Value = serde_json::from_slice(&docs["raw/caddy.json"]).unwrap();
+    assert_eq!(
+        raw["apps"]["http"]["servers"]["edge"]["routes"][0]["@id"],
+        "healthz"
+    );
+
+    // Twice gives the same documents.
+    assert_eq!(capture(&caddy.admin).unwrap().documents().unwrap(), docs);
+
+    // A change to one route changes that route's document (and the raw export) only.
+    cfg["apps"]["http"]["servers"]["edge"]["routes"][5]["handle"][0]["upstreams"] =
+        json!([{"dial": "127.0.0.1:9302"}]);
+    load(&caddy, &cfg);
+    let after = capture(&caddy.admin).unwrap().documents().unwrap();
+    let changed: Vec<&String> = after
+        .iter()
+        .filter(|(p, b)| docs.get(*p) != Some(b))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(
+        changed,
+        vec![
+            "caddy/apps/http/servers/edge/routes/inventory.json",
+            "raw/caddy.json"
+        ]
+    );
+    assert_eq!(after.len(), docs.len());
+
+    // A config file gives the same layout as the live admin API.
+    let file = tmp.path().join("caddy.json");
+    std::fs::write(&file, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let from_file = gateway::capture(&GatewayOptions {
+        kind: "caddy".into(),
+        file: Some(file.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        from_file.source.endpoint,
+        format!("file:{}", file.display())
+    );
+    let fdocs = from_file.documents().unwrap();
+    let entity_docs = |d: &BTreeMap<String, Vec<u8>>| -> BTreeMap<String, Vec<u8>> {
+        d.iter()
+            .filter(|(p, _)| p.starts_with("caddy/"))
+            .map(|(p, b)| (p.clone(), b.clone()))
+            .collect()
+    };
+    assert_eq!(entity_docs(&fdocs), entity_docs(&after));
+}
+
+#[test]
+fn caddy_errors_are_gateway_errors() {
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let e = capture(&endpoint).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Gateway { .. }), "{e:?}");
+    assert!(
+        msg.contains(&endpoint) && msg.contains("--endpoint"),
+        "{msg}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("caddy.json");
+    std::fs::write(&bad, "{not json").unwrap();
+    let opts = GatewayOptions {
+        kind: "caddy".into(),
+        file: Some(bad.clone()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        gateway::capture(&opts),
+        Err(Error::Gateway { .. })
+    ));
+    std::fs::write(&bad, "null").unwrap();
+    let c = gateway::capture(&opts).unwrap();
+    assert!(c.entities.is_empty());
+}
+
+#[test]
+fn caddy_refusals_are_gateway_errors() {
+    // A stand-in admin API that refuses every request with 403.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", l.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        let body = "{\"error\":\"client is not allowed to access from origin ''\"}";
+        let _ = write!(
+            s,
+            "HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    let e = capture(&endpoint).unwrap_err();
+    server.join().unwrap();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Gateway { .. }), "{e:?}");
+    assert!(msg.contains("403") && msg.contains("origin"), "{msg}");
+}
