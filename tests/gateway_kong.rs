@@ -380,3 +380,180 @@ fn cli_backup_of_kong_round_trips_and_refuses_bad_tokens() {
     assert_eq!(canonical::to_bytes(&v), restored);
     assert_eq!(v["service"], "orders");
 }
+
+/// An independent reading of the generator's decK JSON: every entity as `kind key` to its content,
+/// written from the generator's own structure (not from gatevault's splitting code).
+const FLATTEN: &str = r#"
+import json, sys
+def flat(path):
+    d = json.load(open(path)); out = {}
+    def put(kind, key, v): out["%s %s" % (kind, key)] = json.dumps(v, sort_keys=True)
+    for s in d.get("services", []):
+        put("service", s["name"], {k: v for k, v in s.items() if k not in ("routes", "plugins", "id")})
+        for p in s.get("plugins", []): put("plugin", "%s@service=%s" % (p["name"], s["name"]), p["config"])
+        for r in s.get("routes", []):
+            put("route", r["name"], {k: v for k, v in r.items() if k not in ("plugins", "id")})
+            for p in r.get("plugins", []): put("plugin", "%s@route=%s" % (p["name"], r["name"]), p["config"])
+    for c in d.get("consumers", []):
+        u = c["username"]
+        put("consumer", u, {k: c.get(k) for k in ("custom_id", "tags")})
+        for k in c.get("keyauth_credentials", []): put("keyauth_credential", "%s@%s" % (u, k["id"]), k)
+        for a in c.get("acls", []): put("acl", "%s@%s" % (u, a["group"]), a["group"])
+        for j in c.get("jwt_secrets", []): put("jwt_secret", "%s@%s" % (u, j["key"]), j)
+    for up in d.get("upstreams", []):
+        put("upstream", up["name"], {k: v for k, v in up.items() if k not in ("targets", "id")})
+        for t in up.get("targets", []): put("target", "%s@%s" % (up["name"], t["target"]), t["weight"])
+    for c in d.get("certificates", []):
+        put("certificate", c["id"], [c["cert"], c["key"], c.get("tags")])
+        for s in c.get("snis", []): put("sni", s["name"], c["id"])
+    return out
+a, b = flat(sys.argv[1]), flat(sys.argv[2])
+changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+print(json.dumps(changed))
+"#;
+
+#[test]
+fn diff_lists_exactly_the_entities_the_generator_changed() {
+    if !util::have("python3") {
+        return;
+    }
+    let gen = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/gen_gateway_history.py");
+    let r = Repo::init();
+    let hist = r.scratch("hist");
+    let ok = std::process::Command::new("python3")
+        .arg(&gen)
+        .args([
+            "history",
+            "--services",
+            "60",
+            "--versions",
+            "6",
+            "--change-rate",
+            "0.03",
+        ])
+        .args(["--seed", "5", "--kong-format", "json", "--out"])
+        .arg(&hist)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // The same live path every time, as a user backing up one gateway would.
+    let live = r.scratch("live");
+    std::fs::create_dir_all(&live).unwrap();
+    let live = live.join("kong.json");
+    let mut ids = vec![];
+    for v in 0..6 {
+        std::fs::copy(hist.join(format!("v{v:04}/kong.json")), &live).unwrap();
+        let s = r.run_json(["backup", "--gateway", "kong", "--file", util::s(&live)]);
+        ids.push(s["snapshot_id"].as_str().unwrap().to_string());
+    }
+    let mut total = 0;
+    for v in 1..6 {
+        let want = std::process::Command::new("python3")
+            .args(["-c", FLATTEN])
+            .arg(hist.join(format!("v{:04}/kong.json", v - 1)))
+            .arg(hist.join(format!("v{v:04}/kong.json")))
+            .output()
+            .unwrap();
+        let want: Vec<String> = serde_json::from_slice(&want.stdout).unwrap();
+        let got = r.run_json(["diff", &ids[v - 1], &ids[v]]);
+        let mut got: Vec<String> = got["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] != "raw" && e["kind"] != "deck")
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["kind"].as_str().unwrap(),
+                    e["key"].as_str().unwrap()
+                )
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "version {v}");
+        total += want.len();
+    }
+    assert!(total > 10, "the generator changed only {total} entities");
+}
+
+#[test]
+fn log_and_export_follow_an_entity_and_rebuild_the_deck_file() {
+    let r = Repo::init();
+    let dir = r.scratch("cfg");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("kong.yaml");
+    let text = std::fs::read_to_string(fixture()).unwrap();
+    std::fs::write(&f, &text).unwrap();
+    r.run_ok([
+        "backup",
+        "--gateway",
+        "kong",
+        "--file",
+        util::s(&f),
+        "--tag",
+        "Environment=prod",
+    ]);
+    std::fs::write(&f, text.replace("minute: 60,", "minute: 90,")).unwrap();
+    r.run_ok([
+        "backup",
+        "--gateway",
+        "kong",
+        "--file",
+        util::s(&f),
+        "--tag",
+        "Environment=prod",
+    ]);
+    std::fs::write(&f, text.replace("alice-secret-key-1", "alice-secret-key-2")).unwrap();
+    r.run_ok([
+        "backup",
+        "--gateway",
+        "kong",
+        "--file",
+        util::s(&f),
+        "--tag",
+        "Environment=prod",
+    ]);
+    // The plugin changed once (60 -> 90) and back once.
+    let log = r.run_json([
+        "log",
+        "--entity",
+        "kong/plugins/rate-limiting@route=orders-get",
+    ]);
+    let h = log["history"].as_array().unwrap();
+    assert_eq!(h.len(), 3, "{log}");
+    assert_eq!(h[0]["change"], "added");
+    assert_eq!(h[1]["fields"][0]["pointer"], "/config/minute");
+    assert_eq!(h[1]["fields"][0]["new"], 90);
+    // A secret's change is shown masked unless asked for.
+    let ids = r.snapshot_ids();
+    let d = r.run_ok(["diff", &ids[1], &ids[2]]);
+    assert!(d.contains("/key") && !d.contains("alice-secret-key"), "{d}");
+    let shown = r.run_ok(["diff", "--show-secrets", &ids[1], &ids[2]]);
+    assert!(shown.contains("alice-secret-key-2"), "{shown}");
+    // Export writes the decK file under the conventional name; it reads back to the same entities.
+    let out = r.scratch("export");
+    std::fs::create_dir_all(&out).unwrap();
+    r.run_ok(["export", &ids[0], "--format", "deck", "-o", util::s(&out)]);
+    let files: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    let name = files[0].file_name().unwrap().to_str().unwrap().to_string();
+    assert!(
+        name.starts_with("kong-prod-") && name.ends_with("-full.yaml"),
+        "{name}"
+    );
+    let again = gateway::capture(&file_opts(&files[0])).unwrap();
+    let orig = gateway::capture(&file_opts(&fixture())).unwrap();
+    assert_eq!(entity_docs(&again), entity_docs(&orig));
+    // A second export into the same folder does not overwrite.
+    util::assert_code(
+        &r.run(["export", &ids[0], "--format", "deck", "-o", util::s(&out)]),
+        util::code::FAILURE,
+    );
+}

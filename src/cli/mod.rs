@@ -6,8 +6,10 @@ mod cat;
 mod check;
 mod diff;
 mod dump;
+mod export;
 mod init;
 mod key;
+mod log;
 mod ls;
 mod repair;
 mod restore;
@@ -115,8 +117,12 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Restore a snapshot into a folder.
     Restore(restore::RestoreArgs),
-    /// Show files added, removed and changed between two snapshots.
+    /// Show files added, removed and changed between two snapshots (entities, for gateway snapshots).
     Diff(diff::DiffArgs),
+    /// Show when one gateway entity changed across snapshots.
+    Log(log::LogArgs),
+    /// Write a gateway snapshot's configuration in the gateway's own format.
+    Export(export::ExportArgs),
     /// Check the repository's structure and, optionally, re-read its data.
     Check(check::CheckArgs),
     /// Manage key slots.
@@ -378,6 +384,8 @@ pub fn main() -> ExitCode {
         Command::Stats(a) => stats::run(g, a),
         Command::Restore(a) => restore::run(g, a),
         Command::Diff(a) => diff::run(g, a),
+        Command::Log(a) => log::run(g, a),
+        Command::Export(a) => export::run(g, a),
         Command::Check(a) => check::run(g, a),
         Command::Key(a) => key::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),

@@ -15,6 +15,7 @@ pub mod files;
 pub mod http;
 pub mod kong;
 pub mod nginx;
+pub mod stored;
 
 use std::collections::BTreeMap;
 
