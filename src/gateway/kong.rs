@@ -505,8 +505,24 @@ impl Builder<'_> {
         cred: &Value,
         consumer: &str,
     ) -> std::result::Result<(), String> {
-        let own =
-            natural(cred, &[nat]).ok_or_else(|| format!("a {field} entry has no {nat} or id"))?;
+        // Without a natural key or an id (a hand-written decK file), the credential's position among
+        // its consumer's credentials of this kind names it: never its secret.
+        let own = match natural(cred, &[nat]) {
+            Some(k) => k,
+            None => {
+                let n = self
+                    .out
+                    .iter()
+                    .filter(|e| {
+                        e.path.starts_with(&format!(
+                            "kong/{field}/{}@",
+                            super::canonical::file_name(consumer)
+                        ))
+                    })
+                    .count();
+                format!("#{}", n + 1)
+            }
+        };
         let mut v = clean(cred, &[], nat == "id" || str_field(cred, nat).is_none());
         if let Some(m) = v.as_object_mut() {
             m.insert("consumer".into(), Value::String(consumer.into()));

@@ -254,7 +254,8 @@ pub struct LogEntry {
 }
 
 /// When the entity at `path` (`kong/routes/orders-get`, with or without `.json`) changed across
-/// `snapshots` (oldest first): its first appearance, each change and its removal.
+/// the gateway snapshots of its kind among `snapshots` (oldest first): its first appearance, each
+/// change and its removal.
 ///
 /// # Errors
 /// Errors reading snapshots.
@@ -267,8 +268,10 @@ pub fn log(
     let path = path.trim_start_matches('/');
     let mut out = vec![];
     let mut last: Option<(Vec<crate::id::BlobId>, Value, Vec<String>)> = None;
+    // Only snapshots of the gateway kind the path belongs to (`kong/...`: Kong snapshots).
+    let kind = path.split('/').next().unwrap_or_default();
     for (id, snap) in snapshots {
-        if snap.source.is_none() {
+        if snap.source.as_ref().is_none_or(|s| s.kind != kind) {
             continue;
         }
         // The path as given, or with `.json` added.
