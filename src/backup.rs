@@ -28,6 +28,9 @@ use crate::repo::Repository;
 /// Files at least this large are streamed through the pipeline; smaller ones are read whole.
 const STREAM_THRESHOLD: u64 = 8 * 1024 * 1024;
 
+/// Text documents up to this size are kept inline in their tree node (see [`Node::inline`]).
+const INLINE_MAX: usize = 16 * 1024;
+
 /// What to back up and how to describe it.
 #[derive(Default)]
 pub struct BackupOptions {
@@ -446,7 +449,8 @@ pub fn backup(
             None if opts.force => None,
             None => find_parent(repo, &host, &paths)?,
         };
-        let root = documents_tree(&mut scan, docs, parent.as_ref().map(|(_, s)| s.tree));
+        let now = start.timestamp_nanos_opt().unwrap_or(0);
+        let root = documents_tree(&mut scan, docs, parent.as_ref().map(|(_, s)| s.tree), now);
         (paths, parent, root)
     } else if let Some(name) = &opts.stdin_filename {
         if name.is_empty() || name.contains('/') {
@@ -705,11 +709,13 @@ pub fn backup(
 }
 
 /// The item tree of in-memory documents (`a/b/c.json` to bytes), each file paired with the same path
-/// of the parent snapshot's tree `parent` (delta bases, and the mtime kept when unchanged).
+/// of the parent snapshot's tree `parent` (delta bases, and the mtime kept when unchanged). Small
+/// text documents are inlined into their node; `now` is their mtime when new or changed.
 fn documents_tree(
     scan: &mut Scan<'_>,
     docs: BTreeMap<String, Vec<u8>>,
     parent: Option<BlobId>,
+    now: i64,
 ) -> BTreeMap<String, Item> {
     let mut root: BTreeMap<String, Item> = BTreeMap::new();
     let mut trees: std::collections::HashMap<String, Option<Tree>> =
@@ -749,41 +755,52 @@ fn documents_tree(
             children = c;
             at = sub;
         }
-        let siblings = trees.get(&at).and_then(|t| t.as_ref());
-        let prev = siblings
+        let prev = trees
+            .get(&at)
+            .and_then(|t| t.as_ref())
             .and_then(|t| t.nodes.iter().find(|n| n.name == *name))
             .filter(|n| n.node_type == NodeType::File);
-        // A new document is stored as a delta against its neighbour in the parent's folder: entities
-        // of one kind share most of their text.
-        let base = match prev {
-            Some(p) => p.content.clone(),
-            None => siblings
-                .and_then(|t| {
-                    let files = t.nodes.iter().filter(|n| n.node_type == NodeType::File);
-                    files
-                        .clone()
-                        .take_while(|n| n.name.as_str() < *name)
-                        .last()
-                        .or_else(|| files.clone().next())
-                })
-                .map(|n| n.content.clone())
-                .unwrap_or_default(),
-        };
         scan.summary.total_files += 1;
         scan.summary.total_bytes += data.len() as u64;
-        children.insert(
-            name.to_string(),
-            Item::File {
-                node: Node {
-                    size: data.len() as u64,
-                    ..Node::new(name, NodeType::File)
-                },
+        let node = Node {
+            size: data.len() as u64,
+            ..Node::new(name, NodeType::File)
+        };
+        let item = match String::from_utf8(data) {
+            // Small text documents (entities) live in the tree itself; see `Node::inline`.
+            Ok(text) if text.len() <= INLINE_MAX => {
+                let mut node = Node {
+                    inline: Some(text),
+                    ..node
+                };
+                node.mtime_ns = match prev {
+                    Some(p) if p.same_data(&node) => {
+                        scan.summary.files_unchanged += 1;
+                        p.mtime_ns
+                    }
+                    Some(_) => {
+                        scan.summary.files_changed += 1;
+                        now
+                    }
+                    None => {
+                        scan.summary.files_new += 1;
+                        now
+                    }
+                };
+                Item::Other { node }
+            }
+            data => Item::File {
+                node,
                 path: PathBuf::from(&path),
                 read: true,
-                previous: base,
-                document: Some((data, prev.map(|n| n.mtime_ns))),
+                previous: prev.map(|n| n.content.clone()).unwrap_or_default(),
+                document: Some((
+                    data.map_or_else(|e| e.into_bytes(), String::into_bytes),
+                    prev.map(|n| n.mtime_ns),
+                )),
             },
-        );
+        };
+        children.insert(name.to_string(), item);
     }
     root
 }

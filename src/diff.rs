@@ -126,16 +126,14 @@ fn diff_trees(
                 } else if x.node_type == NodeType::Dir {
                     diff_trees(repo, x.subtree, y.subtree, &path, out)?;
                 } else {
-                    let change = if x.content != y.content
-                        || x.link_target != y.link_target
-                        || x.size != y.size
-                    {
-                        Some(Change::Modified)
-                    } else if x.mode != y.mode || x.mtime_ns != y.mtime_ns {
-                        Some(Change::Metadata)
-                    } else {
-                        None
-                    };
+                    let change =
+                        if !x.same_data(y) || x.link_target != y.link_target || x.size != y.size {
+                            Some(Change::Modified)
+                        } else if x.mode != y.mode || x.mtime_ns != y.mtime_ns {
+                            Some(Change::Metadata)
+                        } else {
+                            None
+                        };
                     if let Some(change) = change {
                         out.push(DiffEntry {
                             path,

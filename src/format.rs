@@ -472,6 +472,10 @@ pub struct Node {
     /// The target of a link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_target: Option<String>,
+    /// The whole content of a small UTF-8 file, kept in the tree instead of in data blobs (gateway
+    /// entity documents): a change then costs only the tree's delta, not a blob of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
 }
 
 impl Node {
@@ -488,7 +492,13 @@ impl Node {
             content: vec![],
             subtree: None,
             link_target: None,
+            inline: None,
         }
+    }
+
+    /// Whether two file nodes hold the same data (same chunks, or the same inline content).
+    pub fn same_data(&self, other: &Node) -> bool {
+        self.content == other.content && self.inline == other.inline
     }
 }
 
@@ -535,10 +545,19 @@ impl Tree {
                 return Err(Error::format("tree", format!("unsafe name {:?}", n.name)));
             }
             let fits = match n.node_type {
-                NodeType::File => n.subtree.is_none() && n.link_target.is_none(),
-                NodeType::Dir => n.subtree.is_some() && n.content.is_empty(),
+                NodeType::File => {
+                    n.subtree.is_none()
+                        && n.link_target.is_none()
+                        && n.inline
+                            .as_ref()
+                            .is_none_or(|d| n.content.is_empty() && d.len() as u64 == n.size)
+                }
+                NodeType::Dir => n.subtree.is_some() && n.content.is_empty() && n.inline.is_none(),
                 NodeType::Symlink => {
-                    n.link_target.is_some() && n.content.is_empty() && n.subtree.is_none()
+                    n.link_target.is_some()
+                        && n.content.is_empty()
+                        && n.subtree.is_none()
+                        && n.inline.is_none()
                 }
             };
             if !fits {
@@ -764,11 +783,31 @@ mod tests {
             nodes: vec![n("a"), n("b")],
         };
         assert_eq!(Tree::decode(&t.encode()).unwrap(), t);
+        let inline = |d: &str, size: u64| Node {
+            inline: Some(d.into()),
+            size,
+            ..n("i")
+        };
+        let t = Tree {
+            version: 1,
+            nodes: vec![inline("{}\n", 3)],
+        };
+        assert_eq!(Tree::decode(&t.encode()).unwrap(), t);
         for bad in [
             vec![n("b"), n("a")],
             vec![n("a"), n("a")],
             vec![n("..")],
             vec![n("x/y")],
+            vec![inline("abc", 4)],
+            vec![Node {
+                content: vec![BlobId([1; 32])],
+                ..inline("abc", 3)
+            }],
+            vec![Node {
+                inline: Some("x".into()),
+                subtree: Some(BlobId([1; 32])),
+                ..Node::new("d", NodeType::Dir)
+            }],
         ] {
             assert!(Tree::decode(
                 &Tree {

@@ -48,6 +48,20 @@ fn lean(mut c: zstd::bulk::Compressor<'static>) -> Option<zstd::bulk::Compressor
     Some(c)
 }
 
+/// Lets a delta see all of its base: a window and match tables covering base and data (zstd would
+/// otherwise size them for the small input alone and miss most of a large base, such as a tree).
+fn reach(
+    mut c: zstd::bulk::Compressor<'static>,
+    span: usize,
+) -> Option<zstd::bulk::Compressor<'static>> {
+    use zstd::stream::raw::CParameter;
+    let log = (usize::BITS - span.max(1 << 10).leading_zeros()).clamp(10, 27);
+    c.set_parameter(CParameter::WindowLog(log)).ok()?;
+    c.set_parameter(CParameter::HashLog(log.min(24))).ok()?;
+    c.set_parameter(CParameter::ChainLog(log.min(24))).ok()?;
+    Some(c)
+}
+
 fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
@@ -132,6 +146,7 @@ pub fn encode_delta(
     let Some(mut c) = zstd::bulk::Compressor::with_dictionary(level, base)
         .ok()
         .and_then(lean)
+        .and_then(|c| reach(c, base.len() + data.len()))
     else {
         return Ok(None);
     };

@@ -183,7 +183,11 @@ pub fn restore(
                         .write(true)
                         .create_new(true)
                         .open(&f.dest)
-                        .and_then(|h| h.set_len(f.node.size)),
+                        .and_then(|mut h| match &f.node.inline {
+                            // Inline content sits in the (verified) tree: written here, no blobs.
+                            Some(d) => std::io::Write::write_all(&mut h, d.as_bytes()),
+                            None => h.set_len(f.node.size),
+                        }),
                 },
             );
         if let Err(e) = created {
@@ -224,7 +228,14 @@ pub fn restore(
         }
     }
 
-    let written = std::sync::atomic::AtomicU64::new(0);
+    let inline: u64 = files
+        .iter()
+        .zip(&created)
+        .filter_map(|(f, ok)| f.node.inline.as_ref().filter(|_| *ok))
+        .map(|d| d.len() as u64)
+        .sum();
+    progress.bytes(inline);
+    let written = std::sync::atomic::AtomicU64::new(inline);
     let packs: Vec<_> = by_pack.into_iter().collect();
     packs.par_iter().for_each(|(pack, blobs)| {
         let mut list: Vec<&(BlobLocation, Targets)> = blobs.values().collect();
@@ -360,6 +371,11 @@ pub fn dump(
         return Err(Error::InvalidInput(
             format!("{path} is a {:?}, not a file", node.node_type).to_lowercase(),
         ));
+    }
+    if let Some(d) = &node.inline {
+        out.write_all(d.as_bytes())
+            .map_err(|e| Error::io("writing to standard output", e))?;
+        return Ok(d.len() as u64);
     }
     let mut n = 0;
     for id in &node.content {

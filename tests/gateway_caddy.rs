@@ -236,8 +236,8 @@ fn caddy_admin_api_capture() {
         let p = format!("caddy/apps/http/servers/edge/routes/{k}.json");
         let r: Value = serde_json::from_slice(&docs[&p]).unwrap();
         assert_eq!(r["@id"], json!(k));
-        assert_eq!(m.entities[&p].kind, "route");
-        assert_eq!(m.entities[&p].key, format!("edge/{k}"));
+        assert_eq!(m.entry(&p).unwrap().kind, "route");
+        assert_eq!(m.entry(&p).unwrap().key, format!("edge/{k}"));
     }
     let internal: Value =
         serde_json::from_slice(&docs["caddy/apps/http/servers/internal.json"]).unwrap();
@@ -247,7 +247,9 @@ fn caddy_admin_api_capture() {
     );
     assert!(docs.contains_key("caddy/apps/http/servers/internal/routes/%2Freports%2F%2A.json"));
     // Secrets and personal data are marked.
-    let auth = &m.entities["caddy/apps/http/servers/internal/routes/admin-area.json"];
+    let auth = &m
+        .entry("caddy/apps/http/servers/internal/routes/admin-area.json")
+        .unwrap();
     assert_eq!(
         auth.secrets,
         vec!["/handle/0/providers/http_basic/accounts/0/password"]
@@ -257,7 +259,9 @@ fn caddy_admin_api_capture() {
         vec!["/handle/0/providers/http_basic/accounts/0/username"]
     );
     assert_eq!(
-        m.entities["caddy/apps/tls/certificates/api.json"].secrets,
+        m.entry("caddy/apps/tls/certificates/api.json")
+            .unwrap()
+            .secrets,
         vec!["/key"]
     );
     let pem: Value = serde_json::from_slice(&docs["caddy/apps/tls/certificates/api.json"]).unwrap();

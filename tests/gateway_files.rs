@@ -25,7 +25,12 @@ fn capture(path: &Path) -> gatevault::Result<Capture> {
 fn entries(c: &Capture) -> (BTreeMap<String, Vec<u8>>, BTreeMap<String, ManifestEntry>) {
     let docs = c.documents().unwrap();
     let m = Manifest::parse(&docs[gateway::MANIFEST]).unwrap();
-    (docs, m.entities)
+    // Every entity, listed in the manifest or derived from its path.
+    let all = docs
+        .keys()
+        .filter_map(|p| m.entry(p).map(|e| (p.clone(), e)))
+        .collect();
+    (docs, all)
 }
 
 fn json_doc(docs: &BTreeMap<String, Vec<u8>>, p: &str) -> Value {

@@ -379,6 +379,10 @@ fn cli_backup_of_kong_round_trips_and_refuses_bad_tokens() {
     let v: Value = serde_json::from_slice(&restored).unwrap();
     assert_eq!(canonical::to_bytes(&v), restored);
     assert_eq!(v["service"], "orders");
+    // Entities live inline in trees: check covers them, dump and diff read them.
+    assert!(r.run_ok(["check", "--read-data"]).contains("Success"));
+    let dumped = r.run_ok(["dump", "latest", "kong/routes/orders-get.json"]);
+    assert_eq!(dumped.as_bytes(), &restored[..]);
 }
 
 /// An independent reading of the generator's decK JSON: every entity as `kind key` to its content,

@@ -150,8 +150,11 @@ fn nginx_capture_follows_includes_certificates_and_user_files() {
     assert_eq!(m.entities.len(), expect.len(), "{:?}", m.entities.keys());
     for (rel, kind) in expect {
         let p = doc("nginx", &dir, rel);
-        assert_eq!(m.entities[&p].kind, kind, "{rel}");
-        assert_eq!(m.entities[&p].key, dir.join(rel).display().to_string());
+        assert_eq!(m.entry(&p).unwrap().kind, kind, "{rel}");
+        assert_eq!(
+            m.entry(&p).unwrap().key,
+            dir.join(rel).display().to_string()
+        );
         // Stored verbatim.
         assert_eq!(docs[&p], std::fs::read(dir.join(rel)).unwrap(), "{rel}");
     }
@@ -266,7 +269,7 @@ fn haproxy_capture_follows_certificates_maps_scripts_and_error_files() {
     assert_eq!(m.entities.len(), expect.len(), "{:?}", m.entities.keys());
     for (rel, kind) in expect {
         let p = doc("haproxy", &dir, rel);
-        assert_eq!(m.entities[&p].kind, kind, "{rel}");
+        assert_eq!(m.entry(&p).unwrap().kind, kind, "{rel}");
         assert_eq!(docs[&p], std::fs::read(dir.join(rel)).unwrap(), "{rel}");
     }
     // PEM bundles with a private key are secret as a whole; the CA is not.

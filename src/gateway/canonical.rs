@@ -104,6 +104,27 @@ pub fn file_name(key: &str) -> String {
     out
 }
 
+/// The key a [`file_name`] stands for; `None` when `name` is not one.
+pub fn key_of_file_name(name: &str) -> Option<String> {
+    if name == "%00" {
+        return Some(String::new());
+    }
+    let b = name.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Parses a JSON or YAML document (JSON is YAML, but parsing JSON as JSON is faster and stricter).
 ///
 /// # Errors
@@ -160,6 +181,18 @@ mod tests {
         assert_eq!(file_name("50%"), "50%25");
         assert_eq!(file_name(""), "%00");
         assert_ne!(file_name("a b"), file_name("a_b"));
+        for k in [
+            "orders-get",
+            "a/b",
+            ".hidden",
+            "50%",
+            "",
+            "ü x",
+            "up@10.0.0.1:80",
+        ] {
+            assert_eq!(key_of_file_name(&file_name(k)).as_deref(), Some(k));
+        }
+        assert_eq!(key_of_file_name("%G1"), None);
     }
 
     #[test]

@@ -176,17 +176,33 @@ pub struct ManifestEntry {
 }
 
 /// The `gateway.json` document of a gateway snapshot.
+///
+/// To stay small (it changes with every capture), it lists only entities whose kind and key cannot
+/// be derived from their path or that carry marks; for the others, the folder's kind in `kinds` and
+/// the file name (see [`canonical::file_name`]) give them. Use [`Manifest::entry`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// [`MANIFEST_VERSION`].
     pub version: u32,
     /// Where the capture came from.
     pub source: Source,
-    /// Document path to entry, for every entity.
+    /// Folder of entity documents to the kind of the entities in it.
+    #[serde(default)]
+    pub kinds: BTreeMap<String, String>,
+    /// Document path to entry, for the entities [`Manifest::kinds`] does not describe fully.
     pub entities: BTreeMap<String, ManifestEntry>,
     /// Raw export document paths.
     #[serde(default)]
     pub raw: Vec<String>,
+}
+
+/// The folder of a document path and the key its file name stands for (`None` for `a.json` at the
+/// top or a name that is not an encoded key).
+fn derived(path: &str) -> Option<(&str, String)> {
+    let (dir, file) = path.rsplit_once('/')?;
+    let stem = file.strip_suffix(".json")?;
+    let key = canonical::key_of_file_name(stem)?;
+    (canonical::file_name(&key) == stem).then_some((dir, key))
 }
 
 impl Manifest {
@@ -207,6 +223,22 @@ impl Manifest {
         }
         Ok(m)
     }
+
+    /// The entry of the entity document at `path`, listed or derived; `None` for other documents
+    /// (raw exports, the manifest).
+    pub fn entry(&self, path: &str) -> Option<ManifestEntry> {
+        if let Some(e) = self.entities.get(path) {
+            return Some(e.clone());
+        }
+        let (dir, key) = derived(path)?;
+        Some(ManifestEntry {
+            kind: self.kinds.get(dir)?.clone(),
+            key,
+            secrets: vec![],
+            personal: vec![],
+            subject: None,
+        })
+    }
 }
 
 impl Capture {
@@ -217,6 +249,7 @@ impl Capture {
     pub fn documents(&self) -> Result<BTreeMap<String, Vec<u8>>> {
         let mut docs = BTreeMap::new();
         let mut entries = BTreeMap::new();
+        let mut kinds: BTreeMap<String, String> = BTreeMap::new();
         for e in &self.entities {
             let bytes = match &e.text {
                 Some(t) => t.clone(),
@@ -230,16 +263,26 @@ impl Capture {
                     e.key
                 )));
             }
-            entries.insert(
-                e.path.clone(),
-                ManifestEntry {
-                    kind: e.kind.clone(),
-                    key: e.key.clone(),
-                    secrets: e.secrets.clone(),
-                    personal: e.personal.clone(),
-                    subject: e.subject.clone(),
-                },
-            );
+            let entry = ManifestEntry {
+                kind: e.kind.clone(),
+                key: e.key.clone(),
+                secrets: e.secrets.clone(),
+                personal: e.personal.clone(),
+                subject: e.subject.clone(),
+            };
+            // Listed only when the folder's kind and the file name do not already say it all.
+            let plain =
+                entry.secrets.is_empty() && entry.personal.is_empty() && entry.subject.is_none();
+            let derivable = derived(&e.path).is_some_and(|(dir, key)| {
+                key == e.key
+                    && kinds
+                        .entry(dir.to_string())
+                        .or_insert_with(|| e.kind.clone())
+                        == &e.kind
+            });
+            if !(plain && derivable) {
+                entries.insert(e.path.clone(), entry);
+            }
         }
         let mut raw = vec![];
         for (name, bytes) in &self.raw {
@@ -250,6 +293,7 @@ impl Capture {
         let manifest = Manifest {
             version: MANIFEST_VERSION,
             source: self.source.clone(),
+            kinds,
             entities: entries,
             raw,
         };

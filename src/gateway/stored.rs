@@ -167,8 +167,21 @@ fn line_changes(a: &[u8], b: &[u8]) -> (usize, usize) {
     (only(&ma, &mb), only(&mb, &ma))
 }
 
-fn entry<'a>(m: Option<&'a Manifest>, path: &str) -> Option<&'a ManifestEntry> {
-    m.and_then(|m| m.entities.get(path))
+fn entry(m: Option<&Manifest>, path: &str) -> Option<ManifestEntry> {
+    m.and_then(|m| m.entry(path))
+}
+
+/// The paths of every entity document in `snap`.
+fn entity_paths(repo: &Repository, snap: &Snapshot, m: &Manifest) -> Result<Vec<String>> {
+    let mut out = vec![];
+    crate::walk::walk(repo, &snap.tree, &mut |path, node| {
+        let p = path.trim_start_matches('/');
+        if node.node_type == NodeType::File && m.entry(p).is_some() {
+            out.push(p.to_string());
+        }
+        Ok(true)
+    })?;
+    Ok(out)
 }
 
 /// The entities that differ between gateway snapshots `a` and `b`.
@@ -198,7 +211,7 @@ pub fn diff(
             continue;
         }
         let (ea, eb) = (entry(ma.as_ref(), &path), entry(mb.as_ref(), &path));
-        let Some(e) = eb.or(ea) else {
+        let Some(e) = eb.clone().or(ea.clone()) else {
             // Raw exports: reported by name only.
             out.push(EntityChange {
                 kind: "raw".into(),
@@ -221,15 +234,17 @@ pub fn diff(
         if f.change == Change::Modified {
             let old = read(repo, a, &path)?.unwrap_or_default();
             let new = read(repo, b, &path)?.unwrap_or_default();
-            let secrets =
-                |e: Option<&ManifestEntry>| e.map(|e| e.secrets.clone()).unwrap_or_default();
+            let secrets = |e: &Option<ManifestEntry>| {
+                e.as_ref().map(|e| e.secrets.clone()).unwrap_or_default()
+            };
             match (
                 serde_json::from_slice::<Value>(&old),
                 serde_json::from_slice::<Value>(&new),
                 path.ends_with(".json"),
             ) {
                 (Ok(o), Ok(n), true) => {
-                    change.fields = field_changes(&o, &n, &secrets(ea), &secrets(eb), show_secrets)
+                    change.fields =
+                        field_changes(&o, &n, &secrets(&ea), &secrets(&eb), show_secrets)
                 }
                 _ => change.lines = Some(line_changes(&old, &new)),
             }
@@ -267,7 +282,7 @@ pub fn log(
 ) -> Result<Vec<LogEntry>> {
     let path = path.trim_start_matches('/');
     let mut out = vec![];
-    let mut last: Option<(Vec<crate::id::BlobId>, Value, Vec<String>)> = None;
+    let mut last: Option<(crate::format::Node, Value, Vec<String>)> = None;
     // Only snapshots of the gateway kind the path belongs to (`kong/...`: Kong snapshots).
     let kind = path.split('/').next().unwrap_or_default();
     for (id, snap) in snapshots {
@@ -299,13 +314,13 @@ pub fn log(
                 last = None;
             }
             (Some(n), prev) => {
-                if prev.as_ref().is_some_and(|p| p.0 == n.content) {
+                if prev.as_ref().is_some_and(|p| p.0.same_data(&n)) {
                     continue;
                 }
                 let bytes = read(repo, snap, &found)?.unwrap_or_default();
                 let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                 let secrets = manifest(repo, snap)?
-                    .and_then(|m| m.entities.get(&found).map(|e| e.secrets.clone()))
+                    .and_then(|m| m.entry(&found).map(|e| e.secrets))
                     .unwrap_or_default();
                 match prev {
                     None => out.push(entry(Change::Added, vec![])),
@@ -314,7 +329,7 @@ pub fn log(
                         field_changes(old, &value, old_secrets, &secrets, show_secrets),
                     )),
                 }
-                last = Some((n.content, value, secrets));
+                last = Some((n, value, secrets));
             }
         }
     }
@@ -357,13 +372,14 @@ pub fn export(
     let value = match kind {
         "kong" => {
             let mut entities = vec![];
-            for (path, e) in &m.entities {
-                let bytes = read(repo, snap, path)?.ok_or_else(|| Error::NotFound {
+            for path in entity_paths(repo, snap, &m)? {
+                let e = m.entry(&path).expect("listed by entity_paths");
+                let bytes = read(repo, snap, &path)?.ok_or_else(|| Error::NotFound {
                     kind: "entity document".into(),
                     id: path.clone(),
                 })?;
-                let v = serde_json::from_slice(&bytes).map_err(|err| Error::format(path, err))?;
-                entities.push((e.kind.clone(), v));
+                let v = serde_json::from_slice(&bytes).map_err(|err| Error::format(&path, err))?;
+                entities.push((e.kind, v));
             }
             super::kong::to_deck(&entities)
         }
@@ -374,10 +390,10 @@ pub fn export(
             }
             _ => {
                 let mut files = serde_json::Map::new();
-                for path in m.entities.keys() {
-                    let bytes = read(repo, snap, path)?.unwrap_or_default();
+                for path in entity_paths(repo, snap, &m)? {
+                    let bytes = read(repo, snap, &path)?.unwrap_or_default();
                     files.insert(
-                        path.clone(),
+                        path,
                         Value::String(String::from_utf8_lossy(&bytes).into_owned()),
                     );
                 }
