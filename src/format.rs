@@ -550,7 +550,7 @@ impl Tree {
                         && n.link_target.is_none()
                         && n.inline
                             .as_ref()
-                            .is_none_or(|d| n.content.is_empty() && d.len() as u64 == n.size)
+                            .map_or(true, |d| n.content.is_empty() && d.len() as u64 == n.size)
                 }
                 NodeType::Dir => n.subtree.is_some() && n.content.is_empty() && n.inline.is_none(),
                 NodeType::Symlink => {
