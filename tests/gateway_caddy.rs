@@ -5,9 +5,11 @@
 //! Without caddy (or openssl, which makes the certificate) the test prints why it skips, unless
 //! `GATEVAULT_REQUIRE_SERVICES=1`, which makes it fail instead.
 
+mod util;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,45 +34,12 @@ impl Drop for Caddy {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn find(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/usr/sbin"].map(PathBuf::from))
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-}
-
-fn tools_here() -> bool {
-    let missing: Vec<&str> = ["caddy", "openssl"]
-        .into_iter()
-        .filter(|t| find(t).is_none())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("GATEVAULT_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("{missing:?} not installed and GATEVAULT_REQUIRE_SERVICES=1");
-    }
-    eprintln!(
-        "SKIPPED: {missing:?} not installed (set GATEVAULT_REQUIRE_SERVICES=1 to fail instead)"
-    );
-    false
-}
-
 fn start_caddy() -> Caddy {
     let dir = tempfile::tempdir().unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", util::free_port());
     let init = dir.path().join("init.json");
     std::fs::write(&init, json!({"admin": {"listen": admin}}).to_string()).unwrap();
-    let child = Command::new(find("caddy").unwrap())
+    let child = Command::new(util::find_tool("caddy").unwrap())
         .args(["run", "--config"])
         .arg(&init)
         .env("HOME", dir.path())
@@ -126,7 +95,7 @@ fn config(admin: &str, cert: &str, key: &str) -> Value {
     c["admin"]["listen"] = json!(admin.trim_start_matches("http://"));
     let servers = c["apps"]["http"]["servers"].as_object_mut().unwrap();
     for s in servers.values_mut() {
-        s["listen"] = json!([format!("127.0.0.1:{}", free_port())]);
+        s["listen"] = json!([format!("127.0.0.1:{}", util::free_port())]);
     }
     let internal = servers["internal"]["routes"].as_array_mut().unwrap();
     internal[0].as_object_mut().unwrap().remove("@id");
@@ -147,41 +116,6 @@ fn config(admin: &str, cert: &str, key: &str) -> Value {
     c
 }
 
-fn real_cert(dir: &Path) -> (String, String) {
-    let (k, c) = (dir.join("k.pem"), dir.join("c.pem"));
-    let out = Command::new(find("openssl").unwrap())
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args([
-            "-nodes",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=api.example.com",
-            "-keyout",
-        ])
-        .arg(&k)
-        .arg("-out")
-        .arg(&c)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        std::fs::read_to_string(c).unwrap(),
-        std::fs::read_to_string(k).unwrap(),
-    )
-}
-
 fn capture(endpoint: &str) -> gatevault::Result<gateway::Capture> {
     gateway::capture(&GatewayOptions {
         kind: "caddy".into(),
@@ -192,12 +126,16 @@ fn capture(endpoint: &str) -> gatevault::Result<gateway::Capture> {
 
 #[test]
 fn caddy_admin_api_capture() {
-    if !tools_here() {
+    if !util::have_all(&["caddy", "openssl"]) {
         return;
     }
     let caddy = start_caddy();
     let tmp = tempfile::tempdir().unwrap();
-    let (cert, key) = real_cert(tmp.path());
+    let (cert, key) = util::real_cert(tmp.path());
+    let (cert, key) = (
+        String::from_utf8(cert).unwrap(),
+        String::from_utf8(key).unwrap(),
+    );
     let mut cfg = config(&caddy.admin, &cert, &key);
     load(&caddy, &cfg);
 
@@ -319,7 +257,7 @@ fn caddy_admin_api_capture() {
 
 #[test]
 fn caddy_errors_are_gateway_errors() {
-    let port = free_port();
+    let port = util::free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let e = capture(&endpoint).unwrap_err();
     let msg = e.to_string();

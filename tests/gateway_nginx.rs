@@ -6,9 +6,10 @@
 //! `openssl` at test time. Without nginx, HAProxy or openssl those tests print why they skip, unless
 //! `GATEVAULT_REQUIRE_SERVICES=1`, which makes them fail instead.
 
+mod util;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use gatevault::gateway::{self, Capture, GatewayOptions, Manifest};
 use gatevault::Error;
@@ -51,67 +52,6 @@ fn doc(kind: &str, dir: &Path, rel: &str) -> String {
         "{kind}/files/{}",
         dir.join(rel).display().to_string().trim_start_matches('/')
     )
-}
-
-/// Whether the tools a test needs are here; if not, says so and whether to fail.
-fn have(tools: &[&str]) -> bool {
-    let missing: Vec<&&str> = tools
-        .iter()
-        .filter(|t| {
-            ![
-                "/usr/sbin",
-                "/usr/bin",
-                "/usr/local/sbin",
-                "/usr/local/bin",
-                "/sbin",
-            ]
-            .iter()
-            .any(|d| Path::new(d).join(t).is_file())
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("GATEVAULT_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("{missing:?} not installed and GATEVAULT_REQUIRE_SERVICES=1");
-    }
-    eprintln!(
-        "SKIPPED: {missing:?} not installed (set GATEVAULT_REQUIRE_SERVICES=1 to fail instead)"
-    );
-    false
-}
-
-/// A real self-signed certificate and key (PEM), made with openssl.
-fn real_cert(dir: &Path) -> (Vec<u8>, Vec<u8>) {
-    let (k, c) = (dir.join("k.pem"), dir.join("c.pem"));
-    let st = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args([
-            "-nodes",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=api.example.com",
-            "-keyout",
-        ])
-        .arg(&k)
-        .arg("-out")
-        .arg(&c)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    (std::fs::read(c).unwrap(), std::fs::read(k).unwrap())
 }
 
 fn manifest(docs: &BTreeMap<String, Vec<u8>>) -> Manifest {
@@ -209,11 +149,11 @@ fn nginx_missing_files_name_the_file_and_the_directive() {
 
 #[test]
 fn nginx_check_runs_and_rejects_a_broken_config() {
-    if !have(&["nginx", "openssl"]) {
+    if !util::have_all(&["nginx", "openssl"]) {
         return;
     }
     let (tmp, dir) = fixture("nginx");
-    let (cert, key) = real_cert(tmp.path());
+    let (cert, key) = util::real_cert(tmp.path());
     std::fs::write(dir.join("certs/api.crt"), &cert).unwrap();
     std::fs::write(dir.join("certs/ca.crt"), &cert).unwrap();
     std::fs::write(dir.join("certs/api.key"), &key).unwrap();
@@ -310,11 +250,11 @@ fn haproxy_capture_follows_certificates_maps_scripts_and_error_files() {
 
 #[test]
 fn haproxy_check_runs_and_rejects_a_broken_config() {
-    if !have(&["haproxy", "openssl"]) {
+    if !util::have_all(&["haproxy", "openssl"]) {
         return;
     }
     let (tmp, dir) = fixture("haproxy");
-    let (cert, key) = real_cert(tmp.path());
+    let (cert, key) = util::real_cert(tmp.path());
     let bundle = [cert.clone(), key].concat();
     std::fs::write(dir.join("certs/site.pem"), &bundle).unwrap();
     std::fs::write(dir.join("certs/other.pem"), &bundle).unwrap();

@@ -812,21 +812,81 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// Whether the external program `bin` can run here. When it cannot, the test says so and is skipped,
-/// unless `GATEVAULT_REQUIRE_SERVICES=1` (set by `scripts/test`, which installs them): then it fails.
-pub fn have(bin: &str) -> bool {
-    let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {bin}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("GATEVAULT_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "{bin} is required (GATEVAULT_REQUIRE_SERVICES=1) but not installed: run scripts/test"
-        );
-        eprintln!("SKIPPED: {bin} is not installed (scripts/test installs it)");
+/// Where the program `tool` is: on `PATH`, or in the system folders (`nginx` and `haproxy` live in
+/// `/usr/sbin`, which a user's `PATH` may lack).
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(
+            [
+                "/usr/local/sbin",
+                "/usr/local/bin",
+                "/usr/sbin",
+                "/usr/bin",
+                "/sbin",
+            ]
+            .map(PathBuf::from),
+        )
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// Whether the external programs `tools` can run here. When one cannot, the test says so and is
+/// skipped, unless `GATEVAULT_REQUIRE_SERVICES=1` (set by `scripts/test`, which installs them): then it
+/// fails.
+pub fn have_all(tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| find_tool(t).is_none())
+        .collect();
+    if missing.is_empty() {
+        return true;
     }
-    found
+    assert!(
+        std::env::var("GATEVAULT_REQUIRE_SERVICES").as_deref() != Ok("1"),
+        "{missing:?} required (GATEVAULT_REQUIRE_SERVICES=1) but not installed: run scripts/test"
+    );
+    eprintln!("SKIPPED: {missing:?} not installed (scripts/test installs them)");
+    false
+}
+
+/// [`have_all`] for one program.
+pub fn have(tool: &str) -> bool {
+    have_all(&[tool])
+}
+
+/// A real self-signed certificate and its private key (PEM), made with openssl in `dir`.
+pub fn real_cert(dir: &Path) -> (Vec<u8>, Vec<u8>) {
+    let (k, c) = (dir.join("k.pem"), dir.join("c.pem"));
+    let out = std::process::Command::new(find_tool("openssl").expect("openssl"))
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=api.example.com",
+            "-keyout",
+        ])
+        .arg(&k)
+        .arg("-out")
+        .arg(&c)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (fs::read(c).unwrap(), fs::read(k).unwrap())
 }
 
 /// A server child process on a loopback port, killed when dropped.
