@@ -491,36 +491,22 @@ fn log_and_export_follow_an_entity_and_rebuild_the_deck_file() {
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("kong.yaml");
     let text = std::fs::read_to_string(fixture()).unwrap();
-    std::fs::write(&f, &text).unwrap();
-    r.run_ok([
-        "backup",
-        "--gateway",
-        "kong",
-        "--file",
-        util::s(&f),
-        "--tag",
-        "Environment=prod",
-    ]);
-    std::fs::write(&f, text.replace("minute: 60,", "minute: 90,")).unwrap();
-    r.run_ok([
-        "backup",
-        "--gateway",
-        "kong",
-        "--file",
-        util::s(&f),
-        "--tag",
-        "Environment=prod",
-    ]);
-    std::fs::write(&f, text.replace("alice-secret-key-1", "alice-secret-key-2")).unwrap();
-    r.run_ok([
-        "backup",
-        "--gateway",
-        "kong",
-        "--file",
-        util::s(&f),
-        "--tag",
-        "Environment=prod",
-    ]);
+    for version in [
+        text.clone(),
+        text.replace("minute: 60,", "minute: 90,"),
+        text.replace("alice-secret-key-1", "alice-secret-key-2"),
+    ] {
+        std::fs::write(&f, version).unwrap();
+        let args = [
+            "backup",
+            "--gateway",
+            "kong",
+            "--tag",
+            "Environment=prod",
+            "--file",
+        ];
+        r.run_ok(args.iter().copied().chain([util::s(&f)]));
+    }
     // The plugin changed once (60 -> 90) and back once.
     let log = r.run_json([
         "log",
