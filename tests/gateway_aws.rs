@@ -59,10 +59,16 @@ fn free_port() -> u16 {
 /// Starts moto on a free port, or returns `None` (after saying why) when it is not installed and
 /// the services are not required.
 fn moto() -> Option<Moto> {
+    moto_with(&[])
+}
+
+/// [`moto`] with extra environment variables for the server.
+fn moto_with(env: &[(&str, &str)]) -> Option<Moto> {
     test_env();
     let port = free_port();
     let spawned = Command::new("moto_server")
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -356,6 +362,7 @@ fn an_unreachable_endpoint_is_a_gateway_error_quickly() {
     let took = start.elapsed();
     match got {
         Err(Error::Gateway { gateway, reason }) => {
+            eprintln!("{gateway}: {reason}");
             assert!(gateway.contains(&endpoint), "{gateway}");
             assert!(reason.contains("cannot reach the endpoint"), "{reason}");
             assert!(reason.contains("--endpoint"), "{reason}");
@@ -363,4 +370,65 @@ fn an_unreachable_endpoint_is_a_gateway_error_quickly() {
         other => panic!("expected a gateway error, got {other:?}"),
     }
     assert!(took < Duration::from_secs(30), "took {took:?}");
+}
+
+#[test]
+fn refused_credentials_are_a_gateway_error_naming_the_credentials() {
+    // With no unauthenticated actions allowed, moto checks keys as IAM would: `testing` is unknown.
+    let Some(moto) = moto_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]) else {
+        return;
+    };
+    match gateway::capture(&options(&moto.endpoint, false)) {
+        Err(Error::Gateway { reason, .. }) => {
+            eprintln!("reason: {reason}");
+            assert!(reason.contains("credentials were refused"), "{reason}");
+            assert!(reason.contains("HTTP 403"), "{reason}");
+            assert!(!reason.contains("testing"), "a credential leaked: {reason}");
+        }
+        other => panic!("expected a gateway error, got {other:?}"),
+    }
+}
+
+/// Name of the test that [`missing_credentials_are_a_gateway_error`] runs in a child process.
+const NO_CREDENTIALS_CHILD: &str = "capture_without_credentials_in_a_child";
+
+#[test]
+fn missing_credentials_are_a_gateway_error() {
+    test_env();
+    // The environment is process-wide: run the capture in a child test process without credentials.
+    let out = Command::new(std::env::current_exe().expect("test binary"))
+        .args([NO_CREDENTIALS_CHILD, "--exact", "--ignored", "--nocapture"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("GATEVAULT_TEST_NO_CREDENTIALS", "1")
+        .output()
+        .expect("the test binary runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("1 passed"),
+        "the child test did not run:\n{text}"
+    );
+}
+
+#[test]
+#[ignore = "run by missing_credentials_are_a_gateway_error in a child without credentials"]
+fn capture_without_credentials_in_a_child() {
+    assert_eq!(
+        std::env::var("GATEVAULT_TEST_NO_CREDENTIALS").as_deref(),
+        Ok("1"),
+        "run through missing_credentials_are_a_gateway_error"
+    );
+    assert!(std::env::var_os("AWS_ACCESS_KEY_ID").is_none());
+    // Nothing listens there; the SDK must stop before sending for want of credentials.
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    match gateway::capture(&options(&endpoint, false)) {
+        Err(Error::Gateway { reason, .. }) => {
+            eprintln!("reason: {reason}");
+            assert!(reason.contains("no usable AWS credentials"), "{reason}");
+            assert!(reason.contains("AWS_ACCESS_KEY_ID"), "{reason}");
+        }
+        other => panic!("expected a gateway error, got {other:?}"),
+    }
 }

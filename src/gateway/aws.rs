@@ -34,7 +34,7 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_apigateway::config::http::HttpResponse;
 use aws_sdk_apigateway::config::interceptors::AfterDeserializationInterceptorContextRef;
 use aws_sdk_apigateway::config::{ConfigBag, Intercept, RuntimeComponents};
-use aws_sdk_apigateway::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_apigateway::error::{BoxError, ProvideErrorMetadata, SdkError};
 use aws_sdk_apigateway::Client;
 use serde_json::{json, Map, Value};
 
@@ -138,7 +138,7 @@ async fn account_id(sdk: &aws_config::SdkConfig) -> Option<String> {
     match tokio::time::timeout(IDENTITY_TIMEOUT, sts.get_caller_identity().send()).await {
         Ok(Ok(out)) => out.account().map(str::to_string),
         Ok(Err(e)) => {
-            tracing::debug!("account id unknown: {}", DisplayErrorContext(&e));
+            tracing::debug!("account id unknown: {}", causes(&e));
             None
         }
         Err(_) => {
@@ -790,16 +790,21 @@ impl Reader {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let detail = DisplayErrorContext(e).to_string();
+        let detail = causes(e);
         let credentials = detail.to_ascii_lowercase().contains("credential");
         let reason = match e {
             SdkError::ServiceError(s) => {
                 let status = s.raw().status().as_u16();
                 let code = e.code().unwrap_or("");
-                let message = e.message().unwrap_or("");
+                let answer = [format!("HTTP {status}").as_str(), code, e.message().unwrap_or("")]
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 match (status, code) {
                     (429, _) | (_, "TooManyRequestsException" | "ThrottlingException") => format!(
-                        "{what}: throttled by the service even after the SDK's retries (3 attempts with exponential backoff): {code} {message}; run again later, or allow more attempts with AWS_MAX_ATTEMPTS"
+                        "{what}: throttled by the service even after the SDK's retries (3 attempts with exponential backoff): {answer}; run again later, or allow more attempts with AWS_MAX_ATTEMPTS"
                     ),
                     (401 | 403, _)
                     | (
@@ -812,13 +817,13 @@ impl Reader {
                         | "UnauthorizedException"
                         | "MissingAuthenticationTokenException",
                     ) => format!(
-                        "{what}: the credentials were refused (HTTP {status} {code} {message}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), that they are for this account and region, and that they allow apigateway:GET"
+                        "{what}: the credentials were refused ({answer}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), that they are for this account and region, and that they allow apigateway:GET"
                     ),
                     (404, _) => format!(
-                        "{what}: not found (HTTP 404 {code} {message}); the object may have been deleted during the capture, or the endpoint is not API Gateway: run again, and check --endpoint"
+                        "{what}: not found ({answer}); the object may have been deleted during the capture, or the endpoint is not API Gateway: run again, and check --endpoint"
                     ),
                     _ => format!(
-                        "{what}: the service answered HTTP {status} {code} {message}; fix what it names, or run again if it was a transient fault"
+                        "{what}: the service answered {answer}; fix what it names, or run again if it was a transient fault"
                     ),
                 }
             }
@@ -826,7 +831,7 @@ impl Reader {
                 "{what}: no usable AWS credentials ({detail}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, then run again"
             ),
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => format!(
-                "{what}: cannot reach the endpoint ({detail}); the SDK retried. Check the endpoint URL (--endpoint), the region and the network, then run again"
+                "{what}: cannot reach the endpoint ({detail}), after the SDK's retries; check the endpoint URL (--endpoint), the region and the network, then run again"
             ),
             SdkError::ResponseError(_) => {
                 return self.malformed(what, detail);
@@ -864,6 +869,25 @@ fn canonical_method(m: &mut Value, path: &str, resource_id: &str, refs: &MethodR
     if let Value::Object(o) = m {
         o.insert("resourcePath".into(), Value::String(path.to_string()));
     }
+}
+
+/// The messages of `e` and its sources, joined by `: `, without repeats (a wrapper often repeats
+/// its source's message) and on one line.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![];
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
 }
 
 /// Applies the common canonical rules to one object: nulls, volatile fields (top level only: deeper
