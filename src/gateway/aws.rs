@@ -232,14 +232,16 @@ impl Reader {
             })
             .await?;
         let (apis, api_names) = self.keyed(apis, "name", "REST API")?;
-        let apis: Vec<Api> = apis
+        let apis = apis
             .into_iter()
-            .map(|(key, value)| Api {
-                id: str_field(&value, "id").unwrap_or_default().to_string(),
-                key,
-                value,
+            .map(|(key, value)| {
+                Ok(Api {
+                    id: self.id_of(&value, "REST API", &key)?,
+                    key,
+                    value,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<Api>>>()?;
         for api in &apis {
             self.read_api(api, &link_names, &mut entities, &mut raw)
                 .await?;
@@ -292,7 +294,7 @@ impl Reader {
             .await?;
         let (plans, _) = self.keyed(plans, "name", "usage plan")?;
         for (key, mut v) in plans {
-            let plan_id = str_field(&v, "id").unwrap_or_default().to_string();
+            let plan_id = self.id_of(&v, "usage plan", &key)?;
             let members = self
                 .list(&format!("list the keys of usage plan {key}"), |p| {
                     self.client
@@ -771,6 +773,16 @@ impl Reader {
         Ok((keyed, names))
     }
 
+    /// The `id` of an object the capture reads further through it.
+    fn id_of(&self, v: &Value, kind: &str, key: &str) -> Result<String> {
+        str_field(v, "id").map(str::to_string).ok_or_else(|| {
+            self.malformed(
+                &format!("list {kind}s"),
+                format!("{kind} {key:?} has no id"),
+            )
+        })
+    }
+
     fn too_many_pages(&self, what: &str) -> Error {
         Error::gateway(
             &self.describe,
@@ -793,40 +805,12 @@ impl Reader {
         let detail = causes(e);
         let credentials = detail.to_ascii_lowercase().contains("credential");
         let reason = match e {
-            SdkError::ServiceError(s) => {
-                let status = s.raw().status().as_u16();
-                let code = e.code().unwrap_or("");
-                let answer = [format!("HTTP {status}").as_str(), code, e.message().unwrap_or("")]
-                    .iter()
-                    .filter(|p| !p.is_empty())
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                match (status, code) {
-                    (429, _) | (_, "TooManyRequestsException" | "ThrottlingException") => format!(
-                        "{what}: throttled by the service even after the SDK's retries (3 attempts with exponential backoff): {answer}; run again later, or allow more attempts with AWS_MAX_ATTEMPTS"
-                    ),
-                    (401 | 403, _)
-                    | (
-                        _,
-                        "UnrecognizedClientException"
-                        | "AccessDeniedException"
-                        | "InvalidSignatureException"
-                        | "SignatureDoesNotMatch"
-                        | "ExpiredTokenException"
-                        | "UnauthorizedException"
-                        | "MissingAuthenticationTokenException",
-                    ) => format!(
-                        "{what}: the credentials were refused ({answer}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), that they are for this account and region, and that they allow apigateway:GET"
-                    ),
-                    (404, _) => format!(
-                        "{what}: not found ({answer}); the object may have been deleted during the capture, or the endpoint is not API Gateway: run again, and check --endpoint"
-                    ),
-                    _ => format!(
-                        "{what}: the service answered {answer}; fix what it names, or run again if it was a transient fault"
-                    ),
-                }
-            }
+            SdkError::ServiceError(s) => service_reason(
+                what,
+                s.raw().status().as_u16(),
+                e.code().unwrap_or(""),
+                e.message().unwrap_or(""),
+            ),
             _ if credentials => format!(
                 "{what}: no usable AWS credentials ({detail}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, then run again"
             ),
@@ -868,6 +852,40 @@ fn canonical_method(m: &mut Value, path: &str, resource_id: &str, refs: &MethodR
     }
     if let Value::Object(o) = m {
         o.insert("resourcePath".into(), Value::String(path.to_string()));
+    }
+}
+
+/// What failed and what to do, for a service that answered `status` with error `code`.
+fn service_reason(what: &str, status: u16, code: &str, message: &str) -> String {
+    let answer = [format!("HTTP {status}").as_str(), code, message]
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    match (status, code) {
+        (429, _) | (_, "TooManyRequestsException" | "ThrottlingException") => format!(
+            "{what}: throttled by the service even after the SDK's retries (3 attempts with exponential backoff): {answer}; run again later, or allow more attempts with AWS_MAX_ATTEMPTS"
+        ),
+        (401 | 403, _)
+        | (
+            _,
+            "UnrecognizedClientException"
+            | "AccessDeniedException"
+            | "InvalidSignatureException"
+            | "SignatureDoesNotMatch"
+            | "ExpiredTokenException"
+            | "UnauthorizedException"
+            | "MissingAuthenticationTokenException",
+        ) => format!(
+            "{what}: the credentials were refused ({answer}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), that they are for this account and region, and that they allow apigateway:GET"
+        ),
+        (404, _) => format!(
+            "{what}: not found ({answer}); the object may have been deleted during the capture, or the endpoint is not API Gateway: run again, and check --endpoint"
+        ),
+        _ => format!(
+            "{what}: the service answered {answer}; fix what it names, or run again if it was a transient fault"
+        ),
     }
 }
 
@@ -968,6 +986,47 @@ mod tests {
                     "connection": "orders-link", "cacheKeyParameters": ["x", "y"]}
             })
         );
+    }
+
+    #[test]
+    fn service_errors_say_what_to_do() {
+        let throttled = service_reason(
+            "list REST APIs",
+            429,
+            "TooManyRequestsException",
+            "slow down",
+        );
+        assert!(throttled.contains("throttled"), "{throttled}");
+        assert!(throttled.contains("SDK's retries"), "{throttled}");
+        assert!(
+            throttled.contains("HTTP 429 TooManyRequestsException slow down"),
+            "{throttled}"
+        );
+        let refused = service_reason("list REST APIs", 400, "UnrecognizedClientException", "");
+        assert!(
+            refused.contains("credentials were refused (HTTP 400 UnrecognizedClientException)"),
+            "{refused}"
+        );
+        let other = service_reason("list REST APIs", 500, "", "");
+        assert!(other.contains("answered HTTP 500;"), "{other}");
+    }
+
+    #[test]
+    fn causes_join_sources_once_on_one_line() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "dispatch failure")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::other("connection\nrefused"));
+        assert_eq!(causes(&e), "dispatch failure: connection refused");
     }
 
     #[test]
