@@ -5,6 +5,7 @@
 //! `GATEVAULT_REQUIRE_SERVICES=1`, where they fail.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -79,7 +80,11 @@ fn moto_with(env: &[(&str, &str)]) -> Option<Moto> {
             if std::env::var("GATEVAULT_REQUIRE_SERVICES").as_deref() == Ok("1") {
                 panic!("moto_server is not installed and GATEVAULT_REQUIRE_SERVICES=1: pip install 'moto[server]'");
             }
-            eprintln!("SKIPPED: moto_server is not installed (pip install 'moto[server]'); set GATEVAULT_REQUIRE_SERVICES=1 to make this a failure");
+            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: moto_server is not installed (pip install 'moto[server]'); set GATEVAULT_REQUIRE_SERVICES=1 to make this a failure"
+            );
             return None;
         }
         Err(e) => panic!("cannot start moto_server: {e}"),

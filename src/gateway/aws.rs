@@ -17,7 +17,7 @@
 //! Where two objects share a name (AWS allows it), both are keyed `<name>@<id>`.
 //!
 //! The SDK's model types carry no serde support, and a hand mapping of some forty shapes would
-//! silently drop every field AWS adds later. So a small interceptor ([`BodyTap`]) keeps the JSON body
+//! silently drop every field AWS adds later. So a small interceptor (`BodyTap`) keeps the JSON body
 //! of each response: the SDK still signs, retries and validates it (a body it cannot parse is an
 //! error), and the capture keeps every field the service returned.
 //!
