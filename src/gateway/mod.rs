@@ -9,6 +9,7 @@
 //! - `gateway.json`: the [`Manifest`]: where the capture came from, and per entity its kind, key,
 //!   secret and personal fields and data subject.
 
+pub mod aws;
 pub mod caddy;
 pub mod canonical;
 pub mod files;
@@ -33,7 +34,7 @@ pub const MANIFEST: &str = "gateway.json";
 pub const MANIFEST_VERSION: u32 = 1;
 
 /// Gateway kinds with an adapter.
-pub const KINDS: &[&str] = &["kong", "caddy", "nginx", "haproxy", "files"];
+pub const KINDS: &[&str] = &["kong", "caddy", "nginx", "haproxy", "files", "aws"];
 
 /// One configuration entity in canonical form.
 #[derive(Clone, Debug, PartialEq)]
@@ -331,6 +332,7 @@ pub struct GatewayOptions {
 /// [`Error::InvalidInput`] for an unknown kind or missing options.
 pub fn capture(opts: &GatewayOptions) -> Result<Capture> {
     match opts.kind.as_str() {
+        "aws" => aws::capture(opts),
         "kong" => kong::capture(opts),
         "caddy" => caddy::capture(opts),
         "nginx" | "haproxy" => nginx::capture(opts),
