@@ -550,7 +550,7 @@ impl Tree {
                         && n.link_target.is_none()
                         && n.inline
                             .as_ref()
-                            .map_or(true, |d| n.content.is_empty() && d.len() as u64 == n.size)
+                            .is_none_or(|d| n.content.is_empty() && d.len() as u64 == n.size)
                 }
                 NodeType::Dir => n.subtree.is_some() && n.content.is_empty() && n.inline.is_none(),
                 NodeType::Symlink => {
@@ -744,7 +744,7 @@ mod tests {
 
     fn entry(i: u32, off: u32, len: u32) -> PackEntry {
         PackEntry {
-            blob_type: if i % 2 == 0 {
+            blob_type: if i.is_multiple_of(2) {
                 BlobType::Data
             } else {
                 BlobType::Tree
@@ -754,7 +754,7 @@ mod tests {
             length: len,
             raw_length: len * 2,
             // Every third data blob is a delta, so both entry forms are covered.
-            base: (i % 6 == 0).then_some(BlobId([0xbb; 32])),
+            base: i.is_multiple_of(6).then_some(BlobId([0xbb; 32])),
         }
     }
 

@@ -205,7 +205,7 @@ fn apiops(rel: &str) -> Option<(String, String)> {
         .iter()
         .position(|c| APIOPS.iter().any(|(d, _)| d == c))?;
     let dirs = &comps[start..comps.len() - 1];
-    if dirs.len() < 2 || dirs.len() % 2 != 0 {
+    if dirs.len() < 2 || !dirs.len().is_multiple_of(2) {
         return None;
     }
     let mut names = vec![];

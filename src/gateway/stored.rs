@@ -286,7 +286,7 @@ pub fn log(
     // Only snapshots of the gateway kind the path belongs to (`kong/...`: Kong snapshots).
     let kind = path.split('/').next().unwrap_or_default();
     for (id, snap) in snapshots {
-        if snap.source.as_ref().map_or(true, |s| s.kind != kind) {
+        if snap.source.as_ref().is_none_or(|s| s.kind != kind) {
             continue;
         }
         // The path as given, or with `.json` added.
