@@ -28,8 +28,11 @@ use crate::repo::Repository;
 /// Files at least this large are streamed through the pipeline; smaller ones are read whole.
 const STREAM_THRESHOLD: u64 = 8 * 1024 * 1024;
 
-/// Text documents up to this size are kept inline in their tree node (see [`Node::inline`]).
-const INLINE_MAX: usize = 16 * 1024;
+/// Text documents up to this size are kept inline in their tree node (see [`Node::inline`]) ...
+const INLINE_MAX: usize = 1024 * 1024;
+
+/// ... as long as their folder's tree holds at most this much inline text; the rest go to blobs.
+const INLINE_FOLDER_MAX: usize = 8 * 1024 * 1024;
 
 /// What to back up and how to describe it.
 #[derive(Default)]
@@ -725,6 +728,7 @@ fn documents_tree(
         ..dir_node("")
     });
     trees.insert(String::new(), scan.parent_children(parent_root.as_ref()));
+    let mut inlined: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (path, data) in docs {
         let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
         let Some((name, dirs)) = comps.split_last() else {
@@ -766,9 +770,11 @@ fn documents_tree(
             size: data.len() as u64,
             ..Node::new(name, NodeType::File)
         };
+        let folder = inlined.entry(at.clone()).or_default();
         let item = match String::from_utf8(data) {
             // Small text documents (entities) live in the tree itself; see `Node::inline`.
-            Ok(text) if text.len() <= INLINE_MAX => {
+            Ok(text) if text.len() <= INLINE_MAX && *folder + text.len() <= INLINE_FOLDER_MAX => {
+                *folder += text.len();
                 let mut node = Node {
                     inline: Some(text),
                     ..node

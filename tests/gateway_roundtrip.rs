@@ -80,3 +80,33 @@ fn nginx_config_round_trips() {
 fn files_folder_round_trips() {
     round_trip("files", &example("aws"), &[]);
 }
+
+#[test]
+fn large_documents_round_trip_inline_and_in_blobs() {
+    // Twelve ~730 KiB canonical JSON documents in one folder: the first ones fit the folder's inline budget
+    // (8 MiB), the rest are stored as blobs; both kinds must come back byte for byte.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = util::Rng::new(7);
+    for i in 0..12 {
+        let items: Vec<Value> = (0..14000)
+            .map(|j| serde_json::json!({"n": j, "v": format!("{:x}", rng.next_u64())}))
+            .collect();
+        std::fs::write(
+            dir.path().join(format!("doc{i}.json")),
+            serde_json::to_vec(&items).unwrap(),
+        )
+        .unwrap();
+    }
+    round_trip("files", dir.path(), &[]);
+    // Both kinds were used: all twelve in blobs would be ~1100 chunks, all inline none but trees.
+    let r = Repo::init();
+    let s = r.run_json([
+        "backup",
+        "--gateway",
+        "files",
+        "--file",
+        util::s(dir.path()),
+    ]);
+    let blobs = s["blobs_added"].as_u64().unwrap();
+    assert!((20..500).contains(&blobs), "{s}");
+}

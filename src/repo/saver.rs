@@ -182,9 +182,9 @@ impl<'a> BlobSaver<'a> {
         let mut stored = encode_blob(data, level)?;
         let mut base = None;
         if let Some(sim) = similar {
-            if let Some(d) = self.delta(t, data, level, &stored, &sim)? {
+            if let Some((d, b)) = self.delta(t, data, level, &stored, &sim)? {
                 stored = d;
-                base = Some(sim);
+                base = Some(b);
             }
         }
         self.blobs_added.fetch_add(1, Ordering::Relaxed);
@@ -207,8 +207,9 @@ impl<'a> BlobSaver<'a> {
         Ok(id)
     }
 
-    /// The delta encoding of `data` against `similar`, if it pays. A base that cannot be
-    /// read is only a lost opportunity: the blob is then stored self-contained.
+    /// The delta encoding of `data` against `similar` (or its chain's root), with the base used, if
+    /// it pays. A base that cannot be read is only a lost opportunity: the blob is then stored
+    /// self-contained.
     fn delta(
         &self,
         t: BlobType,
@@ -216,15 +217,20 @@ impl<'a> BlobSaver<'a> {
         level: i32,
         plain: &[u8],
         similar: &BlobId,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Option<(Vec<u8>, BlobId)>> {
         // Chain onto `similar` itself (its plaintext is the closest dictionary) unless the chain would
-        // grow too deep; then this blob starts a new chain, self-contained.
-        match self.repo.delta_depth(t, similar) {
-            Ok(d) if d < crate::pack::MAX_DELTA_DEPTH => {}
+        // grow too deep; then onto the chain's self-contained root, which holds the changes of a few
+        // versions more (far cheaper than storing this blob whole, which it still is when the
+        // delta stops paying).
+        let base = match self.repo.delta_chain(t, similar) {
+            Ok(c) if c.len() <= crate::pack::MAX_DELTA_DEPTH => *similar,
+            Ok(c) if c.len() == crate::pack::MAX_DELTA_DEPTH + 1 => *c.last().expect("non-empty"),
             _ => return Ok(None),
-        }
-        match self.repo.load_blob(t, similar) {
-            Ok(b) => crate::pack::encode_delta(data, level, plain, similar, &b),
+        };
+        match self.repo.load_blob(t, &base) {
+            Ok(b) => {
+                Ok(crate::pack::encode_delta(data, level, plain, &base, &b)?.map(|d| (d, base)))
+            }
             Err(e) => {
                 tracing::debug!("no delta against {}: {e}", similar.short());
                 Ok(None)
