@@ -4,13 +4,15 @@
 //! Without `moto_server` on `PATH` the tests print why they skip and pass, unless
 //! `GATEVAULT_REQUIRE_SERVICES=1`, where they fail.
 
+mod util;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
+
+use util::Service;
 
 use gatevault::gateway::{self, Capture, GatewayOptions};
 use gatevault::Error;
@@ -37,79 +39,32 @@ fn test_env() {
     });
 }
 
-/// A `moto_server` child, killed on drop.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
 /// Starts moto on a free port, or returns `None` (after saying why) when it is not installed and
 /// the services are not required.
-fn moto() -> Option<Moto> {
+fn moto() -> Option<Service> {
     moto_with(&[])
 }
 
 /// [`moto`] with extra environment variables for the server.
-fn moto_with(env: &[(&str, &str)]) -> Option<Moto> {
+fn moto_with(env: &[(&str, &str)]) -> Option<Service> {
     test_env();
-    let port = free_port();
-    let spawned = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let child = match spawned {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if std::env::var("GATEVAULT_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("moto_server is not installed and GATEVAULT_REQUIRE_SERVICES=1: pip install 'moto[server]'");
-            }
-            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: moto_server is not installed (pip install 'moto[server]'); set GATEVAULT_REQUIRE_SERVICES=1 to make this a failure"
-            );
-            return None;
-        }
-        Err(e) => panic!("cannot start moto_server: {e}"),
-    };
-    let moto = Moto {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "moto_server did not listen on port {port} within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    if !util::have("moto_server") {
+        return None;
     }
-    Some(moto)
+    let port = util::free_port();
+    let mut c = Command::new("moto_server");
+    c.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    Some(Service::start(c, port))
 }
 
 /// Runs the seed script with `args`; returns its JSON output.
-fn seed(moto: &Moto, args: &[&str]) -> Value {
+fn seed(moto: &Service, args: &[&str]) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/aws/seed.py");
     let out = Command::new("python3")
         .arg(script)
-        .arg(&moto.endpoint)
+        .arg(moto.url())
         .args(args)
         .output()
         .expect("python3 runs (it comes with moto)");
@@ -131,8 +86,8 @@ fn options(endpoint: &str, include_secret_values: bool) -> GatewayOptions {
     }
 }
 
-fn capture(moto: &Moto, include_secret_values: bool) -> Capture {
-    gateway::capture(&options(&moto.endpoint, include_secret_values)).expect("capture succeeds")
+fn capture(moto: &Service, include_secret_values: bool) -> Capture {
+    gateway::capture(&options(&moto.url(), include_secret_values)).expect("capture succeeds")
 }
 
 /// The parsed document at `path`.
@@ -160,7 +115,7 @@ fn capture_holds_every_entity_kind_under_natural_keys() {
     let c = capture(&moto, false);
 
     assert_eq!(c.source.kind, "aws");
-    assert_eq!(c.source.endpoint, moto.endpoint);
+    assert_eq!(c.source.endpoint, moto.url());
     assert_eq!(
         c.source.scope.as_deref(),
         Some(format!("{MOTO_ACCOUNT}/{REGION}").as_str())
@@ -361,7 +316,7 @@ fn a_stage_variable_change_changes_only_that_stage() {
 #[test]
 fn an_unreachable_endpoint_is_a_gateway_error_quickly() {
     test_env();
-    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let endpoint = format!("http://127.0.0.1:{}", util::free_port());
     let start = Instant::now();
     let got = gateway::capture(&options(&endpoint, false));
     let took = start.elapsed();
@@ -383,7 +338,7 @@ fn refused_credentials_are_a_gateway_error_naming_the_credentials() {
     let Some(moto) = moto_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]) else {
         return;
     };
-    match gateway::capture(&options(&moto.endpoint, false)) {
+    match gateway::capture(&options(&moto.url(), false)) {
         Err(Error::Gateway { reason, .. }) => {
             eprintln!("reason: {reason}");
             assert!(reason.contains("credentials were refused"), "{reason}");
@@ -427,7 +382,7 @@ fn capture_without_credentials_in_a_child() {
     );
     assert!(std::env::var_os("AWS_ACCESS_KEY_ID").is_none());
     // Nothing listens there; the SDK must stop before sending for want of credentials.
-    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let endpoint = format!("http://127.0.0.1:{}", util::free_port());
     match gateway::capture(&options(&endpoint, false)) {
         Err(Error::Gateway { reason, .. }) => {
             eprintln!("reason: {reason}");
@@ -436,4 +391,38 @@ fn capture_without_credentials_in_a_child() {
         }
         other => panic!("expected a gateway error, got {other:?}"),
     }
+}
+
+#[test]
+fn cli_backup_of_aws_round_trips() {
+    let Some(moto) = moto() else {
+        return;
+    };
+    seed(&moto, &[]);
+    let docs = capture(&moto, false).documents().unwrap();
+    let r = util::Repo::init();
+    let url = moto.url();
+    let args = [
+        "backup",
+        "--gateway",
+        "aws",
+        "--endpoint",
+        &url,
+        "--region",
+        REGION,
+    ];
+    let s = r.run_json(args);
+    assert!(s["files_new"].as_u64().unwrap() > 10, "{s}");
+    let target = r.scratch("restored");
+    r.restore("latest", &target, &[]);
+    for (path, bytes) in &docs {
+        assert_eq!(&std::fs::read(target.join(path)).unwrap(), bytes, "{path}");
+    }
+    // moto's export changes on every call; the entities do not: a second backup changes nothing
+    // but the raw export.
+    let again = r.run_json(args);
+    assert!(again["files_changed"].as_u64().unwrap() <= 1, "{again}");
+    assert_eq!(again["files_new"], 0, "{again}");
+    let snaps = r.snapshots();
+    assert_eq!(snaps[0]["source"]["kind"], "aws");
 }
