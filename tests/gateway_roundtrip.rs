@@ -110,3 +110,9 @@ fn large_documents_round_trip_inline_and_in_blobs() {
     let blobs = s["blobs_added"].as_u64().unwrap();
     assert!((20..500).contains(&blobs), "{s}");
 }
+
+#[test]
+fn haproxy_config_round_trips() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gateways/haproxy");
+    round_trip("haproxy", &dir.join("haproxy.cfg"), &["--no-validate"]);
+}
