@@ -442,6 +442,7 @@ pub fn backup(
 
     let documents = opts.documents.take();
     let from_documents = documents.is_some();
+    let now = start.timestamp_nanos_opt().unwrap_or(0);
     let (paths, parent, root_children) = if let Some(docs) = documents {
         let paths = vec![opts
             .source
@@ -452,8 +453,7 @@ pub fn backup(
             None if opts.force => None,
             None => find_parent(repo, &host, &paths)?,
         };
-        let now = start.timestamp_nanos_opt().unwrap_or(0);
-        let root = documents_tree(&mut scan, docs, parent.as_ref().map(|(_, s)| s.tree), now);
+        let root = documents_tree(&mut scan, docs, parent.as_ref().map(|(_, s)| s.tree), now)?;
         (paths, parent, root)
     } else if let Some(name) = &opts.stdin_filename {
         if name.is_empty() || name.contains('/') {
@@ -670,7 +670,6 @@ pub fn backup(
     }
     prune_failed(&mut root_children);
     if from_documents {
-        let now = start.timestamp_nanos_opt().unwrap_or(0);
         settle_documents(&mut root_children, now, &mut scan.summary);
     }
 
@@ -719,7 +718,7 @@ fn documents_tree(
     docs: BTreeMap<String, Vec<u8>>,
     parent: Option<BlobId>,
     now: i64,
-) -> BTreeMap<String, Item> {
+) -> Result<BTreeMap<String, Item>> {
     let mut root: BTreeMap<String, Item> = BTreeMap::new();
     let mut trees: std::collections::HashMap<String, Option<Tree>> =
         std::collections::HashMap::new();
@@ -754,7 +753,9 @@ fn documents_tree(
                 previous: parent_dir.and_then(|n| n.subtree),
             });
             let Item::Dir { children: c, .. } = item else {
-                unreachable!("documents are files below folders")
+                return Err(Error::InvalidInput(format!(
+                    "document {path}: {d} is also a document, not a folder"
+                )));
             };
             children = c;
             at = sub;
@@ -808,7 +809,7 @@ fn documents_tree(
         };
         children.insert(name.to_string(), item);
     }
-    root
+    Ok(root)
 }
 
 /// After saving documents: an unchanged document keeps the parent's mtime (so the tree does not
