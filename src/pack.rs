@@ -23,7 +23,7 @@ const DELTA: u8 = 2;
 
 /// How many deltas a chain may hold: a delta's base may itself be a delta, down to this depth. Writers
 /// start a new self-contained blob instead of going deeper; readers refuse longer chains.
-pub const MAX_DELTA_DEPTH: usize = 8;
+pub const MAX_DELTA_DEPTH: usize = 32;
 
 /// Resolves the plaintext of a delta blob's base (resolving the base's own chain, if any).
 pub type BaseResolver<'a> = &'a (dyn Fn(&BlobId) -> Result<Vec<u8>> + Sync);

@@ -345,23 +345,16 @@ impl Repository {
     /// # Errors
     /// [`Error::NotFound`] when a blob of the chain is in no index; cache errors.
     pub fn delta_depth(&self, t: BlobType, id: &BlobId) -> Result<usize> {
-        Ok(self.delta_chain(t, id)?.len() - 1)
-    }
-
-    /// The delta chain of blob `id`: itself, its base, that base's base, and so on down to a
-    /// self-contained blob, but at most [`crate::pack::MAX_DELTA_DEPTH`] + 2 blobs.
-    ///
-    /// # Errors
-    /// As [`Repository::delta_depth`].
-    pub fn delta_chain(&self, t: BlobType, id: &BlobId) -> Result<Vec<BlobId>> {
-        let mut chain = vec![*id];
-        while let Some(base) = self.locate(t, chain.last().expect("non-empty"))?.entry.base {
-            chain.push(base);
-            if chain.len() > crate::pack::MAX_DELTA_DEPTH + 1 {
+        let mut depth = 0;
+        let mut cur = *id;
+        while let Some(base) = self.locate(t, &cur)?.entry.base {
+            depth += 1;
+            if depth > crate::pack::MAX_DELTA_DEPTH {
                 break;
             }
+            cur = base;
         }
-        Ok(chain)
+        Ok(depth)
     }
 
     /// Where a blob is stored, from the local index.

@@ -182,9 +182,9 @@ impl<'a> BlobSaver<'a> {
         let mut stored = encode_blob(data, level)?;
         let mut base = None;
         if let Some(sim) = similar {
-            if let Some((d, b)) = self.delta(t, data, level, &stored, &sim)? {
+            if let Some(d) = self.delta(t, data, level, &stored, &sim)? {
                 stored = d;
-                base = Some(b);
+                base = Some(sim);
             }
         }
         self.blobs_added.fetch_add(1, Ordering::Relaxed);
@@ -207,8 +207,8 @@ impl<'a> BlobSaver<'a> {
         Ok(id)
     }
 
-    /// The delta encoding of `data` against `similar`, with the base used, if it pays. A base that cannot be read is only a lost opportunity: the blob is then stored
-    /// self-contained.
+    /// The delta encoding of `data` against `similar`, if it pays. A base that cannot be
+    /// read is only a lost opportunity: the blob is then stored self-contained.
     fn delta(
         &self,
         t: BlobType,
@@ -216,19 +216,15 @@ impl<'a> BlobSaver<'a> {
         level: i32,
         plain: &[u8],
         similar: &BlobId,
-    ) -> Result<Option<(Vec<u8>, BlobId)>> {
+    ) -> Result<Option<Vec<u8>>> {
         // Chain onto `similar` itself (its plaintext is the closest dictionary) unless the chain would
-        // grow too deep; then this blob starts a new chain, self-contained. (Chaining onto the old
-        // chain's root instead was measured and rejected: each such delta carries every change since
-        // the root, so the cost per version grows with the history, 33 KB to 54 KB over 60 versions.)
-        let base = match self.repo.delta_depth(t, similar) {
-            Ok(d) if d < crate::pack::MAX_DELTA_DEPTH => *similar,
+        // grow too deep; then this blob starts a new chain, self-contained.
+        match self.repo.delta_depth(t, similar) {
+            Ok(d) if d < crate::pack::MAX_DELTA_DEPTH => {}
             _ => return Ok(None),
-        };
-        match self.repo.load_blob(t, &base) {
-            Ok(b) => {
-                Ok(crate::pack::encode_delta(data, level, plain, &base, &b)?.map(|d| (d, base)))
-            }
+        }
+        match self.repo.load_blob(t, similar) {
+            Ok(b) => crate::pack::encode_delta(data, level, plain, similar, &b),
             Err(e) => {
                 tracing::debug!("no delta against {}: {e}", similar.short());
                 Ok(None)
