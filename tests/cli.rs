@@ -1376,8 +1376,9 @@ fn edited_config_is_stored_as_a_delta_and_restores() {
     assert!(!restored(&t, &src).join("kong.json").exists());
 }
 
-/// Repeated edits of one region chain deltas onto the previous version, never deeper than 8; every
-/// version restores byte-identical and `check --read-data` resolves every chain.
+/// Repeated edits of one region chain deltas onto the previous version, never deeper than
+/// `MAX_DELTA_DEPTH`; every version restores byte-identical and `check --read-data` resolves every
+/// chain.
 #[test]
 fn delta_chains_stay_bounded_and_every_version_restores() {
     let r = Repo::init();
@@ -1386,8 +1387,11 @@ fn delta_chains_stay_bounded_and_every_version_restores() {
     let file = src.join("routes.json");
     let mut content = config_lines(4000, 5);
     let mut versions = Vec::new();
-    for v in 0..12u8 {
-        let at = content.len() / 3 + v as usize * 40;
+    let max = gatevault::pack::MAX_DELTA_DEPTH;
+    // Enough versions that a chain reaches the limit and a new one starts.
+    let n = max + 4;
+    for v in 0..n {
+        let at = content.len() / 3 + v * 40;
         content[at..at + 6].copy_from_slice(format!("EDIT{v:02}").as_bytes());
         fs::write(&file, &content).unwrap();
         r.backup(&[&src], &[]);
@@ -1396,7 +1400,7 @@ fn delta_chains_stay_bounded_and_every_version_restores() {
     let ids = r.snapshot_ids();
     // Follow the chain of the edited chunk of the last version through the pack headers.
     let mut deepest = 0;
-    for blob in r.file_blobs(&ids[11], &file) {
+    for blob in r.file_blobs(&ids[n - 1], &file) {
         let mut depth = 0;
         let mut cur = blob;
         while let Some(base) = r
@@ -1412,8 +1416,8 @@ fn delta_chains_stay_bounded_and_every_version_restores() {
         deepest = deepest.max(depth);
     }
     assert!(
-        (2..=8).contains(&deepest),
-        "chains form and stay within 8 deltas: {deepest}"
+        (2..=max).contains(&deepest) && deepest < n - 1,
+        "chains form, stay within {max} deltas and restart: {deepest}"
     );
     for (i, want) in versions.iter().enumerate() {
         let t = r.scratch(&format!("v{i}"));
