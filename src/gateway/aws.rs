@@ -425,15 +425,13 @@ impl Reader {
             })
             .await?;
         let (validators, validator_names) = self.keyed(validators, "name", "request validator")?;
-        for (key, mut v) in validators {
-            clean(&mut v, &["id"]);
-            entities.push(Entity::new(
-                &format!("{dir}/request-validators"),
-                "request-validator",
-                &key,
-                v,
-            ));
-        }
+        push_cleaned(
+            entities,
+            validators,
+            &format!("{dir}/request-validators"),
+            "request-validator",
+            &["id"],
+        );
 
         let authorizers = self
             .list(&format!("list the authorizers of {name}"), |p| {
@@ -468,10 +466,7 @@ impl Reader {
             })
             .await?;
         let (models, _) = self.keyed(models, "name", "model")?;
-        for (key, mut v) in models {
-            clean(&mut v, &["id"]);
-            entities.push(Entity::new(&format!("{dir}/models"), "model", &key, v));
-        }
+        push_cleaned(entities, models, &format!("{dir}/models"), "model", &["id"]);
 
         let resources = self
             .list(&format!("list the resources of {name}"), |p| {
@@ -521,15 +516,13 @@ impl Reader {
             })
             .await?;
         let (responses, _) = self.keyed(responses, "responseType", "gateway response")?;
-        for (key, mut v) in responses {
-            clean(&mut v, &[]);
-            entities.push(Entity::new(
-                &format!("{dir}/gateway-responses"),
-                "gateway-response",
-                &key,
-                v,
-            ));
-        }
+        push_cleaned(
+            entities,
+            responses,
+            &format!("{dir}/gateway-responses"),
+            "gateway-response",
+            &[],
+        );
 
         let deployments = self
             .list(&format!("list the deployments of {name}"), |p| {
@@ -542,15 +535,13 @@ impl Reader {
             })
             .await?;
         let (deployments, _) = self.keyed(deployments, "id", "deployment")?;
-        for (key, mut v) in deployments {
-            clean(&mut v, &[]);
-            entities.push(Entity::new(
-                &format!("{dir}/deployments"),
-                "deployment",
-                &key,
-                v,
-            ));
-        }
+        push_cleaned(
+            entities,
+            deployments,
+            &format!("{dir}/deployments"),
+            "deployment",
+            &[],
+        );
 
         // Stages are not paginated: GetStages returns them all.
         let stages = self
@@ -570,15 +561,13 @@ impl Reader {
         }
 
         if let Some(parts) = self.documentation_parts(api).await? {
-            for (key, mut v) in parts {
-                clean(&mut v, &["id"]);
-                entities.push(Entity::new(
-                    &format!("{dir}/documentation-parts"),
-                    "documentation-part",
-                    &key,
-                    v,
-                ));
-            }
+            push_cleaned(
+                entities,
+                parts,
+                &format!("{dir}/documentation-parts"),
+                "documentation-part",
+                &["id"],
+            );
         }
         Ok(())
     }
@@ -906,6 +895,20 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
         next = err.source();
     }
     parts.join(": ")
+}
+
+/// Cleans each keyed object (dropping the fields `drop`) and adds it as an entity of `kind` in `dir`.
+fn push_cleaned(
+    entities: &mut Vec<Entity>,
+    items: Vec<(String, Value)>,
+    dir: &str,
+    kind: &str,
+    drop: &[&str],
+) {
+    for (key, mut v) in items {
+        clean(&mut v, drop);
+        entities.push(Entity::new(dir, kind, &key, v));
+    }
 }
 
 /// Applies the common canonical rules to one object: nulls, volatile fields (top level only: deeper
