@@ -23,6 +23,8 @@ pub mod gateway;
 pub mod id;
 pub mod index;
 pub mod pack;
+pub mod probe;
+pub mod recovery;
 pub mod repair;
 pub mod repo;
 pub mod restore;

@@ -98,23 +98,20 @@ fn set_times_and_mode(dest: &Path, node: &Node) -> std::io::Result<()> {
     fs::set_permissions(dest, fs::Permissions::from_mode(node.mode))
 }
 
-/// Restores `snap` (optionally only `subpath` of it) into `opts.target`.
-///
-/// # Errors
-/// Errors reading trees, bad patterns, or creating the target. Damaged blobs are not errors: the files
-/// needing them are listed in [`RestoreReport::errors`].
-pub fn restore(
+/// Files, folders and links of `snap` that `opts` selects, with their destinations; and the include set.
+#[allow(clippy::type_complexity)]
+fn select(
     repo: &Repository,
     snap: &Snapshot,
     opts: &RestoreOptions,
-    progress: &dyn Progress,
-) -> Result<RestoreReport> {
+) -> Result<(
+    Vec<FileJob>,
+    Vec<(PathBuf, Node)>,
+    Vec<(PathBuf, String)>,
+    Option<GlobSet>,
+)> {
     let include = globset(&opts.include)?;
     let exclude = globset(&opts.exclude)?;
-    let target = &opts.target;
-    fs::create_dir_all(target)
-        .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
-    let mut report = RestoreReport::default();
     let mut files: Vec<FileJob> = Vec::new();
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
     let mut links: Vec<(PathBuf, String)> = Vec::new();
@@ -125,7 +122,7 @@ pub fn restore(
         {
             return Ok(false);
         }
-        let dest = target.join(path.trim_start_matches('/'));
+        let dest = opts.target.join(path.trim_start_matches('/'));
         match node.node_type {
             NodeType::Dir => dirs.push((dest, node.clone())),
             _ if include
@@ -140,6 +137,76 @@ pub fn restore(
         }
         Ok(true)
     })?;
+    Ok((files, dirs, links, include))
+}
+
+/// Reads back the files a restore of `snap` with `opts` wrote and checks each against the snapshot:
+/// size, and the keyed hash of every chunk (as `restic restore --verify` does). Returns the files
+/// that differ or cannot be read, with the reason.
+///
+/// # Errors
+/// Errors reading trees or the index.
+pub fn verify(
+    repo: &Repository,
+    snap: &Snapshot,
+    opts: &RestoreOptions,
+) -> Result<Vec<(String, String)>> {
+    let (files, ..) = select(repo, snap, opts)?;
+    let index = repo.index()?;
+    let keys = repo.keys();
+    let bad: Vec<(String, String)> = files
+        .par_iter()
+        .filter_map(|f| {
+            let check = || -> std::result::Result<(), String> {
+                let data = fs::read(&f.dest).map_err(|e| format!("reading it back: {e}"))?;
+                if data.len() as u64 != f.node.size {
+                    return Err(format!(
+                        "{} bytes where the snapshot has {}",
+                        data.len(),
+                        f.node.size
+                    ));
+                }
+                if let Some(d) = &f.node.inline {
+                    return (data == d.as_bytes())
+                        .then_some(())
+                        .ok_or_else(|| "its content differs from the snapshot".to_string());
+                }
+                let mut at = 0usize;
+                for id in &f.node.content {
+                    let loc = index
+                        .lookup(BlobType::Data, id)
+                        .map_err(|e| e.to_string())?
+                        .ok_or_else(|| format!("data blob {id} is in no index"))?;
+                    let end = at + loc.entry.raw_length as usize;
+                    if end > data.len() || keys.blob_id(&data[at..end]) != *id {
+                        return Err(format!("bytes {at}..{end} differ from blob {id}"));
+                    }
+                    at = end;
+                }
+                Ok(())
+            };
+            check().err().map(|why| (f.path.clone(), why))
+        })
+        .collect();
+    Ok(bad)
+}
+
+/// Restores `snap` (optionally only `subpath` of it) into `opts.target`.
+///
+/// # Errors
+/// Errors reading trees, bad patterns, or creating the target. Damaged blobs are not errors: the files
+/// needing them are listed in [`RestoreReport::errors`].
+pub fn restore(
+    repo: &Repository,
+    snap: &Snapshot,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
+    let target = &opts.target;
+    fs::create_dir_all(target)
+        .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
+    let mut report = RestoreReport::default();
+    let (files, mut dirs, links, include) = select(repo, snap, opts)?;
     // Folders: all of them without --include; with it, those holding something restored.
     let needed: HashSet<PathBuf> = files
         .iter()

@@ -13,6 +13,7 @@ mod log;
 mod ls;
 mod repair;
 mod restore;
+mod rollback;
 mod snapshots;
 mod stats;
 mod unlock;
@@ -115,8 +116,10 @@ enum Command {
     Dump(dump::DumpArgs),
     /// Show sizes, dedup and compression ratios.
     Stats(stats::StatsArgs),
-    /// Restore a snapshot into a folder.
+    /// Restore a snapshot into a folder, or a gateway snapshot into a live gateway.
     Restore(restore::RestoreArgs),
+    /// Return a gateway to the rollback point taken before the last restore into it.
+    Rollback(rollback::RollbackArgs),
     /// Show files added, removed and changed between two snapshots (entities, for gateway snapshots).
     Diff(diff::DiffArgs),
     /// Show when one gateway entity changed across snapshots.
@@ -383,6 +386,7 @@ pub fn main() -> ExitCode {
         Command::Dump(a) => dump::run(g, a),
         Command::Stats(a) => stats::run(g, a),
         Command::Restore(a) => restore::run(g, a),
+        Command::Rollback(a) => rollback::run(g, a),
         Command::Diff(a) => diff::run(g, a),
         Command::Log(a) => log::run(g, a),
         Command::Export(a) => export::run(g, a),

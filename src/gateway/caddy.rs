@@ -75,7 +75,7 @@ pub fn capture(opts: &GatewayOptions) -> Result<Capture> {
 }
 
 /// GETs `{endpoint}/config/`: the source and the body.
-fn fetch(endpoint: &str) -> Result<(Source, Vec<u8>)> {
+pub(crate) fn fetch(endpoint: &str) -> Result<(Source, Vec<u8>)> {
     let endpoint = endpoint.trim_end_matches('/');
     let endpoint = if endpoint.contains("://") {
         endpoint.to_string()
@@ -115,16 +115,16 @@ fn fetch(endpoint: &str) -> Result<(Source, Vec<u8>)> {
     Ok((source, resp.body))
 }
 
-/// A response to [`http_get`].
-struct Response {
-    status: u16,
+/// A response to [`request`].
+pub(crate) struct Response {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Response {
     /// The first header named `name` (lower case).
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -132,13 +132,23 @@ impl Response {
     }
 }
 
-/// GETs `url` (`http://host:port/path`) with HTTP/1.0.
+/// GETs `url` (`http://host:port/path`) with HTTP/1.0: see [`request`].
+fn http_get(url: &str) -> std::io::Result<Response> {
+    request("GET", url, &[], &[])
+}
+
+/// Sends `method` to `url` (`http://host:port/path`) with HTTP/1.0, these headers and this body.
 ///
 /// HTTP/1.0 on purpose: Caddy sends the config's ETag as a trailer of a chunked HTTP/1.1
 /// response, which common clients fail to decode; an HTTP/1.0 response is the plain body, ended by
 /// the connection closing (and checked against `Content-Length` where given). Admin APIs listen on
 /// loopback without TLS, so this is all the client the capture needs.
-fn http_get(url: &str) -> std::io::Result<Response> {
+pub(crate) fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     use std::io::{Error as IoError, ErrorKind, Write};
     let bad = |m: String| IoError::new(ErrorKind::InvalidData, m);
     let rest = url
@@ -170,10 +180,18 @@ fn http_get(url: &str) -> std::io::Result<Response> {
     let mut s = stream.ok_or(last)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     s.set_write_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\nUser-Agent: gatevault\r\n\r\n"
-    )?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\nUser-Agent: gatevault\r\n"
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method != "GET" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
     let mut buf = vec![];
     s.take(MAX_CONFIG_BYTES).read_to_end(&mut buf)?;
     let end = buf

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{canonical, Manifest, ManifestEntry, MANIFEST, SECRET_PLACEHOLDER};
@@ -43,7 +43,7 @@ pub fn manifest(repo: &Repository, snap: &Snapshot) -> Result<Option<Manifest>> 
 }
 
 /// One changed field of an entity (values masked where secret).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FieldChange {
     /// JSON pointer of the field (`/config/minute`).
     pub pointer: String,
@@ -150,7 +150,7 @@ fn walk_diff(a: &Value, b: &Value, at: String, out: &mut Vec<RawChange>) {
 }
 
 /// Lines only in `a` and only in `b` (as multisets).
-fn line_changes(a: &[u8], b: &[u8]) -> (usize, usize) {
+pub fn line_changes(a: &[u8], b: &[u8]) -> (usize, usize) {
     let count = |t: &[u8]| {
         let mut m: BTreeMap<Vec<u8>, isize> = BTreeMap::new();
         for l in t.split(|c| *c == b'\n') {

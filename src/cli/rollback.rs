@@ -1,0 +1,36 @@
+//! `gatevault rollback`.
+
+use clap::Args;
+
+use super::restore::{finish, target_of, ToGatewayArgs};
+use super::Global;
+
+#[derive(Args, Debug)]
+pub(crate) struct RollbackArgs {
+    #[command(flatten)]
+    gateway: ToGatewayArgs,
+}
+
+pub(crate) fn run(g: &Global, a: RollbackArgs) -> anyhow::Result<u8> {
+    let Some(kind) = a.gateway.to_gateway.clone() else {
+        anyhow::bail!(crate::Error::InvalidInput(
+            "name the gateway to roll back with --to-gateway KIND (and --endpoint)".into()
+        ));
+    };
+    let target = target_of(&a.gateway, &kind)?;
+    let repo = g.open()?;
+    let live = target.capture()?;
+    let (id, snap) = crate::recovery::find_rollback_point(&repo, &live)?;
+    if !g.quiet && !g.json {
+        println!(
+            "rolling {} back to snapshot {} (taken {} before a restore)",
+            live.source.describe(),
+            id.short(),
+            snap.time
+        );
+    }
+    let mut opts = a.gateway.restore_options(g);
+    opts.rollback_tag = Some("pre-rollback".into());
+    let r = crate::recovery::restore(&repo, &id, &snap, target.as_ref(), &opts)?;
+    finish(g, &r, &a.gateway.report_dir, "rollback")
+}
