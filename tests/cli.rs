@@ -1492,3 +1492,19 @@ fn stdin_exports_get_deltas_against_the_previous_export() {
         .unwrap();
     assert!(out.stdout == big, "a large stream round-trips");
 }
+
+#[test]
+fn restore_verify_reads_every_file_back() {
+    let r = Repo::init();
+    let src = r.root().join("src");
+    write_gateway_tree(&src, 9, 30);
+    let mut rng = Rng::new(3);
+    write(&src.join("big.bin"), rng.bytes(3 << 20));
+    r.backup(&[&src], &[]);
+    let out = r.scratch("out");
+    let v = r.run_json(["restore", "latest", "--target", s(&out), "--verify"]);
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["files_verified"], v["files_restored"], "{v}");
+    assert!(v["files_restored"].as_u64().unwrap() >= 31);
+    assert_tree_eq(&src, &restored(&out, &src));
+}

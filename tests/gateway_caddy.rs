@@ -10,8 +10,6 @@ mod util;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use gatevault::gateway::{self, GatewayOptions, Manifest};
 use gatevault::Error;
@@ -20,68 +18,24 @@ use serde_json::{json, Value};
 /// A bcrypt hash of `example-password`.
 const HASH: &str = "$2a$14$ONYr17eYnLWun3vh7rSn0umSVvie9cSWZu0E5s3AWio/9tTX9W2ky";
 
-/// Kills caddy when the test ends, passing or not.
+/// A Caddy on loopback, stopped when dropped.
 struct Caddy {
-    child: Child,
+    _svc: util::Service,
     admin: String,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_caddy() -> Caddy {
     let dir = tempfile::tempdir().unwrap();
-    let admin = format!("127.0.0.1:{}", util::free_port());
-    let init = dir.path().join("init.json");
-    std::fs::write(&init, json!({"admin": {"listen": admin}}).to_string()).unwrap();
-    let child = Command::new(util::find_tool("caddy").unwrap())
-        .args(["run", "--config"])
-        .arg(&init)
-        .env("HOME", dir.path())
-        .env("XDG_DATA_HOME", dir.path().join("data"))
-        .env("XDG_CONFIG_HOME", dir.path().join("config"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let caddy = Caddy {
-        child,
-        admin: format!("http://{admin}"),
+    let (svc, admin) = util::caddy(dir.path());
+    Caddy {
+        _svc: svc,
+        admin,
         _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http(&caddy.admin, "GET", "/config/", "").map_or(true, |(s, _)| s != 200) {
-        assert!(Instant::now() < deadline, "caddy did not start");
-        std::thread::sleep(Duration::from_millis(100));
     }
-    caddy
 }
 
-/// A plain HTTP/1.0 request to `base` (`http://127.0.0.1:port`): status and body.
-fn http(base: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let authority = base.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(authority)?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Ok((status, body.to_string()))
-}
+use util::http;
 
 fn load(caddy: &Caddy, config: &Value) {
     let (status, body) = http(&caddy.admin, "POST", "/load", &config.to_string()).unwrap();

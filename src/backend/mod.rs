@@ -29,17 +29,20 @@ pub enum FileType {
     Snapshot,
     /// Locks under `locks/`.
     Lock,
+    /// Records of jobs run against the repository (restore drills) under `records/`.
+    Record,
 }
 
 impl FileType {
     /// Every file type, in the order `init` creates their folders.
-    pub const ALL: [FileType; 6] = [
+    pub const ALL: [FileType; 7] = [
         FileType::Config,
         FileType::Key,
         FileType::Pack,
         FileType::Index,
         FileType::Snapshot,
         FileType::Lock,
+        FileType::Record,
     ];
 
     /// The folder (or, for the config, the file name) of this type.
@@ -51,6 +54,7 @@ impl FileType {
             FileType::Index => "index",
             FileType::Snapshot => "snapshots",
             FileType::Lock => "locks",
+            FileType::Record => "records",
         }
     }
 
@@ -73,6 +77,7 @@ impl fmt::Display for FileType {
             FileType::Index => "index",
             FileType::Snapshot => "snapshot",
             FileType::Lock => "lock",
+            FileType::Record => "record",
         })
     }
 }

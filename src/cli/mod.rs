@@ -5,6 +5,7 @@ mod backup;
 mod cat;
 mod check;
 mod diff;
+mod drill;
 mod dump;
 mod export;
 mod init;
@@ -120,6 +121,10 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Return a gateway to the rollback point taken before the last restore into it.
     Rollback(rollback::RollbackArgs),
+    /// Restore a recovery point into a staging gateway or a temporary folder, probe it, record it.
+    Drill(drill::DrillArgs),
+    /// List past restore drills with their status and recovery time.
+    Drills(drill::DrillsArgs),
     /// Show files added, removed and changed between two snapshots (entities, for gateway snapshots).
     Diff(diff::DiffArgs),
     /// Show when one gateway entity changed across snapshots.
@@ -387,6 +392,8 @@ pub fn main() -> ExitCode {
         Command::Stats(a) => stats::run(g, a),
         Command::Restore(a) => restore::run(g, a),
         Command::Rollback(a) => rollback::run(g, a),
+        Command::Drill(a) => drill::run(g, a),
+        Command::Drills(a) => drill::run_list(g, a),
         Command::Diff(a) => diff::run(g, a),
         Command::Log(a) => log::run(g, a),
         Command::Export(a) => export::run(g, a),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::{exit, print_json, Bar, FilterArgs, Global};
-use crate::recovery::{Report, Status, Target};
+use crate::recovery::{Report, Status};
 use crate::restore::{restore, RestoreOptions};
 
 #[derive(Args, Debug)]
@@ -13,7 +13,12 @@ pub(crate) struct RestoreArgs {
     /// Snapshot id (prefix) or `latest` (default with --at).
     snapshot: Option<String>,
     /// Folder to restore into.
-    #[arg(short, long, required_unless_present = "to_gateway")]
+    #[arg(
+        short,
+        long,
+        required_unless_present = "to_gateway",
+        conflicts_with = "to_gateway"
+    )]
     target: Option<PathBuf>,
     /// Restore only paths matching this glob (or below a match); repeat for several.
     #[arg(long)]
@@ -33,11 +38,11 @@ pub(crate) struct RestoreArgs {
     gateway: ToGatewayArgs,
 }
 
-/// Where and how to restore a gateway snapshot (`restore --to-gateway`, `rollback`, `drill`).
+/// The live gateway to restore into (`restore --to-gateway`, `rollback`, `drill`).
 #[derive(Args, Debug, Default, Clone)]
-pub(crate) struct ToGatewayArgs {
+pub(crate) struct TargetArgs {
     /// Restore into a live gateway of this kind (caddy, kong, aws) instead of a folder.
-    #[arg(long, value_name = "KIND", conflicts_with = "target")]
+    #[arg(long, value_name = "KIND")]
     pub(crate) to_gateway: Option<String>,
     /// The gateway's admin API (default: the kind's usual local address).
     #[arg(long, value_name = "URL")]
@@ -48,27 +53,9 @@ pub(crate) struct ToGatewayArgs {
     /// Cloud region to restore into (AWS).
     #[arg(long)]
     pub(crate) region: Option<String>,
-    /// Only print the plan; exit 2 when the gateway differs from the snapshot, 0 when not.
-    #[arg(long)]
-    pub(crate) dry_run: bool,
-    /// Go on with an unfinished restore of this snapshot into this gateway (keeps its rollback point).
-    #[arg(long)]
-    pub(crate) resume: bool,
-    /// Show secret values in the plan.
-    #[arg(long)]
-    pub(crate) show_secrets: bool,
-    /// Run these probes (TOML) through the restored gateway as the last step.
-    #[arg(long, value_name = "FILE", requires = "probe_base_url")]
-    pub(crate) probes: Option<PathBuf>,
-    /// Where the probes send their requests (the gateway's proxy listener).
-    #[arg(long, value_name = "URL")]
-    pub(crate) probe_base_url: Option<String>,
-    /// Folder for the Go-Live report (Markdown and JSON).
-    #[arg(long, value_name = "DIR", default_value = ".")]
-    pub(crate) report_dir: PathBuf,
 }
 
-impl ToGatewayArgs {
+impl TargetArgs {
     pub(crate) fn gateway_options(&self, kind: &str) -> crate::gateway::GatewayOptions {
         crate::gateway::GatewayOptions {
             kind: kind.into(),
@@ -80,15 +67,56 @@ impl ToGatewayArgs {
             ..Default::default()
         }
     }
+}
 
+/// Probes run after a restore, and where its report goes.
+#[derive(Args, Debug, Default, Clone)]
+pub(crate) struct AfterArgs {
+    /// Run these probes (TOML) through the restored gateway as the last step.
+    #[arg(long, value_name = "FILE", requires = "probe_base_url")]
+    pub(crate) probes: Option<PathBuf>,
+    /// Where the probes send their requests (the gateway's proxy listener).
+    #[arg(long, value_name = "URL", requires = "probes")]
+    pub(crate) probe_base_url: Option<String>,
+    /// Folder for the report (Markdown and JSON).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub(crate) report_dir: PathBuf,
+}
+
+impl AfterArgs {
+    pub(crate) fn probes(&self) -> Option<(PathBuf, String)> {
+        self.probes.clone().zip(self.probe_base_url.clone())
+    }
+}
+
+/// Where and how to restore a gateway snapshot (`restore --to-gateway`, `rollback`).
+#[derive(Args, Debug, Default, Clone)]
+pub(crate) struct ToGatewayArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    #[command(flatten)]
+    pub(crate) after: AfterArgs,
+    /// Only print the plan; exit 2 when the gateway differs from the snapshot, 0 when not.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Go on with an unfinished restore of this snapshot into this gateway (keeps its rollback point).
+    #[arg(long)]
+    pub(crate) resume: bool,
+    /// Show secret values in the plan.
+    #[arg(long)]
+    pub(crate) show_secrets: bool,
+}
+
+impl ToGatewayArgs {
     pub(crate) fn restore_options(&self, g: &Global) -> crate::recovery::RestoreOptions {
         crate::recovery::RestoreOptions {
             dry_run: self.dry_run,
             resume: self.resume,
             show_secrets: self.show_secrets,
-            probes: self.probes.clone().zip(self.probe_base_url.clone()),
+            probes: self.after.probes(),
             journal_dir: journal_dir(g),
             rollback_tag: None,
+            no_rollback_point: false,
         }
     }
 }
@@ -107,11 +135,11 @@ pub(crate) fn run(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
     let repo = g.open()?;
     let at = a.at.as_deref().map(crate::select::parse_time).transpose()?;
     let (id, snap) = crate::select::resolve(&repo, a.snapshot.as_deref(), &a.filter.filter(), at)?;
-    if let Some(kind) = &a.gateway.to_gateway {
-        let target = crate::recovery::target(&a.gateway.gateway_options(kind))?;
+    if let Some(kind) = &a.gateway.target.to_gateway {
+        let target = crate::recovery::target(&a.gateway.target.gateway_options(kind))?;
         let opts = a.gateway.restore_options(g);
         let r = crate::recovery::restore(&repo, &id, &snap, target.as_ref(), &opts)?;
-        return finish(g, &r, &a.gateway.report_dir, "restore");
+        return finish(g, &r, &a.gateway.after.report_dir, "restore");
     }
     let target = a
         .target
@@ -205,7 +233,7 @@ pub(crate) fn finish(g: &Global, r: &Report, dir: &Path, prefix: &str) -> anyhow
     })
 }
 
-fn print_plan(r: &Report) {
+pub(crate) fn print_plan(r: &Report) {
     println!(
         "snapshot {} ({}) of {} -> {}",
         r.snapshot.short(),
@@ -249,7 +277,7 @@ fn print_plan(r: &Report) {
         println!("rollback point: snapshot {}", p.short());
     }
     if let Some(a) = &r.applied {
-        println!("applied {} step(s) by {}", a.steps.len(), a.method);
+        println!("applied: {}, {} step(s)", a.method, a.steps.len());
         for n in &a.notes {
             println!("  {n}");
         }
@@ -284,9 +312,4 @@ fn print_plan(r: &Report) {
     for w in &r.warnings {
         println!("warning: {w}");
     }
-}
-
-/// The target for a gateway restore, checked before the repository is opened.
-pub(crate) fn target_of(a: &ToGatewayArgs, kind: &str) -> anyhow::Result<Box<dyn Target>> {
-    Ok(crate::recovery::target(&a.gateway_options(kind))?)
 }

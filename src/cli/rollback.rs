@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::restore::{finish, target_of, ToGatewayArgs};
+use super::restore::{finish, ToGatewayArgs};
 use super::Global;
 
 #[derive(Args, Debug)]
@@ -12,12 +12,12 @@ pub(crate) struct RollbackArgs {
 }
 
 pub(crate) fn run(g: &Global, a: RollbackArgs) -> anyhow::Result<u8> {
-    let Some(kind) = a.gateway.to_gateway.clone() else {
+    let Some(kind) = a.gateway.target.to_gateway.clone() else {
         anyhow::bail!(crate::Error::InvalidInput(
             "name the gateway to roll back with --to-gateway KIND (and --endpoint)".into()
         ));
     };
-    let target = target_of(&a.gateway, &kind)?;
+    let target = crate::recovery::target(&a.gateway.target.gateway_options(&kind))?;
     let repo = g.open()?;
     let live = target.capture()?;
     let (id, snap) = crate::recovery::find_rollback_point(&repo, &live)?;
@@ -32,5 +32,5 @@ pub(crate) fn run(g: &Global, a: RollbackArgs) -> anyhow::Result<u8> {
     let mut opts = a.gateway.restore_options(g);
     opts.rollback_tag = Some("pre-rollback".into());
     let r = crate::recovery::restore(&repo, &id, &snap, target.as_ref(), &opts)?;
-    finish(g, &r, &a.gateway.report_dir, "rollback")
+    finish(g, &r, &a.gateway.after.report_dir, "rollback")
 }

@@ -89,6 +89,8 @@ pub enum Kind {
     Snapshot = 7,
     /// A lock.
     Lock = 8,
+    /// A record (restore drill).
+    Record = 9,
 }
 
 /// The repository's master key material. Zeroized on drop; `Debug` never shows it.

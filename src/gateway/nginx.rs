@@ -660,7 +660,7 @@ fn crt_list_refs(files: &mut Files, list: &Path, crt_base: &Path, ca_base: &Path
 // Checker
 
 /// The gateway binary: on `PATH`, or in the sbin folders where distributions put it.
-fn find_binary(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_binary(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
@@ -687,7 +687,7 @@ fn version(kind: &str, bin: &Path) -> Option<String> {
 }
 
 /// Runs the checker on `main`; a rejection is an error carrying its output.
-fn validate(source: &Source, kind: &str, bin: &Path, main: &Path) -> Result<()> {
+pub(crate) fn validate(source: &Source, kind: &str, bin: &Path, main: &Path) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!(
         "gatevault-check-{}-{}",
         std::process::id(),

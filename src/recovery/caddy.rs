@@ -51,7 +51,7 @@ fn etag(body: &[u8]) -> String {
     for b in body {
         h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
     }
-    format!("\"/config/ {h:x}\"")
+    format!("\"/config/ {h:08x}\"")
 }
 
 /// Rebuilds a Caddy config from the entities of a capture (the inverse of the capture's split).
@@ -251,6 +251,8 @@ mod tests {
         // FNV-1a 32 test vectors.
         assert_eq!(etag(b""), "\"/config/ 811c9dc5\"");
         assert_eq!(etag(b"a"), "\"/config/ e40c292c\"");
+        // Caddy hex-encodes the four hash bytes: leading zeros stay.
+        assert_eq!(etag(b"68"), "\"/config/ 0de8d5a3\"");
     }
 
     #[test]

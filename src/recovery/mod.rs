@@ -13,6 +13,7 @@
 //! Each gateway kind with a writable API implements [`Target`].
 
 pub mod caddy;
+pub mod drill;
 pub mod plan;
 pub mod report;
 
@@ -208,6 +209,8 @@ pub struct RestoreOptions {
     pub journal_dir: Option<PathBuf>,
     /// `BackupType` of the rollback point ([`PRE_RESTORE`] by default).
     pub rollback_tag: Option<String>,
+    /// Take no rollback point (restore drills into a staging gateway).
+    pub no_rollback_point: bool,
 }
 
 /// The journal of a restore in progress: enough to resume it or roll it back.
@@ -217,8 +220,8 @@ pub struct Journal {
     pub snapshot: SnapshotId,
     /// The target (`caddy:http://127.0.0.1:2019`).
     pub target: String,
-    /// The rollback point taken before the first change.
-    pub rollback_point: SnapshotId,
+    /// The rollback point taken before the first change (none in a drill).
+    pub rollback_point: Option<SnapshotId>,
     /// When the restore started (RFC 3339).
     pub started: String,
     /// Steps applied so far, described.
@@ -392,7 +395,7 @@ pub fn restore(
             }
         }
     };
-    r.rollback_point = Some(journal.rollback_point);
+    r.rollback_point = journal.rollback_point;
     if let Some(dir) = journal_dir {
         write_journal(dir, repo, &journal)?;
     }
@@ -433,11 +436,14 @@ pub fn restore(
                     target.kind()
                 )
             } else {
-                format!(
-                    "return to the rollback point with `gatevault restore {} --to-gateway {} ...`",
-                    journal.rollback_point.short(),
-                    target.kind()
-                )
+                match journal.rollback_point {
+                    Some(p) => format!(
+                        "return to the rollback point with `gatevault restore {} --to-gateway {} ...`",
+                        p.short(),
+                        target.kind()
+                    ),
+                    None => "restore again once the cause is fixed".into(),
+                }
             };
             return Ok(r.fail(&format!("{e}; {next}"), t0));
         }
@@ -486,14 +492,17 @@ pub fn restore(
     Ok(r)
 }
 
-/// Stores `live` as the rollback point of a restore of `id`.
+/// Stores `live` as the rollback point of a restore of `id` (unless `opts` says not to).
 fn rollback_point(
     repo: &Repository,
     id: &SnapshotId,
     snap: &Snapshot,
     live: &Capture,
     opts: &RestoreOptions,
-) -> Result<SnapshotId> {
+) -> Result<Option<SnapshotId>> {
+    if opts.no_rollback_point {
+        return Ok(None);
+    }
     let mut tags: BTreeMap<String, String> = snap
         .tags
         .iter()
@@ -522,7 +531,7 @@ fn rollback_point(
         None,
         &NoProgress,
     )?;
-    Ok(r.id)
+    Ok(Some(r.id))
 }
 
 /// The newest rollback point of the gateway `target` describes (by its source path), for

@@ -475,6 +475,47 @@ impl Repository {
         Ok(id)
     }
 
+    // ---------------------------------------------------------------------------------- records
+
+    /// Encrypts and stores a record (JSON with a `type` field, see `docs/design.md`).
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn save_record(&self, record: &serde_json::Value) -> Result<String> {
+        let id = SnapshotId::random();
+        let body = serde_json::to_vec(record).expect("a JSON value serializes");
+        let env = self.keys.seal_object(Kind::Record, &id.0, &body);
+        self.backend.write(FileType::Record, &id.to_hex(), &env)?;
+        Ok(id.to_hex())
+    }
+
+    /// Every record of `kind` (the `type` field), unordered; unreadable ones come back as errors
+    /// naming the record.
+    ///
+    /// # Errors
+    /// Backend errors listing the records.
+    pub fn records(&self, kind: &str) -> Result<Vec<Result<serde_json::Value>>> {
+        let names = self.backend.list(FileType::Record)?;
+        Ok(names
+            .par_iter()
+            .filter_map(|(name, _)| {
+                let load = || -> Result<serde_json::Value> {
+                    let what = format!("record {name}");
+                    let id = SnapshotId::from_hex(name)
+                        .map_err(|e| Error::integrity(&what, e.to_string()))?;
+                    let env = self.backend.read(FileType::Record, name)?;
+                    let plain = self.keys.open_object(Kind::Record, &id.0, &env, &what)?;
+                    serde_json::from_slice(&plain)
+                        .map_err(|e| Error::integrity(what, e.to_string()))
+                };
+                match load() {
+                    Ok(v) if v.get("type").and_then(|t| t.as_str()) != Some(kind) => None,
+                    r => Some(r),
+                }
+            })
+            .collect())
+    }
+
     // ---------------------------------------------------------------------------------- keys
 
     /// Every key slot with its id (unparsable slots are skipped with a warning).

@@ -944,3 +944,54 @@ pub fn fake_kong(extra: &[&str]) -> Option<Service> {
         .args(extra);
     Some(Service::start(c, port))
 }
+
+/// A real `caddy run` on loopback with its admin API on a free port and no other config; the
+/// folder holds its home and data. Returns the service and the admin URL.
+pub fn caddy(dir: &Path) -> (Service, String) {
+    let port = free_port();
+    let admin = format!("127.0.0.1:{port}");
+    let init = dir.join("caddy-init.json");
+    fs::write(
+        &init,
+        serde_json::json!({"admin": {"listen": admin}}).to_string(),
+    )
+    .unwrap();
+    let mut c = std::process::Command::new(find_tool("caddy").expect("caddy"));
+    c.args(["run", "--config"])
+        .arg(&init)
+        .env("HOME", dir)
+        .env("XDG_DATA_HOME", dir.join("data"))
+        .env("XDG_CONFIG_HOME", dir.join("config"));
+    let svc = Service::start(c, port);
+    let url = format!("http://{admin}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http(&url, "GET", "/config/", "").map_or(true, |(s, _)| s != 200) {
+        assert!(
+            Instant::now() < deadline,
+            "caddy's admin API did not answer"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (svc, url)
+}
+
+/// A plain HTTP/1.0 request to `base` (`http://127.0.0.1:port`) with a JSON body: status and body.
+pub fn http(base: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let authority = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(authority)?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_string()))
+}
