@@ -110,13 +110,13 @@ pub(crate) fn run_list(g: &Global, _a: DrillsArgs) -> anyhow::Result<u8> {
         });
     }
     println!(
-        "{:<20}  {:<8}  {:<8}  {:>10}  Target",
+        "{:<23}  {:<8}  {:<8}  {:>10}  Target",
         "Time", "Snapshot", "Status", "Recovery"
     );
-    println!("{}", "-".repeat(90));
+    println!("{}", "-".repeat(93));
     for d in &drills {
         println!(
-            "{:<20}  {:<8}  {:<8}  {:>8.3} s  {}",
+            "{:<23}  {:<8}  {:<8}  {:>8.3} s  {}",
             d.time.replace('T', " ").trim_end_matches('Z'),
             d.report.snapshot.short(),
             format!("{:?}", d.status),
@@ -124,7 +124,7 @@ pub(crate) fn run_list(g: &Global, _a: DrillsArgs) -> anyhow::Result<u8> {
             d.report.target
         );
     }
-    println!("{}", "-".repeat(90));
+    println!("{}", "-".repeat(93));
     println!("{} drills", drills.len());
     Ok(if bad.is_empty() {
         exit::OK

@@ -272,7 +272,7 @@ impl Report {
     }
 
     /// Writes `<stem>.md` and `<stem>.json` into `dir` (created if missing), where the stem is
-    /// `restore-<YYYYMMDD-HHMMSS>-<snapshot>`; returns both paths.
+    /// `restore-<YYYYMMDD-HHMMSS>-<snapshot>` (with `-2`, `-3` ... when taken); returns both paths.
     ///
     /// # Errors
     /// [`Error::Io`] when the files cannot be written.
@@ -286,7 +286,13 @@ impl Report {
                     .to_string()
             })
             .unwrap_or_default();
-        let stem = format!("{prefix}-{when}-{}", self.snapshot.short());
+        // Never overwrite an earlier report (two restores within a second): number the later ones.
+        let mut stem = format!("{prefix}-{when}-{}", self.snapshot.short());
+        let mut n = 2;
+        while dir.join(format!("{stem}.json")).exists() || dir.join(format!("{stem}.md")).exists() {
+            stem = format!("{prefix}-{when}-{}-{n}", self.snapshot.short());
+            n += 1;
+        }
         let (md, json) = (
             dir.join(format!("{stem}.md")),
             dir.join(format!("{stem}.json")),
