@@ -11,6 +11,7 @@ mod init;
 mod key;
 mod log;
 mod ls;
+mod probe;
 mod repair;
 mod restore;
 mod rollback;
@@ -120,6 +121,8 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Return a gateway to the rollback point taken before the last restore into it.
     Rollback(rollback::RollbackArgs),
+    /// Send probe requests through a gateway and check the answers.
+    Probe(probe::ProbeArgs),
     /// Show files added, removed and changed between two snapshots (entities, for gateway snapshots).
     Diff(diff::DiffArgs),
     /// Show when one gateway entity changed across snapshots.
@@ -387,6 +390,7 @@ pub fn main() -> ExitCode {
         Command::Stats(a) => stats::run(g, a),
         Command::Restore(a) => restore::run(g, a),
         Command::Rollback(a) => rollback::run(g, a),
+        Command::Probe(a) => probe::run(g, a),
         Command::Diff(a) => diff::run(g, a),
         Command::Log(a) => log::run(g, a),
         Command::Export(a) => export::run(g, a),
