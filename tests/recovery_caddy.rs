@@ -151,9 +151,20 @@ fn caddy_restore_plan_apply_verify_rollback_and_faults() {
         "a dry run takes no rollback point"
     );
 
-    // Restore: applied atomically, verified, reported.
+    // Restore: applied atomically, verified, probed through Caddy's listener, reported.
     let reports = repo.root().join("reports");
+    let probes = repo.root().join("probes.toml");
+    let probe_file = |public: &str| {
+        let text = format!(
+            "[[probe]]\nname = \"public answers\"\npath = \"/public\"\n[probe.expect]\nbody_contains = \"{public}\"\n\n\
+             [[probe]]\nname = \"admin needs credentials\"\npath = \"/admin\"\n[probe.expect]\nstatus = 401\n"
+        );
+        std::fs::write(&probes, text).unwrap();
+    };
+    probe_file("public v1");
+    let base = format!("http://127.0.0.1:{port}");
     let mut args = vec!["restore", &a, "--report-dir", util::s(&reports)];
+    args.extend(["--probes", util::s(&probes), "--probe-base-url", &base]);
     args.extend(gw);
     let out = repo.run_ok(&args);
     assert!(
@@ -180,8 +191,19 @@ fn caddy_restore_plan_apply_verify_rollback_and_faults() {
         .collect();
     assert_eq!(
         timed,
-        ["integrity", "plan", "rollback point", "apply", "verify"]
+        [
+            "integrity",
+            "plan",
+            "rollback point",
+            "apply",
+            "verify",
+            "probes"
+        ]
     );
+    let results = r["probes"]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{r}");
+    assert!(results.iter().all(|p| p["passed"] == true), "{r}");
+    assert!(md.contains("## Probes"), "{md}");
     assert!(md.starts_with("# Go-Live report: Success"), "{md}");
     assert!(!md.contains(HASH));
     let rollback = r["rollback_point"].as_str().unwrap().to_string();
@@ -215,6 +237,35 @@ fn caddy_restore_plan_apply_verify_rollback_and_faults() {
     args.extend(gw);
     repo.run_ok(&args);
     assert_eq!(get(port, "/public"), (200, "public v1".into()));
+
+    // A probe that fails makes the restore Partial (exit 3); a broken probe file stops it before any
+    // change.
+    probe_file("public v2");
+    let partial = repo.root().join("partial-reports");
+    let mut args = vec!["restore", &a, "--report-dir", util::s(&partial)];
+    args.extend(["--probes", util::s(&probes), "--probe-base-url", &base]);
+    args.extend(gw);
+    repo.run_code(3, &args);
+    let (r, _) = report(&partial, "restore-");
+    assert_eq!(r["status"], "Partial", "{r}");
+    assert_eq!(r["verification"]["matches"], true);
+    std::fs::write(
+        &probes,
+        "[[probe]]\nname = \"x\"\npath = \"/\"\nstauts = 200\n",
+    )
+    .unwrap();
+    let n = repo.snapshot_ids().len();
+    let out = repo.run_code(code::FAILURE, &args);
+    assert!(
+        util::stderr(&out).contains("stauts"),
+        "{}",
+        util::describe(&out)
+    );
+    assert_eq!(
+        repo.snapshot_ids().len(),
+        n,
+        "no rollback point before a broken probe file"
+    );
 
     // An unreachable gateway: refused before any change, with a Failed report.
     let nowhere = format!("http://127.0.0.1:{}", util::free_port());

@@ -12,6 +12,7 @@ mod init;
 mod key;
 mod log;
 mod ls;
+mod probe;
 mod repair;
 mod restore;
 mod rollback;
@@ -125,6 +126,8 @@ enum Command {
     Drill(drill::DrillArgs),
     /// List past restore drills with their status and recovery time.
     Drills(drill::DrillsArgs),
+    /// Send probe requests through a gateway and check the answers.
+    Probe(probe::ProbeArgs),
     /// Show files added, removed and changed between two snapshots (entities, for gateway snapshots).
     Diff(diff::DiffArgs),
     /// Show when one gateway entity changed across snapshots.
@@ -394,6 +397,7 @@ pub fn main() -> ExitCode {
         Command::Rollback(a) => rollback::run(g, a),
         Command::Drill(a) => drill::run(g, a),
         Command::Drills(a) => drill::run_list(g, a),
+        Command::Probe(a) => probe::run(g, a),
         Command::Diff(a) => diff::run(g, a),
         Command::Log(a) => log::run(g, a),
         Command::Export(a) => export::run(g, a),

@@ -267,7 +267,7 @@ fn write_journal(dir: &Path, repo: &Repository, j: &Journal) -> Result<()> {
 ///
 /// # Errors
 /// Only errors that prevent a report: a snapshot of another gateway kind, a snapshot of files, no
-/// journal to resume.
+/// journal to resume, an invalid probe file.
 pub fn restore(
     repo: &Repository,
     id: &SnapshotId,
@@ -294,6 +294,14 @@ pub fn restore(
         }
         _ => {}
     }
+    // A bad probe file is found before anything changes, not after the restore.
+    let probes = match &opts.probes {
+        Some((file, base)) => {
+            crate::probe::check_base_url(base)?;
+            Some((crate::probe::load(file)?, base.clone()))
+        }
+        None => None,
+    };
     let mut r = Report::new(id, snap, opts.dry_run);
     let t0 = Instant::now();
 
@@ -480,12 +488,9 @@ pub fn restore(
     r.time("verify", t);
 
     // 6. Probes.
-    if let Some((file, base)) = &opts.probes {
+    if let Some((p, base)) = &probes {
         let t = Instant::now();
-        match crate::probe::load(file) {
-            Ok(p) => r.probes = Some(crate::probe::run(&p, base)),
-            Err(e) => r.warnings.push(format!("probes not run: {e}")),
-        }
+        r.probes = Some(crate::probe::run(p, base));
         r.time("probes", t);
     }
     r.finish(t0);
