@@ -1,5 +1,6 @@
-//! A small blocking HTTP client for gateway admin APIs: JSON GETs with retries where they make sense
-//! (429 with `Retry-After`, 5xx, resets and timeouts) and clear errors where they do not.
+//! A small blocking HTTP client for gateway admin APIs: JSON GETs and writes with retries where they
+//! make sense (429 with `Retry-After`, 5xx, resets and timeouts; for writes only idempotent ones) and
+//! clear errors where they do not.
 
 use std::io::Read;
 use std::time::Duration;
@@ -24,6 +25,21 @@ pub struct Client {
     headers: Vec<(String, String)>,
     gateway: String,
     auth_hint: String,
+}
+
+/// The answer to a write request ([`Client::send`]).
+#[derive(Debug)]
+pub enum Answer {
+    /// 2xx, with its body.
+    Done(Vec<u8>),
+    /// Any other status (after retries where they apply), with the body's `message` or its start.
+    /// The message is the gateway's: it may quote the request's values, secrets included.
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// What the gateway said.
+        message: String,
+    },
 }
 
 /// A response that was not a success, for callers that handle some statuses themselves.
@@ -145,6 +161,95 @@ impl Client {
         Err(self.fail(format!(
             "{last}; check that the gateway runs and that --endpoint points at its admin API"
         )))
+    }
+
+    /// Sends `method path` with an optional JSON body. With `idempotent` (PUT, DELETE, a whole-config
+    /// replacement), lost connections, resets, timeouts and 5xx answers are retried like GETs; else
+    /// the request is sent once, since it may have taken effect before the connection was lost.
+    /// 429 is waited out either way (the gateway did not act on the request).
+    ///
+    /// # Errors
+    /// [`Error::Gateway`] when the gateway cannot be reached (the request may or may not have taken
+    /// effect) or refuses the credentials. Other statuses are [`Answer::Refused`].
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        idempotent: bool,
+    ) -> Result<Answer> {
+        let url = self.url(path);
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(backoff(attempt));
+            }
+            let mut req = self.agent.request(method, &url);
+            for (k, v) in &self.headers {
+                req = req.set(k, v);
+            }
+            let sent = match body {
+                Some(b) => req.send_json(b),
+                None => req.call(),
+            };
+            match sent {
+                Ok(resp) => {
+                    let mut out = Vec::new();
+                    return match resp.into_reader().take(MAX_BODY).read_to_end(&mut out) {
+                        Ok(_) => Ok(Answer::Done(out)),
+                        // The gateway answered 2xx: the change took effect even if the body is cut.
+                        Err(_) => Ok(Answer::Done(vec![])),
+                    };
+                }
+                Err(ureq::Error::Status(code @ (401 | 403), _)) => {
+                    return Err(self.fail(format!(
+                        "HTTP {code} from {method} {url}: the admin API refused the request; {}",
+                        self.auth_hint
+                    )))
+                }
+                Err(ureq::Error::Status(429, resp)) => {
+                    let wait = resp
+                        .header("Retry-After")
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .unwrap_or(1);
+                    if wait > MAX_RETRY_AFTER {
+                        return Ok(Answer::Refused {
+                            status: 429,
+                            message: format!("rate limited, and the gateway asks to wait {wait} s"),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_secs(wait));
+                    last = format!(
+                        "HTTP 429 from {method} {url} (rate limited) after {ATTEMPTS} attempts"
+                    );
+                }
+                Err(ureq::Error::Status(code, resp)) if code >= 500 && idempotent => {
+                    last = format!("HTTP {code} from {method} {url}: {}", message(resp));
+                }
+                Err(ureq::Error::Status(code, resp)) => {
+                    return Ok(Answer::Refused {
+                        status: code,
+                        message: message(resp),
+                    })
+                }
+                Err(ureq::Error::Transport(t)) => {
+                    // The transport error names the URL.
+                    last = format!("{method} {t}");
+                    if !idempotent
+                        || t.kind() == ureq::ErrorKind::InvalidUrl
+                        || (t.kind() == ureq::ErrorKind::ConnectionFailed && attempt >= 1)
+                    {
+                        break;
+                    }
+                }
+            }
+            // Not `last`: the gateway's message may quote the request's secrets.
+            tracing::debug!(
+                "{method} {url}: attempt {} of {ATTEMPTS} failed",
+                attempt + 1
+            );
+        }
+        Err(self.fail(last))
     }
 
     /// GETs `path` as JSON; `None` for 404.

@@ -81,6 +81,12 @@ const PAGE_SIZE: usize = 1000;
 /// Default Admin API address.
 pub const DEFAULT_ENDPOINT: &str = "http://localhost:8001";
 
+/// Name of the raw export of an Admin API capture (the listing, ids and all).
+pub const ADMIN_LISTING: &str = "kong-admin.json";
+
+/// Name of the raw export of a DB-less capture (`GET /config`).
+pub const DBLESS_CONFIG: &str = "kong-config.yaml";
+
 /// Captures Kong as `opts` says: a decK file with `--file`, else the Admin API at `--endpoint`.
 ///
 /// # Errors
@@ -133,6 +139,16 @@ fn admin_headers() -> Vec<(String, String)> {
         }
     }
     h
+}
+
+/// A client for the Admin API at `endpoint`, with the headers [`admin_headers`] gives.
+pub(crate) fn admin_client(endpoint: &str, describe: String) -> super::http::Client {
+    super::http::Client::new(
+        endpoint,
+        describe,
+        admin_headers(),
+        "set KONG_ADMIN_TOKEN (or DECK_HEADERS) to a token the Admin API accepts",
+    )
 }
 
 /// Every item of an Admin API collection at `path`, following `next` links; `None` when the
@@ -189,12 +205,7 @@ fn capture_admin(opts: &GatewayOptions) -> Result<Capture> {
         }
         None => String::new(),
     };
-    let c = super::http::Client::new(
-        endpoint,
-        source.describe(),
-        admin_headers(),
-        "set KONG_ADMIN_TOKEN (or DECK_HEADERS) to a token the Admin API accepts",
-    );
+    let c = admin_client(endpoint, source.describe());
     let root = c.get_json("/")?.ok_or_else(|| {
         Error::gateway(
             source.describe(),
@@ -220,7 +231,7 @@ fn capture_admin(opts: &GatewayOptions) -> Result<Capture> {
                 format!("GET /config is not a declarative config: {e}"),
             )
         })?;
-        (doc, "kong-config.yaml", text.as_bytes().to_vec())
+        (doc, DBLESS_CONFIG, text.as_bytes().to_vec())
     } else {
         let mut doc = Map::new();
         for (path, field) in ADMIN_COLLECTIONS {
@@ -256,7 +267,7 @@ fn capture_admin(opts: &GatewayOptions) -> Result<Capture> {
         }
         let doc = Value::Object(doc);
         let raw = canonical::to_bytes(&doc);
-        (doc, "kong-admin.json", raw)
+        (doc, ADMIN_LISTING, raw)
     };
     let entities = from_deck(&doc, &opts.select_tags)
         .map_err(|reason| Error::gateway(source.describe(), reason))?;
@@ -719,6 +730,42 @@ pub fn from_deck(doc: &Value, select: &[String]) -> std::result::Result<Vec<Enti
     Ok(b.out)
 }
 
+/// A field that carries an Admin API id through [`from_deck`], for [`admin_ids`].
+const ID_MARK: &str = "__gatevault_admin_id";
+
+/// The Admin API id of every entity of an Admin API listing (the raw [`ADMIN_LISTING`] of a capture),
+/// by document path. A restore needs them for entities whose URL cannot be their natural key
+/// (plugins, ACLs, credentials keyed by username). The keys are made by [`from_deck`] itself, so they
+/// are the paths of the capture.
+///
+/// # Errors
+/// A message naming the malformed entity, as [`from_deck`].
+pub fn admin_ids(listing: &Value) -> std::result::Result<BTreeMap<String, String>, String> {
+    fn mark(item: &mut Value) {
+        if let Some(id) = item.get("id").cloned() {
+            item[ID_MARK] = id;
+        }
+    }
+    let mut doc = listing.clone();
+    if let Value::Object(m) = &mut doc {
+        for items in m.values_mut().filter_map(Value::as_array_mut) {
+            for item in items.iter_mut().filter(|i| i.is_object()) {
+                mark(item);
+                if let Some(Value::Array(targets)) = item.get_mut("targets") {
+                    targets.iter_mut().filter(|t| t.is_object()).for_each(mark);
+                }
+            }
+        }
+    }
+    Ok(from_deck(&doc, &[])?
+        .into_iter()
+        .filter_map(|e| {
+            let id = e.value.get(ID_MARK)?.as_str()?.to_string();
+            Some((e.path, id))
+        })
+        .collect())
+}
+
 /// Rebuilds a nested decK document from canonical entities (`kind` and content).
 pub fn to_deck(entities: &[(String, Value)]) -> Value {
     let by = |kind: &str| -> Vec<Value> {
@@ -1030,6 +1077,36 @@ certificates:
                 .collect::<BTreeMap<_, _>>()
         };
         assert_eq!(paths(&again), paths(&es));
+    }
+
+    #[test]
+    fn admin_ids_key_a_listing_by_document_path() {
+        let listing = json!({
+            "services": [{"id": "s1", "name": "orders", "host": "o"}],
+            "routes": [{"id": "r1", "name": "get", "service": {"id": "s1"}}],
+            "plugins": [
+                {"id": "p1", "name": "key-auth", "service": {"id": "s1"}, "route": null},
+                {"id": "p2", "name": "prometheus"}
+            ],
+            "consumers": [{"id": "c1", "username": "alice"}],
+            "acls": [{"id": "a1", "group": "g", "consumer": {"id": "c1"}}],
+            "upstreams": [{"id": "u1", "name": "up", "targets": [{"id": "t1", "target": "10.0.0.1:80"}]}]
+        });
+        let ids = admin_ids(&listing).unwrap();
+        let want: BTreeMap<String, String> = [
+            ("kong/services/orders.json", "s1"),
+            ("kong/routes/get.json", "r1"),
+            ("kong/plugins/key-auth@service=orders.json", "p1"),
+            ("kong/plugins/prometheus@global.json", "p2"),
+            ("kong/consumers/alice.json", "c1"),
+            ("kong/acls/alice@g.json", "a1"),
+            ("kong/upstreams/up.json", "u1"),
+            ("kong/targets/up@10.0.0.1:80.json", "t1"),
+        ]
+        .into_iter()
+        .map(|(p, i)| (p.to_string(), i.to_string()))
+        .collect();
+        assert_eq!(ids, want);
     }
 
     #[test]

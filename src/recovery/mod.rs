@@ -14,6 +14,7 @@
 
 pub mod caddy;
 pub mod drill;
+pub mod kong;
 pub mod plan;
 pub mod report;
 
@@ -102,12 +103,13 @@ pub trait Target {
 pub fn target(opts: &GatewayOptions) -> Result<Box<dyn Target>> {
     match opts.kind.as_str() {
         "caddy" => Ok(Box::new(caddy::CaddyTarget::new(opts)?)),
+        "kong" => Ok(Box::new(kong::KongTarget::new(opts)?)),
         "nginx" | "haproxy" | "files" => Err(Error::InvalidInput(format!(
             "{} is configured by files: restore them with `gatevault restore SNAPSHOT --target DIR --verify`, check them with the gateway's own checker and reload it (`gatevault drill` does this in a temporary folder)",
             opts.kind
         ))),
         k => Err(Error::InvalidInput(format!(
-            "gatevault cannot restore into a {k:?} gateway: use one of caddy"
+            "gatevault cannot restore into a {k:?} gateway: use one of caddy, kong"
         ))),
     }
 }
