@@ -807,3 +807,52 @@ fn a_caddy_snapshot_is_refused_before_kong_is_touched() {
     assert_eq!(requests(&kong), 0, "the gateway was contacted");
     assert!(tagged(&r, "pre-restore").is_empty());
 }
+
+#[test]
+fn a_select_tag_snapshot_is_restored_only_with_its_tags_and_leaves_the_rest() {
+    let Some(kong) = fake_kong(&[]) else {
+        return;
+    };
+    let base = kong.url();
+    load(&base, &deck());
+    let r = Repo::init();
+    let snap = backup(&r, &kong, &["--select-tag", "env:prod"]);
+    send(
+        "PATCH",
+        &format!("{base}/services/orders"),
+        Some(json!({"port": 9999})),
+    );
+    send(
+        "POST",
+        &format!("{base}/services"),
+        Some(json!({"name": "untagged", "host": "u.svc"})),
+    );
+    let reports = r.root().join("reports");
+    clear_log(&kong);
+
+    // Without the tags, the restore would delete everything the snapshot does not hold: refused.
+    let out = run(&r, &kong, &["restore", &snap], &reports, &[]);
+    util::assert_code(&out, 1);
+    assert!(
+        util::stderr(&out).contains("--select-tag env:prod"),
+        "{}",
+        util::describe(&out)
+    );
+    assert!(writes(&kong).is_empty(), "nothing written");
+
+    // With them: the tagged service is back, the untagged ones are left alone.
+    let out = run(
+        &r,
+        &kong,
+        &["restore", &snap],
+        &reports,
+        &["--select-tag", "env:prod"],
+    );
+    util::assert_code(&out, 0);
+    let orders = send("GET", &format!("{base}/services/orders"), None);
+    assert_eq!(orders["port"], 8080);
+    for name in ["untagged", "billing"] {
+        let s = send("GET", &format!("{base}/services/{name}"), None);
+        assert_eq!(s["name"], name, "{name} is still there");
+    }
+}

@@ -53,6 +53,9 @@ pub(crate) struct TargetArgs {
     /// Cloud region to restore into (AWS).
     #[arg(long)]
     pub(crate) region: Option<String>,
+    /// Only entities carrying this tag (Kong; as the snapshot was captured); repeat for several.
+    #[arg(long = "select-tag")]
+    pub(crate) select_tags: Vec<String>,
 }
 
 impl TargetArgs {
@@ -62,6 +65,7 @@ impl TargetArgs {
             endpoint: self.endpoint.clone(),
             workspace: self.workspace.clone(),
             region: self.region.clone(),
+            select_tags: self.select_tags.clone(),
             include_secret_values: true,
             no_validate: true,
             ..Default::default()

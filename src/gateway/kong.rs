@@ -114,6 +114,7 @@ pub fn capture(opts: &GatewayOptions) -> Result<Capture> {
     let entities = from_deck(&doc, &opts.select_tags).map_err(|reason| {
         Error::gateway(source.describe(), format!("{}: {reason}", file.display()))
     })?;
+    source.scope = with_select_tags(source.scope, &opts.select_tags);
     let name = file
         .file_name()
         .map_or("kong.yaml".into(), |n| n.to_string_lossy().into_owned());
@@ -149,6 +150,20 @@ pub(crate) fn admin_client(endpoint: &str, describe: String) -> super::http::Cli
         admin_headers(),
         "set KONG_ADMIN_TOKEN (or DECK_HEADERS) to a token the Admin API accepts",
     )
+}
+
+/// The members of a consumer group: Kong answers `GET /consumer_groups/{id}/consumers` with
+/// `{"consumers": [...]}` in one piece; a paged `data` answer is read page by page.
+fn members(c: &super::http::Client, ws: &str, path: &str) -> Result<Vec<Value>> {
+    match c.get_json(&format!("{ws}{path}"))? {
+        Some(page) if page.get("data").is_none() => Ok(page
+            .get("consumers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()),
+        Some(_) => Ok(paginate(c, ws, path)?.unwrap_or_default()),
+        None => Ok(vec![]),
+    }
 }
 
 /// Every item of an Admin API collection at `path`, following `next` links; `None` when the
@@ -259,7 +274,10 @@ fn capture_admin(opts: &GatewayOptions) -> Result<Capture> {
                     _ => None,
                 };
                 if let Some((f, p)) = nested {
-                    let children = paginate(&c, &ws, &p)?.unwrap_or_default();
+                    let children = match f {
+                        "consumers" => members(&c, &ws, &p)?,
+                        _ => paginate(&c, &ws, &p)?.unwrap_or_default(),
+                    };
                     item[f] = Value::Array(children);
                 }
             }
@@ -271,11 +289,41 @@ fn capture_admin(opts: &GatewayOptions) -> Result<Capture> {
     };
     let entities = from_deck(&doc, &opts.select_tags)
         .map_err(|reason| Error::gateway(source.describe(), reason))?;
+    source.scope = with_select_tags(source.scope, &opts.select_tags);
     Ok(Capture {
         source,
         raw: BTreeMap::from([(raw_name.to_string(), raw)]),
         entities,
     })
+}
+
+/// Marker of the select tags in a source's scope: `workspace team-a; select tags a,b`.
+pub const SELECT_TAGS: &str = "select tags ";
+
+/// `scope` with the select tags of the capture recorded, so that a restore can keep to them.
+fn with_select_tags(scope: Option<String>, tags: &[String]) -> Option<String> {
+    if tags.is_empty() {
+        return scope;
+    }
+    let t = format!("{SELECT_TAGS}{}", tags.join(","));
+    Some(match scope {
+        Some(s) => format!("{s}; {t}"),
+        None => t,
+    })
+}
+
+/// The workspace and the select tags a source's scope records.
+pub fn scope_parts(scope: Option<&str>) -> (Option<String>, Vec<String>) {
+    let mut ws = None;
+    let mut tags = vec![];
+    for part in scope.unwrap_or_default().split("; ") {
+        if let Some(w) = part.strip_prefix("workspace ") {
+            ws = Some(w.to_string());
+        } else if let Some(t) = part.strip_prefix(SELECT_TAGS) {
+            tags = t.split(',').map(str::to_string).collect();
+        }
+    }
+    (ws, tags)
 }
 
 /// A reference (`"name"`, `{"name": ..}` or `{"id": ..}`) as a name, through `ids` for ids.

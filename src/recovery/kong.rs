@@ -284,12 +284,25 @@ impl Target for KongTarget {
     fn adapt(&self, desired: &mut Capture, live: &Capture) -> Result<Vec<Rewrite>> {
         let mut out = vec![];
         let deck_of = |c: &Capture| c.entities.iter().position(|e| e.kind == "deck");
+        // A capture limited to select tags is restored only with the same tags, so that the
+        // entities outside them (which the snapshot does not hold) are left alone, as decK does.
+        let (_, tags) = crate::gateway::kong::scope_parts(desired.source.scope.as_deref());
+        let (mut want, mut have) = (tags.clone(), self.opts.select_tags.clone());
+        want.sort();
+        have.sort();
+        if want != have {
+            return Err(Error::InvalidInput(match tags.is_empty() {
+                true => "this snapshot holds the whole gateway: restore it without --select-tag".into(),
+                false => format!(
+                    "this snapshot holds only the entities tagged {}: restore it with --select-tag {} (without them, everything else on the gateway would be deleted)",
+                    tags.join(","),
+                    tags.join(" --select-tag ")
+                ),
+            }));
+        }
         let workspace = |c: &Capture| {
-            c.source
-                .scope
-                .as_deref()
-                .and_then(|s| s.strip_prefix("workspace "))
-                .map(str::to_string)
+            crate::gateway::kong::scope_parts(c.source.scope.as_deref())
+                .0
                 .or_else(|| {
                     deck_of(c).and_then(|i| {
                         str_field(&c.entities[i].value, "_workspace").map(str::to_string)
