@@ -92,6 +92,28 @@ pub trait Target {
     fn volatile(&self, _kind: &str) -> bool {
         false
     }
+
+    /// Whether a difference at `pointer` in an entity of `kind` is expected after a restore and is
+    /// not drift (the deployment an AWS stage points at, which a restore creates anew).
+    fn volatile_field(&self, _kind: &str, _pointer: &str) -> bool {
+        false
+    }
+}
+
+/// Removes from `steps` what is not drift for `target`: entities of volatile kinds, and updates whose
+/// every changed field is volatile (the other fields of an update stay listed).
+fn settle(steps: &mut Vec<Step>, target: &dyn Target) {
+    steps.retain_mut(|s| {
+        if target.volatile(&s.kind) {
+            return false;
+        }
+        if s.op != Op::Update || s.fields.is_empty() {
+            return true;
+        }
+        s.fields
+            .retain(|f| !target.volatile_field(&s.kind, &f.pointer));
+        !s.fields.is_empty()
+    });
 }
 
 /// The target for `--to-gateway KIND` with these options.
@@ -358,6 +380,7 @@ pub fn restore(
         Err(e) => return Ok(r.fail(&e.to_string(), t0)),
     };
     r.plan.steps = plan::plan(&live, &desired, &|k| target.rank(k), opts.show_secrets);
+    settle(&mut r.plan.steps, target);
     r.time("plan", t);
     if opts.dry_run {
         r.status = Status::Success;
@@ -456,7 +479,7 @@ pub fn restore(
     match target.capture() {
         Ok(after) => {
             let mut diffs = plan::plan(&after, &desired, &|k| target.rank(k), false);
-            diffs.retain(|s| !target.volatile(&s.kind));
+            settle(&mut diffs, target);
             r.verification = Some(report::Verification {
                 matches: diffs.is_empty(),
                 differences: diffs,
