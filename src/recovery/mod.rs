@@ -12,6 +12,7 @@
 //!
 //! Each gateway kind with a writable API implements [`Target`].
 
+pub mod aws;
 pub mod caddy;
 pub mod plan;
 pub mod report;
@@ -123,12 +124,13 @@ fn settle(steps: &mut Vec<Step>, target: &dyn Target) {
 pub fn target(opts: &GatewayOptions) -> Result<Box<dyn Target>> {
     match opts.kind.as_str() {
         "caddy" => Ok(Box::new(caddy::CaddyTarget::new(opts)?)),
+        "aws" => Ok(Box::new(aws::AwsTarget::new(opts)?)),
         "nginx" | "haproxy" | "files" => Err(Error::InvalidInput(format!(
             "{} is configured by files: restore them with `gatevault restore SNAPSHOT --target DIR --verify`, check them with the gateway's own checker and reload it (`gatevault drill` does this in a temporary folder)",
             opts.kind
         ))),
         k => Err(Error::InvalidInput(format!(
-            "gatevault cannot restore into a {k:?} gateway: use one of caddy"
+            "gatevault cannot restore into a {k:?} gateway: use one of caddy, aws"
         ))),
     }
 }
