@@ -43,7 +43,7 @@ use super::{Capture, Entity, GatewayOptions, Source};
 use crate::error::{Error, Result};
 
 /// Largest page the list operations accept.
-const PAGE_SIZE: i32 = 500;
+pub(crate) const PAGE_SIZE: i32 = 500;
 
 /// Pages read from one list before the capture gives up (a service that keeps handing out new
 /// positions would otherwise loop forever): 10,000 pages of 500.
@@ -70,7 +70,16 @@ const STATUS_FIELDS: &[&str] = &[
 /// the service keeps throttling after the SDK's retries, or a response cannot be understood. Nothing
 /// is returned on failure: a capture is complete or absent.
 pub fn capture(opts: &GatewayOptions) -> Result<Capture> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = runtime(opts)?;
+    rt.block_on(async { connect(opts).await?.capture(opts).await })
+}
+
+/// A current-thread runtime for the SDK, which lives as long as one capture or restore.
+///
+/// # Errors
+/// [`Error::Gateway`] when the process cannot start one (thread or descriptor limits).
+pub(crate) fn runtime(opts: &GatewayOptions) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| {
@@ -78,8 +87,7 @@ pub fn capture(opts: &GatewayOptions) -> Result<Capture> {
                 endpoint_name(opts),
                 format!("cannot start the runtime for the AWS SDK: {e}; check the process limits (threads, file descriptors) and run again"),
             )
-        })?;
-    rt.block_on(capture_async(opts))
+        })
 }
 
 /// The endpoint as the source records it: the override URL, or `aws` for the public endpoints.
@@ -87,7 +95,24 @@ fn endpoint_name(opts: &GatewayOptions) -> String {
     opts.endpoint.clone().unwrap_or_else(|| "aws".into())
 }
 
-async fn capture_async(opts: &GatewayOptions) -> Result<Capture> {
+/// A configured API Gateway client for one account and region: what a capture reads through, and
+/// what a restore (`crate::recovery::aws`) writes through.
+pub(crate) struct Connection {
+    /// The SDK client (with the body tap installed).
+    pub(crate) client: Client,
+    /// The region the client talks to.
+    pub(crate) region: String,
+    /// The endpoint as the source records it.
+    pub(crate) endpoint: String,
+    sdk: aws_config::SdkConfig,
+    tap: BodyTap,
+}
+
+/// Configures the SDK from its default chain, with `--region` and `--endpoint` on top.
+///
+/// # Errors
+/// [`Error::Gateway`] when no region is configured.
+pub(crate) async fn connect(opts: &GatewayOptions) -> Result<Connection> {
     let endpoint = endpoint_name(opts);
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
@@ -112,23 +137,82 @@ async fn capture_async(opts: &GatewayOptions) -> Result<Capture> {
     let conf = aws_sdk_apigateway::config::Builder::from(&sdk)
         .interceptor(tap.clone())
         .build();
-    let reader = Reader {
+    Ok(Connection {
         client: Client::from_conf(conf),
-        tap,
-        describe: format!("aws at {endpoint} ({region})"),
-    };
-    let mut capture = reader.read_all(opts).await?;
-    let account = account_id(&sdk).await;
-    capture.source = Source {
-        kind: "aws".into(),
+        region,
         endpoint,
-        scope: Some(format!(
-            "{}/{region}",
-            account.as_deref().unwrap_or("unknown")
-        )),
-        version: None,
-    };
-    Ok(capture)
+        sdk,
+        tap,
+    })
+}
+
+impl Connection {
+    /// For messages: `aws at <endpoint> (<region>)`.
+    pub(crate) fn describe(&self) -> String {
+        format!("aws at {} ({})", self.endpoint, self.region)
+    }
+
+    /// A reader of JSON responses through this connection.
+    pub(crate) fn reader(&self) -> Reader {
+        Reader {
+            client: self.client.clone(),
+            tap: self.tap.clone(),
+            describe: self.describe(),
+        }
+    }
+
+    /// Captures everything, as [`capture`] does.
+    async fn capture(&self, opts: &GatewayOptions) -> Result<Capture> {
+        let mut capture = self.reader().read_all(opts).await?;
+        let account = account_id(&self.sdk).await;
+        capture.source = Source {
+            kind: "aws".into(),
+            endpoint: self.endpoint.clone(),
+            scope: Some(format!(
+                "{}/{}",
+                account.as_deref().unwrap_or("unknown"),
+                self.region
+            )),
+            version: None,
+        };
+        Ok(capture)
+    }
+
+    /// The entities of the REST API `id`, keyed `key`, exactly as a capture lays them out.
+    ///
+    /// # Errors
+    /// As [`capture`].
+    pub(crate) async fn read_rest_api(&self, key: &str, id: &str) -> Result<Vec<Entity>> {
+        let reader = self.reader();
+        let links = reader
+            .list("list VPC links", |p| {
+                self.client
+                    .get_vpc_links()
+                    .limit(PAGE_SIZE)
+                    .set_position(p)
+                    .send()
+            })
+            .await?;
+        let (_, link_names) = reader.keyed(links, "name", "VPC link")?;
+        let mut value = reader
+            .json(
+                &format!("read REST API {key}"),
+                self.client.get_rest_api().rest_api_id(id).send(),
+            )
+            .await?;
+        strip_nulls(&mut value);
+        let api = Api {
+            key: key.to_string(),
+            id: id.to_string(),
+            value,
+        };
+        let mut entities = vec![];
+        let mut raw = BTreeMap::new();
+        reader
+            .read_api(&api, &link_names, &mut entities, &mut raw)
+            .await?;
+        Ok(entities)
+    }
 }
 
 /// The account id from STS, or `None` when STS cannot tell (an emulator without STS, an endpoint
@@ -195,7 +279,7 @@ struct Api {
     value: Value,
 }
 
-struct Reader {
+pub(crate) struct Reader {
     client: Client,
     tap: BodyTap,
     describe: String,
@@ -683,7 +767,7 @@ impl Reader {
     }
 
     /// Reads every page of a list operation; `page` sends the request for one position.
-    async fn list<T, E, F, Fut>(&self, what: &str, mut page: F) -> Result<Vec<Value>>
+    pub(crate) async fn list<T, E, F, Fut>(&self, what: &str, mut page: F) -> Result<Vec<Value>>
     where
         F: FnMut(Option<String>) -> Fut,
         Fut: Future<Output = std::result::Result<T, SdkError<E, HttpResponse>>>,
@@ -710,6 +794,24 @@ impl Reader {
             Some(Value::Array(items)) if items.iter().all(Value::is_object) => Ok(items),
             Some(_) => Err(self.malformed(what, "its item list is not a list of objects")),
         }
+    }
+
+    /// Keys `items` as [`Reader::keyed`] does and maps each key to the object's id (what a restore
+    /// needs to address the objects it changes).
+    ///
+    /// # Errors
+    /// [`Error::Gateway`] when an item has no `field`, or two share a key and one has no id.
+    pub(crate) fn ids_by_key(
+        &self,
+        items: Vec<Value>,
+        field: &str,
+        kind: &str,
+    ) -> Result<BTreeMap<String, String>> {
+        let (keyed, _) = self.keyed(items, field, kind)?;
+        Ok(keyed
+            .into_iter()
+            .filter_map(|(k, v)| str_field(&v, "id").map(|id| (k, id.to_string())))
+            .collect())
     }
 
     /// Keys `items` by their field `field`, returning them with the id-to-key map.
@@ -880,7 +982,7 @@ fn service_reason(what: &str, status: u16, code: &str, message: &str) -> String 
 
 /// The messages of `e` and its sources, joined by `: `, without repeats (a wrapper often repeats
 /// its source's message) and on one line.
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = vec![];
     let mut next = Some(e);
     while let Some(err) = next {

@@ -12,6 +12,7 @@
 //!
 //! Each gateway kind with a writable API implements [`Target`].
 
+pub mod aws;
 pub mod caddy;
 pub mod drill;
 pub mod kong;
@@ -94,6 +95,28 @@ pub trait Target {
     fn volatile(&self, _kind: &str) -> bool {
         false
     }
+
+    /// Whether a difference at `pointer` in an entity of `kind` is expected after a restore and is
+    /// not drift (the deployment an AWS stage points at, which a restore creates anew).
+    fn volatile_field(&self, _kind: &str, _pointer: &str) -> bool {
+        false
+    }
+}
+
+/// Removes from `steps` what is not drift for `target`: entities of volatile kinds, and updates whose
+/// every changed field is volatile (the other fields of an update stay listed).
+fn settle(steps: &mut Vec<Step>, target: &dyn Target) {
+    steps.retain_mut(|s| {
+        if target.volatile(&s.kind) {
+            return false;
+        }
+        if s.op != Op::Update || s.fields.is_empty() {
+            return true;
+        }
+        s.fields
+            .retain(|f| !target.volatile_field(&s.kind, &f.pointer));
+        !s.fields.is_empty()
+    });
 }
 
 /// The target for `--to-gateway KIND` with these options.
@@ -104,12 +127,13 @@ pub fn target(opts: &GatewayOptions) -> Result<Box<dyn Target>> {
     match opts.kind.as_str() {
         "caddy" => Ok(Box::new(caddy::CaddyTarget::new(opts)?)),
         "kong" => Ok(Box::new(kong::KongTarget::new(opts)?)),
+        "aws" => Ok(Box::new(aws::AwsTarget::new(opts)?)),
         "nginx" | "haproxy" | "files" => Err(Error::InvalidInput(format!(
             "{} is configured by files: restore them with `gatevault restore SNAPSHOT --target DIR --verify`, check them with the gateway's own checker and reload it (`gatevault drill` does this in a temporary folder)",
             opts.kind
         ))),
         k => Err(Error::InvalidInput(format!(
-            "gatevault cannot restore into a {k:?} gateway: use one of caddy, kong"
+            "gatevault cannot restore into a {k:?} gateway: use one of caddy, kong, aws"
         ))),
     }
 }
@@ -371,6 +395,7 @@ pub fn restore(
         Err(e) => return Ok(r.fail(&e.to_string(), t0)),
     };
     r.plan.steps = plan::plan(&live, &desired, &|k| target.rank(k), opts.show_secrets);
+    settle(&mut r.plan.steps, target);
     r.time("plan", t);
     if opts.dry_run {
         r.status = Status::Success;
@@ -472,7 +497,7 @@ pub fn restore(
     match target.capture() {
         Ok(after) => {
             let mut diffs = plan::plan(&after, &desired, &|k| target.rank(k), false);
-            diffs.retain(|s| !target.volatile(&s.kind));
+            settle(&mut diffs, target);
             r.verification = Some(report::Verification {
                 matches: diffs.is_empty(),
                 differences: diffs,
