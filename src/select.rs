@@ -107,6 +107,21 @@ pub fn resolve(
     filter: &SnapshotFilter,
     at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<(SnapshotId, Snapshot)> {
+    resolve_where(repo, spec, filter, at, &|_| true)
+}
+
+/// [`resolve`], where `latest` and `at` consider only the snapshots `keep` accepts (an id given
+/// explicitly is taken as it is).
+///
+/// # Errors
+/// As [`resolve`].
+pub fn resolve_where(
+    repo: &Repository,
+    spec: Option<&str>,
+    filter: &SnapshotFilter,
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    keep: &dyn Fn(&Snapshot) -> bool,
+) -> Result<(SnapshotId, Snapshot)> {
     match (spec, at) {
         (Some(s), None) if s != "latest" => {
             let id = repo.resolve_snapshot_prefix(s)?;
@@ -116,10 +131,11 @@ pub fn resolve(
             "give either a snapshot id or --at, not both".into(),
         )),
         _ => {
-            let all = filtered(repo, filter)?;
+            let all = filtered(repo, filter)?.into_iter().filter(|(_, s)| keep(s));
             let found = match at {
-                None => all.into_iter().next_back(),
+                None => all.last(),
                 Some(t) => all
+                    .collect::<Vec<_>>()
                     .into_iter()
                     .rfind(|(_, s)| s.timestamp().map(|x| x <= t).unwrap_or(false)),
             };

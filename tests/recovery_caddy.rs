@@ -215,6 +215,12 @@ fn caddy_restore_plan_apply_verify_rollback_and_faults() {
     assert_eq!(rp["tags"]["BackupType"], "pre-restore", "{rp}");
     assert_eq!(rp["tags"]["Environment"], "prod");
 
+    // `latest` means the newest backup, not the rollback point the restore just took.
+    let mut args = vec!["restore", "latest", "--dry-run"];
+    args.extend(gw);
+    let plan = repo.run_json(&args);
+    assert_eq!(plan["snapshot"], a.as_str(), "{plan}");
+
     // Rollback returns to the wrecked state.
     let mut args = vec!["rollback", "--report-dir", util::s(&reports)];
     args.extend(gw);

@@ -138,7 +138,16 @@ pub(crate) fn run(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
     }
     let repo = g.open()?;
     let at = a.at.as_deref().map(crate::select::parse_time).transpose()?;
-    let (id, snap) = crate::select::resolve(&repo, a.snapshot.as_deref(), &a.filter.filter(), at)?;
+    // Into a gateway, `latest` and `--at` mean the newest backup, not a rollback point a restore
+    // took (unless the filter asks for those by their BackupType tag).
+    let filter = a.filter.filter();
+    let skip_rollback_points = a.gateway.target.to_gateway.is_some()
+        && !filter.tags.iter().any(|t| t.starts_with("BackupType"));
+    let keep = |s: &crate::format::Snapshot| {
+        !(skip_rollback_points && crate::recovery::is_rollback_point(s))
+    };
+    let (id, snap) =
+        crate::select::resolve_where(&repo, a.snapshot.as_deref(), &filter, at, &keep)?;
     if let Some(kind) = &a.gateway.target.to_gateway {
         let target = crate::recovery::target(&a.gateway.target.gateway_options(kind))?;
         let opts = a.gateway.restore_options(g);

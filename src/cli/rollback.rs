@@ -30,7 +30,7 @@ pub(crate) fn run(g: &Global, a: RollbackArgs) -> anyhow::Result<u8> {
         );
     }
     let mut opts = a.gateway.restore_options(g);
-    opts.rollback_tag = Some("pre-rollback".into());
+    opts.rollback_tag = Some(crate::recovery::PRE_ROLLBACK.into());
     let r = crate::recovery::restore(&repo, &id, &snap, target.as_ref(), &opts)?;
     finish(g, &r, &a.gateway.after.report_dir, "rollback")
 }

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::report::{Report, Status, Verification};
-use super::{Applied, RestoreOptions, PRE_RESTORE};
+use super::{Applied, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::format::Snapshot;
 use crate::gateway::{Capture, GatewayOptions};
@@ -78,13 +78,7 @@ pub fn pick(
     }
     let candidates: Vec<(SnapshotId, Snapshot)> = crate::select::filtered(repo, &opts.filter)?
         .into_iter()
-        .filter(|(_, s)| {
-            s.source.is_some()
-                && !s
-                    .tags
-                    .get("BackupType")
-                    .is_some_and(|t| t == PRE_RESTORE || t == "pre-rollback")
-        })
+        .filter(|(_, s)| s.source.is_some() && !super::is_rollback_point(s))
         .collect();
     let n = candidates.len();
     if n == 0 {

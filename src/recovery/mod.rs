@@ -39,6 +39,9 @@ pub use report::{Report, Status};
 /// Value of the `BackupType` tag of the snapshot taken before a restore.
 pub const PRE_RESTORE: &str = "pre-restore";
 
+/// Value of the `BackupType` tag of the snapshot taken before a rollback.
+pub const PRE_ROLLBACK: &str = "pre-rollback";
+
 /// What [`Target::apply`] did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Applied {
@@ -564,6 +567,14 @@ fn rollback_point(
         &NoProgress,
     )?;
     Ok(Some(r.id))
+}
+
+/// Whether `s` is a rollback point taken by a restore or a rollback (`BackupType=pre-restore` or
+/// `pre-rollback`) rather than a backup: `latest`, `--at` and drills pass over them.
+pub fn is_rollback_point(s: &Snapshot) -> bool {
+    s.tags
+        .get("BackupType")
+        .is_some_and(|t| t == PRE_RESTORE || t == PRE_ROLLBACK)
 }
 
 /// The newest rollback point of the gateway `target` describes (by its source path), for
