@@ -8,8 +8,7 @@ mod util;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::Once;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use util::Service;
@@ -21,43 +20,6 @@ use serde_json::{json, Value};
 const REGION: &str = "us-east-1";
 /// The account moto reports through STS.
 const MOTO_ACCOUNT: &str = "123456789012";
-
-/// Test credentials for the emulator, and no profile, metadata service or shared files of the host.
-fn test_env() {
-    static ENV: Once = Once::new();
-    ENV.call_once(|| {
-        let nowhere = std::env::temp_dir().join("gatevault-test-no-aws-config");
-        for v in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"] {
-            std::env::remove_var(v);
-        }
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-        std::env::set_var("AWS_DEFAULT_REGION", REGION);
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-        std::env::set_var("AWS_CONFIG_FILE", &nowhere);
-        std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", &nowhere);
-    });
-}
-
-/// Starts moto on a free port, or returns `None` (after saying why) when it is not installed and
-/// the services are not required.
-fn moto() -> Option<Service> {
-    moto_with(&[])
-}
-
-/// [`moto`] with extra environment variables for the server.
-fn moto_with(env: &[(&str, &str)]) -> Option<Service> {
-    test_env();
-    if !util::have("moto_server") {
-        return None;
-    }
-    let port = util::free_port();
-    let mut c = Command::new("moto_server");
-    c.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .envs(env.iter().copied())
-        .stdin(Stdio::null());
-    Some(Service::start(c, port))
-}
 
 /// Runs the seed script with `args`; returns its JSON output.
 fn seed(moto: &Service, args: &[&str]) -> Value {
@@ -110,7 +72,7 @@ fn keys_by_kind(c: &Capture) -> BTreeMap<String, Vec<String>> {
 
 #[test]
 fn capture_holds_every_entity_kind_under_natural_keys() {
-    let Some(moto) = moto() else { return };
+    let Some(moto) = util::moto(&[]) else { return };
     let seeded = seed(&moto, &[]);
     let c = capture(&moto, false);
 
@@ -232,7 +194,7 @@ fn capture_holds_every_entity_kind_under_natural_keys() {
 
 #[test]
 fn capturing_twice_gives_identical_documents() {
-    let Some(moto) = moto() else { return };
+    let Some(moto) = util::moto(&[]) else { return };
     seed(&moto, &[]);
     let first = capture(&moto, false).documents().expect("documents");
     // moto's export version has a one-second resolution: make sure it changed in between.
@@ -252,7 +214,7 @@ fn capturing_twice_gives_identical_documents() {
 
 #[test]
 fn api_key_values_are_captured_only_on_request_and_marked_secret() {
-    let Some(moto) = moto() else { return };
+    let Some(moto) = util::moto(&[]) else { return };
     seed(&moto, &[]);
     let path = "aws/api-keys/alice-key.json";
 
@@ -292,7 +254,7 @@ fn api_key_values_are_captured_only_on_request_and_marked_secret() {
 
 #[test]
 fn a_stage_variable_change_changes_only_that_stage() {
-    let Some(moto) = moto() else { return };
+    let Some(moto) = util::moto(&[]) else { return };
     seed(&moto, &[]);
     let before = capture(&moto, false).documents().expect("documents");
     seed(&moto, &["change-stage"]);
@@ -315,7 +277,7 @@ fn a_stage_variable_change_changes_only_that_stage() {
 
 #[test]
 fn an_unreachable_endpoint_is_a_gateway_error_quickly() {
-    test_env();
+    util::aws_test_env();
     let endpoint = format!("http://127.0.0.1:{}", util::free_port());
     let start = Instant::now();
     let got = gateway::capture(&options(&endpoint, false));
@@ -335,7 +297,7 @@ fn an_unreachable_endpoint_is_a_gateway_error_quickly() {
 #[test]
 fn refused_credentials_are_a_gateway_error_naming_the_credentials() {
     // With no unauthenticated actions allowed, moto checks keys as IAM would: `testing` is unknown.
-    let Some(moto) = moto_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]) else {
+    let Some(moto) = util::moto(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]) else {
         return;
     };
     match gateway::capture(&options(&moto.url(), false)) {
@@ -354,7 +316,7 @@ const NO_CREDENTIALS_CHILD: &str = "capture_without_credentials_in_a_child";
 
 #[test]
 fn missing_credentials_are_a_gateway_error() {
-    test_env();
+    util::aws_test_env();
     // The environment is process-wide: run the capture in a child test process without credentials.
     let out = Command::new(std::env::current_exe().expect("test binary"))
         .args([NO_CREDENTIALS_CHILD, "--exact", "--ignored", "--nocapture"])
@@ -395,7 +357,7 @@ fn capture_without_credentials_in_a_child() {
 
 #[test]
 fn cli_backup_of_aws_round_trips() {
-    let Some(moto) = moto() else {
+    let Some(moto) = util::moto(&[]) else {
         return;
     };
     seed(&moto, &[]);

@@ -19,123 +19,6 @@ fn deck() -> Value {
     canonical::parse_json_or_yaml(&std::fs::read(fixture()).unwrap()).unwrap()
 }
 
-fn send(method: &str, url: &str, body: &Value) -> Value {
-    match ureq::request(method, url).send_json(body.clone()) {
-        Ok(r) => r.into_json().unwrap_or(Value::Null),
-        Err(e) => panic!("{method} {url}: {e}"),
-    }
-}
-
-fn list<'a>(v: &'a Value, f: &str) -> Vec<&'a Value> {
-    v.get(f)
-        .and_then(Value::as_array)
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
-}
-
-/// `v` without the nested lists `fields`.
-fn without(v: &Value, fields: &[&str]) -> Value {
-    let mut v = v.clone();
-    for f in fields {
-        v.as_object_mut().unwrap().remove(*f);
-    }
-    v
-}
-
-/// Loads a nested decK document into the Admin API at `base` through the API itself, as an operator
-/// (or decK sync) would.
-fn load(base: &str, doc: &Value) {
-    for c in list(doc, "certificates") {
-        let cert = send(
-            "POST",
-            &format!("{base}/certificates"),
-            &without(c, &["snis"]),
-        );
-        for s in list(c, "snis") {
-            let mut s = s.clone();
-            s["certificate"] = json!({"id": cert["id"]});
-            send("POST", &format!("{base}/snis"), &s);
-        }
-    }
-    for s in list(doc, "services") {
-        let name = s["name"].as_str().unwrap();
-        send(
-            "POST",
-            &format!("{base}/services"),
-            &without(s, &["routes", "plugins"]),
-        );
-        for r in list(s, "routes") {
-            send(
-                "POST",
-                &format!("{base}/services/{name}/routes"),
-                &without(r, &["plugins"]),
-            );
-            for p in list(r, "plugins") {
-                send(
-                    "POST",
-                    &format!("{base}/routes/{}/plugins", r["name"].as_str().unwrap()),
-                    p,
-                );
-            }
-        }
-        for p in list(s, "plugins") {
-            send("POST", &format!("{base}/services/{name}/plugins"), p);
-        }
-    }
-    let creds = [
-        ("keyauth_credentials", "key-auths"),
-        ("basicauth_credentials", "basic-auths"),
-        ("jwt_secrets", "jwts"),
-        ("acls", "acls"),
-    ];
-    for c in list(doc, "consumers") {
-        let u = c["username"].as_str().unwrap();
-        let mut fields: Vec<&str> = creds.iter().map(|c| c.0).collect();
-        fields.push("plugins");
-        send("POST", &format!("{base}/consumers"), &without(c, &fields));
-        for (field, path) in creds {
-            for x in list(c, field) {
-                send("POST", &format!("{base}/consumers/{u}/{path}"), x);
-            }
-        }
-        for p in list(c, "plugins") {
-            send("POST", &format!("{base}/consumers/{u}/plugins"), p);
-        }
-    }
-    for g in list(doc, "consumer_groups") {
-        let name = g["name"].as_str().unwrap();
-        send(
-            "POST",
-            &format!("{base}/consumer_groups"),
-            &without(g, &["consumers"]),
-        );
-        for m in list(g, "consumers") {
-            send(
-                "POST",
-                &format!("{base}/consumer_groups/{name}/consumers"),
-                &json!({"consumer": m["username"]}),
-            );
-        }
-    }
-    for p in list(doc, "plugins") {
-        send("POST", &format!("{base}/plugins"), p);
-    }
-    for u in list(doc, "upstreams") {
-        let name = u["name"].as_str().unwrap();
-        send(
-            "POST",
-            &format!("{base}/upstreams"),
-            &without(u, &["targets"]),
-        );
-        for t in list(u, "targets") {
-            send("POST", &format!("{base}/upstreams/{name}/targets"), t);
-        }
-    }
-    for v in list(doc, "vaults") {
-        send("POST", &format!("{base}/vaults"), v);
-    }
-}
-
 fn admin(endpoint: &str) -> GatewayOptions {
     GatewayOptions {
         kind: "kong".into(),
@@ -168,7 +51,7 @@ fn admin_api_and_deck_file_give_the_same_entities() {
     let Some(kong) = fake_kong(&["--page-cap", "2"]) else {
         return;
     };
-    load(&kong.url(), &deck());
+    util::kong_load(&kong.url(), &deck());
     let live = gateway::capture(&admin(&kong.url())).unwrap();
     let file = gateway::capture(&file_opts(&fixture())).unwrap();
     assert_eq!(entity_docs(&live), entity_docs(&file));
@@ -243,17 +126,17 @@ fn workspaces_are_captured_apart() {
     let Some(kong) = fake_kong(&[]) else {
         return;
     };
-    send(
+    util::kong_send(
         "POST",
         &format!("{}/workspaces", kong.url()),
         &json!({"name": "team"}),
     );
-    send(
+    util::kong_send(
         "POST",
         &format!("{}/team/services", kong.url()),
         &json!({"name": "team-svc", "host": "t.svc"}),
     );
-    send(
+    util::kong_send(
         "POST",
         &format!("{}/services", kong.url()),
         &json!({"name": "default-svc", "host": "d.svc"}),
@@ -275,8 +158,8 @@ fn rate_limits_are_waited_out_and_failures_are_clear() {
     let Some(kong) = fake_kong(&[]) else {
         return;
     };
-    load(&kong.url(), &deck());
-    let fault = |f: Value| send("POST", &format!("{}/_fake/fault", kong.url()), &f);
+    util::kong_load(&kong.url(), &deck());
+    let fault = |f: Value| util::kong_send("POST", &format!("{}/_fake/fault", kong.url()), &f);
     // One 429 with Retry-After: 1 is waited out.
     fault(json!({"path": "/routes", "status": 429, "retry_after": 1, "times": 1}));
     let c = gateway::capture(&admin(&kong.url())).unwrap();
@@ -292,7 +175,7 @@ fn rate_limits_are_waited_out_and_failures_are_clear() {
         matches!(e, Error::Gateway { .. }) && msg.contains("/consumers") && msg.contains("503"),
         "{msg}"
     );
-    send("POST", &format!("{}/_fake/reset", kong.url()), &json!({}));
+    util::kong_send("POST", &format!("{}/_fake/reset", kong.url()), &json!({}));
     // Malformed JSON is named as such.
     fault(json!({"path": "/services", "body": "{not json", "times": 1}));
     let msg = gateway::capture(&admin(&kong.url()))
@@ -306,7 +189,7 @@ fn db_less_kong_is_read_through_get_config() {
     let Some(kong) = fake_kong(&["--dbless"]) else {
         return;
     };
-    send(
+    util::kong_send(
         "POST",
         &format!("{}/config", kong.url()),
         &json!({"config": serde_json::to_string(&deck()).unwrap()}),

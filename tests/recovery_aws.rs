@@ -10,7 +10,6 @@ mod util;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Once;
 
 use util::{code, Repo, Service};
 
@@ -20,37 +19,6 @@ use serde_json::Value;
 const REGION: &str = "us-east-1";
 /// The region of the staging restore.
 const STAGING_REGION: &str = "us-west-2";
-
-/// Test credentials for the emulator, and no profile, metadata service or shared files of the host.
-fn test_env() {
-    static ENV: Once = Once::new();
-    ENV.call_once(|| {
-        let nowhere = std::env::temp_dir().join("gatevault-test-no-aws-config");
-        for v in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"] {
-            std::env::remove_var(v);
-        }
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-        std::env::set_var("AWS_DEFAULT_REGION", REGION);
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-        std::env::set_var("AWS_CONFIG_FILE", &nowhere);
-        std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", &nowhere);
-    });
-}
-
-/// Starts moto on a free port, or returns `None` (after saying why) when it is not installed and
-/// the services are not required.
-fn moto() -> Option<Service> {
-    test_env();
-    if !util::have("moto_server") {
-        return None;
-    }
-    let port = util::free_port();
-    let mut c = Command::new("moto_server");
-    c.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null());
-    Some(Service::start(c, port))
-}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -180,7 +148,7 @@ fn rollback_points(r: &Repo) -> Vec<String> {
 
 #[test]
 fn a_deleted_api_is_recreated_and_drift_is_repaired() {
-    let Some(moto) = moto() else { return };
+    let Some(moto) = util::moto(&[]) else { return };
     let url = moto.url();
     seed(&moto, &[]);
     let before = capture(&url, REGION);
@@ -328,7 +296,7 @@ fn a_deleted_api_is_recreated_and_drift_is_repaired() {
 
 #[test]
 fn a_staging_restore_into_another_region_rewrites_the_region_in_arns() {
-    let Some(moto) = moto() else { return };
+    let Some(moto) = util::moto(&[]) else { return };
     let url = moto.url();
     seed(&moto, &[]);
     let source = capture(&url, REGION);
@@ -402,7 +370,7 @@ fn a_staging_restore_into_another_region_rewrites_the_region_in_arns() {
 
 #[test]
 fn a_refused_step_fails_naming_it_and_the_restore_resumes() {
-    let Some(moto) = moto() else { return };
+    let Some(moto) = util::moto(&[]) else { return };
     if !util::have("python3") {
         return;
     }

@@ -36,141 +36,12 @@ fn send(method: &str, url: &str, body: Option<Value>) -> Value {
     }
 }
 
-fn list<'a>(v: &'a Value, f: &str) -> Vec<&'a Value> {
-    v.get(f)
-        .and_then(Value::as_array)
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
-}
-
-fn without(v: &Value, fields: &[&str]) -> Value {
-    let mut v = v.clone();
-    for f in fields {
-        v.as_object_mut().unwrap().remove(*f);
-    }
-    v
-}
-
-/// Loads the nested decK fixture into the fake through the Admin API, as an operator would.
-fn load(base: &str, doc: &Value) {
-    for c in list(doc, "certificates") {
-        let cert = send(
-            "POST",
-            &format!("{base}/certificates"),
-            Some(without(c, &["snis"])),
-        );
-        for s in list(c, "snis") {
-            let mut s = s.clone();
-            s["certificate"] = json!({"id": cert["id"]});
-            send("POST", &format!("{base}/snis"), Some(s));
-        }
-    }
-    for s in list(doc, "services") {
-        let name = s["name"].as_str().unwrap();
-        send(
-            "POST",
-            &format!("{base}/services"),
-            Some(without(s, &["routes", "plugins"])),
-        );
-        for r in list(s, "routes") {
-            let route = r["name"].as_str().unwrap();
-            send(
-                "POST",
-                &format!("{base}/services/{name}/routes"),
-                Some(without(r, &["plugins"])),
-            );
-            for p in list(r, "plugins") {
-                send(
-                    "POST",
-                    &format!("{base}/routes/{route}/plugins"),
-                    Some(p.clone()),
-                );
-            }
-        }
-        for p in list(s, "plugins") {
-            send(
-                "POST",
-                &format!("{base}/services/{name}/plugins"),
-                Some(p.clone()),
-            );
-        }
-    }
-    let creds = [
-        ("keyauth_credentials", "key-auths"),
-        ("basicauth_credentials", "basic-auths"),
-        ("jwt_secrets", "jwts"),
-        ("acls", "acls"),
-    ];
-    for c in list(doc, "consumers") {
-        let u = c["username"].as_str().unwrap();
-        let mut fields: Vec<&str> = creds.iter().map(|c| c.0).collect();
-        fields.push("plugins");
-        send(
-            "POST",
-            &format!("{base}/consumers"),
-            Some(without(c, &fields)),
-        );
-        for (field, path) in creds {
-            for x in list(c, field) {
-                send(
-                    "POST",
-                    &format!("{base}/consumers/{u}/{path}"),
-                    Some(x.clone()),
-                );
-            }
-        }
-        for p in list(c, "plugins") {
-            send(
-                "POST",
-                &format!("{base}/consumers/{u}/plugins"),
-                Some(p.clone()),
-            );
-        }
-    }
-    for g in list(doc, "consumer_groups") {
-        let name = g["name"].as_str().unwrap();
-        send(
-            "POST",
-            &format!("{base}/consumer_groups"),
-            Some(without(g, &["consumers"])),
-        );
-        for m in list(g, "consumers") {
-            send(
-                "POST",
-                &format!("{base}/consumer_groups/{name}/consumers"),
-                Some(json!({"consumer": m["username"]})),
-            );
-        }
-    }
-    for p in list(doc, "plugins") {
-        send("POST", &format!("{base}/plugins"), Some(p.clone()));
-    }
-    for u in list(doc, "upstreams") {
-        let name = u["name"].as_str().unwrap();
-        send(
-            "POST",
-            &format!("{base}/upstreams"),
-            Some(without(u, &["targets"])),
-        );
-        for t in list(u, "targets") {
-            send(
-                "POST",
-                &format!("{base}/upstreams/{name}/targets"),
-                Some(t.clone()),
-            );
-        }
-    }
-    for v in list(doc, "vaults") {
-        send("POST", &format!("{base}/vaults"), Some(v.clone()));
-    }
-}
-
 /// Changes the gateway the way an incident would: entities deleted and modified (a secret among
 /// them), strays added, a service and an upstream renamed, a group member removed.
 fn wreck(base: &str) {
     send("DELETE", &format!("{base}/routes/orders-post"), None);
     let plugins = send("GET", &format!("{base}/plugins"), None);
-    let prometheus = list(&plugins, "data")
+    let prometheus = util::json_list(&plugins, "data")
         .into_iter()
         .find(|p| p["name"] == "prometheus")
         .expect("the fixture has a prometheus plugin");
@@ -229,7 +100,7 @@ fn wreck(base: &str) {
 /// The write requests the fake received since its log was last emptied: (method, path).
 fn writes(kong: &Service) -> Vec<(String, String)> {
     let log = send("GET", &format!("{}/_fake/log", kong.url()), None);
-    list(&log, "requests")
+    util::json_list(&log, "requests")
         .into_iter()
         .filter(|r| r["method"] != "GET")
         .map(|r| {
@@ -244,7 +115,7 @@ fn writes(kong: &Service) -> Vec<(String, String)> {
 /// Every request the fake received since its log was last emptied.
 fn requests(kong: &Service) -> usize {
     let log = send("GET", &format!("{}/_fake/log", kong.url()), None);
-    list(&log, "requests").len()
+    util::json_list(&log, "requests").len()
 }
 
 fn clear_log(kong: &Service) {
@@ -327,7 +198,7 @@ fn tagged(r: &Repo, tag: &str) -> Vec<String> {
 /// The fixture loaded into a new fake Kong, a repository holding its snapshot, and the wreck done.
 fn wrecked(extra: &[&str]) -> Option<(Service, Repo, String)> {
     let kong = fake_kong(extra)?;
-    load(&kong.url(), &deck());
+    util::kong_load(&kong.url(), &deck());
     let r = Repo::init();
     let snap = backup(&r, &kong, &[]);
     wreck(&kong.url());
@@ -691,7 +562,7 @@ fn restoring_into_another_workspace_shows_the_rewrite() {
     let Some(kong) = fake_kong(&[]) else {
         return;
     };
-    load(&kong.url(), &deck());
+    util::kong_load(&kong.url(), &deck());
     let r = Repo::init();
     let snap = backup(&r, &kong, &[]);
     let staging = |k: &Service| {
@@ -785,7 +656,7 @@ fn a_caddy_snapshot_is_refused_before_kong_is_touched() {
     let Some(kong) = fake_kong(&[]) else {
         return;
     };
-    load(&kong.url(), &deck());
+    util::kong_load(&kong.url(), &deck());
     let r = Repo::init();
     let caddy = r.root().join("caddy.json");
     std::fs::write(
@@ -814,7 +685,7 @@ fn a_select_tag_snapshot_is_restored_only_with_its_tags_and_leaves_the_rest() {
         return;
     };
     let base = kong.url();
-    load(&base, &deck());
+    util::kong_load(&base, &deck());
     let r = Repo::init();
     let snap = backup(&r, &kong, &["--select-tag", "env:prod"]);
     send(

@@ -75,13 +75,8 @@ pub fn capture(opts: &GatewayOptions) -> Result<Capture> {
 }
 
 /// GETs `{endpoint}/config/`: the source and the body.
-pub(crate) fn fetch(endpoint: &str) -> Result<(Source, Vec<u8>)> {
-    let endpoint = endpoint.trim_end_matches('/');
-    let endpoint = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
+fn fetch(endpoint: &str) -> Result<(Source, Vec<u8>)> {
+    let endpoint = super::http::base_url(endpoint);
     let mut source = Source::new("caddy", &endpoint);
     if !endpoint.starts_with("http://") {
         return Err(Error::gateway(

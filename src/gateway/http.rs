@@ -285,6 +285,16 @@ fn message(resp: ureq::Response) -> String {
         .unwrap_or_else(|| text.chars().take(200).collect())
 }
 
+/// An admin endpoint as a base URL: `http://` added when no scheme is given, no trailing slash.
+pub fn base_url(endpoint: &str) -> String {
+    let e = endpoint.trim_end_matches('/');
+    if e.contains("://") {
+        e.to_string()
+    } else {
+        format!("http://{e}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

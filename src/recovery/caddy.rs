@@ -25,18 +25,12 @@ impl CaddyTarget {
     /// # Errors
     /// [`Error::InvalidInput`] when `--file` is given: a restore needs a live admin API.
     pub fn new(opts: &GatewayOptions) -> Result<Self> {
-        if opts.file.is_some() {
-            return Err(Error::InvalidInput(
-                "a restore into Caddy needs its admin API (--endpoint), not --file; to write a config file, use `gatevault export`".into(),
-            ));
-        }
-        let e = opts.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT);
-        let e = e.trim_end_matches('/');
-        let endpoint = if e.contains("://") {
-            e.to_string()
-        } else {
-            format!("http://{e}")
-        };
+        let endpoint = super::admin_url(
+            opts,
+            DEFAULT_ENDPOINT,
+            "Caddy",
+            "to write a config file, use `gatevault export`",
+        )?;
         Ok(Self {
             opts: opts.clone(),
             endpoint,

@@ -87,21 +87,12 @@ impl KongTarget {
     /// # Errors
     /// [`Error::InvalidInput`] when `--file` is given: a restore needs a live Admin API.
     pub fn new(opts: &GatewayOptions) -> Result<Self> {
-        if opts.file.is_some() {
-            return Err(Error::InvalidInput(
-                "a restore into Kong needs its Admin API (--endpoint), not --file; to write a decK file, use `gatevault export --format deck`".into(),
-            ));
-        }
-        let e = opts
-            .endpoint
-            .as_deref()
-            .unwrap_or(crate::gateway::kong::DEFAULT_ENDPOINT)
-            .trim_end_matches('/');
-        let endpoint = if e.contains("://") {
-            e.to_string()
-        } else {
-            format!("http://{e}")
-        };
+        let endpoint = super::admin_url(
+            opts,
+            crate::gateway::kong::DEFAULT_ENDPOINT,
+            "Kong",
+            "to write a decK file, use `gatevault export --format deck`",
+        )?;
         Ok(Self {
             opts: opts.clone(),
             endpoint,

@@ -141,6 +141,19 @@ pub fn target(opts: &GatewayOptions) -> Result<Box<dyn Target>> {
     }
 }
 
+/// The base URL of the live admin API `opts` names (`default` when none), for a target that needs
+/// one: `--file` is refused with `instead`, the way to get a file.
+fn admin_url(opts: &GatewayOptions, default: &str, what: &str, instead: &str) -> Result<String> {
+    if opts.file.is_some() {
+        return Err(Error::InvalidInput(format!(
+            "a restore into {what} needs its admin API (--endpoint), not --file; {instead}"
+        )));
+    }
+    Ok(crate::gateway::http::base_url(
+        opts.endpoint.as_deref().unwrap_or(default),
+    ))
+}
+
 /// Reads every document of a gateway snapshot back into a [`Capture`], re-hashing every blob on the
 /// way. Damage does not stop the reading: every damaged document is listed in the second value.
 ///

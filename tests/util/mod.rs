@@ -995,3 +995,154 @@ pub fn http(base: &str, method: &str, path: &str, body: &str) -> std::io::Result
     let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     Ok((status, body.to_string()))
 }
+
+/// A JSON request to the (fake) Kong Admin API that must succeed; the answer.
+pub fn kong_send(method: &str, url: &str, body: &Value) -> Value {
+    match ureq::request(method, url).send_json(body.clone()) {
+        Ok(r) => r.into_json().unwrap_or(Value::Null),
+        Err(e) => panic!("{method} {url}: {e}"),
+    }
+}
+
+/// The items of the list `f` of `v`.
+pub fn json_list<'a>(v: &'a Value, f: &str) -> Vec<&'a Value> {
+    v.get(f)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+/// `v` without the nested lists `fields`.
+pub fn without(v: &Value, fields: &[&str]) -> Value {
+    let mut v = v.clone();
+    for f in fields {
+        v.as_object_mut().unwrap().remove(*f);
+    }
+    v
+}
+
+/// Loads a nested decK document into the Admin API at `base` through the API itself, as an operator
+/// (or decK sync) would.
+pub fn kong_load(base: &str, doc: &Value) {
+    for c in json_list(doc, "certificates") {
+        let cert = kong_send(
+            "POST",
+            &format!("{base}/certificates"),
+            &without(c, &["snis"]),
+        );
+        for s in json_list(c, "snis") {
+            let mut s = s.clone();
+            s["certificate"] = serde_json::json!({"id": cert["id"]});
+            kong_send("POST", &format!("{base}/snis"), &s);
+        }
+    }
+    for s in json_list(doc, "services") {
+        let name = s["name"].as_str().unwrap();
+        kong_send(
+            "POST",
+            &format!("{base}/services"),
+            &without(s, &["routes", "plugins"]),
+        );
+        for r in json_list(s, "routes") {
+            kong_send(
+                "POST",
+                &format!("{base}/services/{name}/routes"),
+                &without(r, &["plugins"]),
+            );
+            for p in json_list(r, "plugins") {
+                kong_send(
+                    "POST",
+                    &format!("{base}/routes/{}/plugins", r["name"].as_str().unwrap()),
+                    p,
+                );
+            }
+        }
+        for p in json_list(s, "plugins") {
+            kong_send("POST", &format!("{base}/services/{name}/plugins"), p);
+        }
+    }
+    let creds = [
+        ("keyauth_credentials", "key-auths"),
+        ("basicauth_credentials", "basic-auths"),
+        ("jwt_secrets", "jwts"),
+        ("acls", "acls"),
+    ];
+    for c in json_list(doc, "consumers") {
+        let u = c["username"].as_str().unwrap();
+        let mut fields: Vec<&str> = creds.iter().map(|c| c.0).collect();
+        fields.push("plugins");
+        kong_send("POST", &format!("{base}/consumers"), &without(c, &fields));
+        for (field, path) in creds {
+            for x in json_list(c, field) {
+                kong_send("POST", &format!("{base}/consumers/{u}/{path}"), x);
+            }
+        }
+        for p in json_list(c, "plugins") {
+            kong_send("POST", &format!("{base}/consumers/{u}/plugins"), p);
+        }
+    }
+    for g in json_list(doc, "consumer_groups") {
+        let name = g["name"].as_str().unwrap();
+        kong_send(
+            "POST",
+            &format!("{base}/consumer_groups"),
+            &without(g, &["consumers"]),
+        );
+        for m in json_list(g, "consumers") {
+            kong_send(
+                "POST",
+                &format!("{base}/consumer_groups/{name}/consumers"),
+                &serde_json::json!({"consumer": m["username"]}),
+            );
+        }
+    }
+    for p in json_list(doc, "plugins") {
+        kong_send("POST", &format!("{base}/plugins"), p);
+    }
+    for u in json_list(doc, "upstreams") {
+        let name = u["name"].as_str().unwrap();
+        kong_send(
+            "POST",
+            &format!("{base}/upstreams"),
+            &without(u, &["targets"]),
+        );
+        for t in json_list(u, "targets") {
+            kong_send("POST", &format!("{base}/upstreams/{name}/targets"), t);
+        }
+    }
+    for v in json_list(doc, "vaults") {
+        kong_send("POST", &format!("{base}/vaults"), v);
+    }
+}
+
+/// Test credentials for the emulator, and no profile, metadata service or shared files of the host.
+pub fn aws_test_env() {
+    static ENV: std::sync::Once = std::sync::Once::new();
+    ENV.call_once(|| {
+        let nowhere = std::env::temp_dir().join("gatevault-test-no-aws-config");
+        for v in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"] {
+            std::env::remove_var(v);
+        }
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::set_var("AWS_DEFAULT_REGION", "us-east-1");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+        std::env::set_var("AWS_CONFIG_FILE", &nowhere);
+        std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", &nowhere);
+    });
+}
+
+/// Starts moto_server on a free port with extra environment variables, after [`aws_test_env`]; `None`
+/// (after saying why) when it is not installed and the services are not required.
+pub fn moto(env: &[(&str, &str)]) -> Option<Service> {
+    aws_test_env();
+    if !have("moto_server") {
+        return None;
+    }
+    let port = free_port();
+    let mut c = std::process::Command::new("moto_server");
+    c.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    Some(Service::start(c, port))
+}
