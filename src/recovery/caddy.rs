@@ -31,10 +31,9 @@ impl CaddyTarget {
             "Caddy",
             "to write a config file, use `gatevault export`",
         )?;
-        Ok(Self {
-            opts: opts.clone(),
-            endpoint,
-        })
+        let mut opts = opts.clone();
+        opts.endpoint = Some(endpoint.clone());
+        Ok(Self { opts, endpoint })
     }
 }
 
@@ -132,9 +131,7 @@ impl Target for CaddyTarget {
     }
 
     fn capture(&self) -> Result<Capture> {
-        let mut o = self.opts.clone();
-        o.endpoint = Some(self.endpoint.clone());
-        crate::gateway::caddy::capture(&o)
+        crate::gateway::caddy::capture(&self.opts)
     }
 
     fn adapt(&self, desired: &mut Capture, live: &Capture) -> Result<Vec<Rewrite>> {

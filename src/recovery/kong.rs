@@ -93,10 +93,9 @@ impl KongTarget {
             "Kong",
             "to write a decK file, use `gatevault export --format deck`",
         )?;
-        Ok(Self {
-            opts: opts.clone(),
-            endpoint,
-        })
+        let mut opts = opts.clone();
+        opts.endpoint = Some(endpoint.clone());
+        Ok(Self { opts, endpoint })
     }
 
     /// `/<workspace>` or nothing.
@@ -246,9 +245,7 @@ impl Target for KongTarget {
     }
 
     fn capture(&self) -> Result<Capture> {
-        let mut o = self.opts.clone();
-        o.endpoint = Some(self.endpoint.clone());
-        crate::gateway::kong::capture(&o)
+        crate::gateway::kong::capture(&self.opts)
     }
 
     fn rank(&self, kind: &str) -> u32 {
