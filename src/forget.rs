@@ -393,7 +393,10 @@ impl fmt::Display for Policy {
             parts.push(format!("all snapshots with tags {t}"));
         }
         if !self.within.is_zero() {
-            parts.push(format!("all snapshots within {} of the newest", self.within));
+            parts.push(format!(
+                "all snapshots within {} of the newest",
+                self.within
+            ));
         }
         if parts.is_empty() {
             return f.write_str("no policy");
@@ -671,7 +674,8 @@ fn decide_group(
         return out;
     };
     // A cutoff of None: the duration reaches before any representable time, so everything is within.
-    let within = |d: &CalendarDuration, t: &DateTime<FixedOffset>| d.before(latest).is_none_or(|c| *t > c);
+    let within =
+        |d: &CalendarDuration, t: &DateTime<FixedOffset>| d.before(latest).is_none_or(|c| *t > c);
 
     struct Counter {
         bucket: Bucket,
@@ -884,12 +888,12 @@ pub fn forget(
             .flat_map(|g| g.remove.iter().map(|e| e.id))
             .collect();
         for id in &todo {
-            let done = lock
-                .check()
-                .and_then(|()| match repo.backend().remove(FileType::Snapshot, &id.to_hex()) {
+            let done = lock.check().and_then(|()| {
+                match repo.backend().remove(FileType::Snapshot, &id.to_hex()) {
                     Ok(()) | Err(Error::NotFound { .. }) => Ok(()),
                     Err(e) => Err(e),
-                });
+                }
+            });
             if let Err(e) = done {
                 tracing::error!(
                     "removed {} of {} snapshots before failing on snapshot {}; run forget again to finish",
@@ -1174,7 +1178,10 @@ mod tests {
         assert_eq!("unlimited".parse::<Keep>().unwrap(), Keep::Unlimited);
         assert_eq!("-1".parse::<Keep>().unwrap(), Keep::Unlimited);
         assert!(matches!("-2".parse::<Keep>(), Err(Error::InvalidInput(_))));
-        assert!(matches!("many".parse::<Keep>(), Err(Error::InvalidInput(_))));
+        assert!(matches!(
+            "many".parse::<Keep>(),
+            Err(Error::InvalidInput(_))
+        ));
     }
 
     #[test]
@@ -1190,7 +1197,11 @@ mod tests {
             kept(&list, &p),
             vec![k(2, &["within 10d"]), k(3, &["within 10d"])]
         );
-        let list = at(&["2025-01-01T09:00:00Z", "2025-01-01T09:01:00Z", "2025-01-01T12:00:00Z"]);
+        let list = at(&[
+            "2025-01-01T09:00:00Z",
+            "2025-01-01T09:01:00Z",
+            "2025-01-01T12:00:00Z",
+        ]);
         let p = policy(|p| p.within = dur("3h"));
         let got: Vec<usize> = kept(&list, &p).into_iter().map(|x| x.0).collect();
         assert_eq!(got, vec![1, 2]);
@@ -1237,10 +1248,7 @@ mod tests {
         );
         // When the oldest snapshot is within the duration, it is kept as the oldest.
         let p = policy(|p| p.within_daily = dur("3d"));
-        assert_eq!(
-            kept(&list[1..].to_vec(), &p)[0],
-            k(0, &["oldest daily within 3d"])
-        );
+        assert_eq!(kept(&list[1..], &p)[0], k(0, &["oldest daily within 3d"]));
         let list = at(&[
             "2024-10-05T12:00:00Z",
             "2024-11-02T12:00:00Z",
@@ -1281,11 +1289,24 @@ mod tests {
     #[test]
     fn keep_tag() {
         let list = vec![
-            (id(0), snap("2025-01-01T12:00:00Z", "h", "/p", &["BackupType=pre-restore"])),
+            (
+                id(0),
+                snap(
+                    "2025-01-01T12:00:00Z",
+                    "h",
+                    "/p",
+                    &["BackupType=pre-restore"],
+                ),
+            ),
             (id(1), snap("2025-01-02T12:00:00Z", "h", "/p", &[])),
             (
                 id(2),
-                snap("2025-01-03T12:00:00Z", "h", "/p", &["Environment=prod", "BackupType=full"]),
+                snap(
+                    "2025-01-03T12:00:00Z",
+                    "h",
+                    "/p",
+                    &["Environment=prod", "BackupType=full"],
+                ),
             ),
             (id(3), snap("2025-01-04T12:00:00Z", "h", "/p", &[])),
         ];
@@ -1323,6 +1344,28 @@ mod tests {
         let list = at(&["2025-01-01T12:00:00Z", "2025-01-02T12:00:00Z"]);
         let p = policy(|p| p.keep_tags = vec!["nothing-has-this".parse().unwrap()]);
         assert_eq!(kept(&list, &p), vec![k(1, &["newest of its group"])]);
+    }
+
+    #[test]
+    fn rollback_points_are_ordinary_snapshots() {
+        let mut list = at(&[
+            "2025-01-01T12:00:00Z",
+            "2025-01-02T12:00:00Z",
+            "2025-01-02T13:00:00Z",
+        ]);
+        list[1].1.tags = crate::select::parse_tags(&["BackupType=pre-restore".into()]).unwrap();
+        assert!(crate::recovery::is_rollback_point(&list[1].1));
+        // The rollback point is counted like any snapshot: the day's newer backup takes its place.
+        let p = policy(|p| p.daily = Keep::Count(2));
+        let got: Vec<usize> = kept(&list, &p).into_iter().map(|x| x.0).collect();
+        assert_eq!(got, vec![0, 2]);
+        // Keeping them is a --keep-tag away.
+        let p = policy(|p| {
+            p.daily = Keep::Count(2);
+            p.keep_tags = vec!["BackupType=pre-restore".parse().unwrap()];
+        });
+        let got: Vec<usize> = kept(&list, &p).into_iter().map(|x| x.0).collect();
+        assert_eq!(got, vec![0, 1, 2]);
     }
 
     #[test]
@@ -1388,12 +1431,18 @@ mod tests {
         let ds = apply_policy(&list, &last1("source"), now());
         let keys: Vec<String> = ds.iter().map(|d| d.group.to_string()).collect();
         assert!(keys.contains(&"no gateway source".to_string()), "{keys:?}");
-        assert!(keys.contains(&"source kong:http://k:8001#ws2".to_string()), "{keys:?}");
+        assert!(
+            keys.contains(&"source kong:http://k:8001#ws2".to_string()),
+            "{keys:?}"
+        );
         assert_eq!(
             GroupKey::of(&list[3].1, GroupBy::default()).to_string(),
             "host b, paths [/p]"
         );
-        assert!(matches!("host,colour".parse::<GroupBy>(), Err(Error::InvalidInput(_))));
+        assert!(matches!(
+            "host,colour".parse::<GroupBy>(),
+            Err(Error::InvalidInput(_))
+        ));
     }
 
     #[test]
@@ -1463,7 +1512,12 @@ mod tests {
                     1 => vec!["t".parse().unwrap()],
                     _ => vec!["".parse().unwrap()],
                 },
-                group_by: GroupBy { host, paths, tags: tg, source },
+                group_by: GroupBy {
+                    host,
+                    paths,
+                    tags: tg,
+                    source,
+                },
             })
     }
 
