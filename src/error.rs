@@ -77,6 +77,10 @@ pub enum Error {
     #[error("{gateway}: {reason}")]
     Gateway { gateway: String, reason: String },
 
+    /// The key in use has a role that does not allow the operation (see `docs/design.md`, key slots).
+    #[error("the key in use has role {role}, which may not {action}: open the repository with an admin key (`gatevault key list` shows the roles)")]
+    NotAllowed { role: String, action: String },
+
     /// The operation was interrupted by the user.
     #[error("interrupted")]
     Interrupted,

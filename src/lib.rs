@@ -2,7 +2,7 @@
 //!
 //! Layers, each depending only on those below it:
 //! - [`cli`]: one file per subcommand, each calling one library function;
-//! - [`backup`], [`restore`], [`check`], [`diff`], [`stats`], [`walk`]: the jobs;
+//! - [`backup`], [`restore`], [`check`], [`diff`], [`stats`], [`walk`], [`forget`]: the jobs;
 //! - [`repo`]: opening a repository, keys, snapshots, trees, blobs, locks, saving;
 //! - [`index`], [`pack`], [`chunker`], [`crypto`], [`mod@format`]: storage format pieces;
 //! - [`backend`]: opaque bytes by file type and name.
@@ -17,6 +17,7 @@ pub mod cli;
 pub mod crypto;
 pub mod diff;
 pub mod error;
+pub mod forget;
 pub mod format;
 pub mod fuzzing;
 pub mod gateway;

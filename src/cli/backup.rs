@@ -36,6 +36,10 @@ pub(crate) struct BackupArgs {
     /// File name for standard input in the snapshot.
     #[arg(long, default_value = "stdin")]
     stdin_filename: String,
+    /// Record this time instead of now (RFC 3339, or 'YYYY-MM-DD HH:MM:SS' local time); for tests
+    /// and imports of older backups, as restic's `--time`.
+    #[arg(long, hide = true)]
+    time: Option<String>,
     #[command(flatten)]
     gateway: GatewayArgs,
 }
@@ -100,6 +104,11 @@ pub(crate) fn run(g: &Global, a: BackupArgs) -> anyhow::Result<u8> {
         Some(kind) => Some(crate::gateway::capture(&a.gateway.options(kind))?),
         None => None,
     };
+    let time = a
+        .time
+        .as_deref()
+        .map(crate::select::parse_time)
+        .transpose()?;
     let repo = g.open()?;
     let parent = match &a.parent {
         Some(p) => Some(repo.resolve_snapshot_prefix(p)?),
@@ -114,7 +123,7 @@ pub(crate) fn run(g: &Global, a: BackupArgs) -> anyhow::Result<u8> {
         description: a.description,
         force: a.force,
         parent: parent.map(|p: SnapshotId| p),
-        time: None,
+        time,
         documents: capture.as_ref().map(|c| c.documents()).transpose()?,
         source: capture.as_ref().map(|c| c.source.clone()),
     };

@@ -86,11 +86,8 @@ fn resolve(repo: &crate::repo::Repository, prefix: &str) -> anyhow::Result<KeyId
 pub(crate) fn run(g: &Global, c: KeyCommand) -> anyhow::Result<u8> {
     let repo = g.open()?;
     let changes_keys = !matches!(c, KeyCommand::List);
-    if changes_keys && repo.role() != Role::Admin {
-        anyhow::bail!(crate::Error::InvalidInput(format!(
-            "the key in use has role {:?}; only an admin key can change keys",
-            repo.role()
-        )));
+    if changes_keys {
+        repo.require_admin("change keys")?;
     }
     match c {
         KeyCommand::List => {

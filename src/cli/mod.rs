@@ -8,6 +8,7 @@ mod diff;
 mod drill;
 mod dump;
 mod export;
+mod forget;
 mod init;
 mod key;
 mod log;
@@ -51,6 +52,8 @@ pub mod exit {
     pub const LOCKED: u8 = 11;
     /// Wrong password or key file.
     pub const WRONG_PASSWORD: u8 = 12;
+    /// The role of the key in use does not allow the command.
+    pub const NOT_ALLOWED: u8 = 13;
     /// Interrupted.
     pub const INTERRUPTED: u8 = 130;
 }
@@ -134,6 +137,8 @@ enum Command {
     Log(log::LogArgs),
     /// Write a gateway snapshot's configuration in the gateway's own format.
     Export(export::ExportArgs),
+    /// Remove snapshots by a retention policy or by id (their data stays until a prune).
+    Forget(forget::ForgetArgs),
     /// Check the repository's structure and, optionally, re-read its data.
     Check(check::CheckArgs),
     /// Manage key slots.
@@ -332,6 +337,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 Error::NoRepository { .. } | Error::NewerFormat { .. } => exit::NO_REPOSITORY,
                 Error::Locked { .. } => exit::LOCKED,
                 Error::WrongPassword | Error::NoCredentials(_) => exit::WRONG_PASSWORD,
+                Error::NotAllowed { .. } => exit::NOT_ALLOWED,
                 Error::Interrupted => exit::INTERRUPTED,
                 _ => exit::FAILURE,
             };
@@ -401,6 +407,7 @@ pub fn main() -> ExitCode {
         Command::Diff(a) => diff::run(g, a),
         Command::Log(a) => log::run(g, a),
         Command::Export(a) => export::run(g, a),
+        Command::Forget(a) => forget::run(g, a),
         Command::Check(a) => check::run(g, a),
         Command::Key(a) => key::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),

@@ -270,6 +270,21 @@ impl Repository {
         self.role
     }
 
+    /// Refuses a key whose role is not admin for `action` (said as "may not {action}"). Roles are
+    /// enforced by the client, not by cryptography (see the threat model in `docs/design.md`).
+    ///
+    /// # Errors
+    /// [`Error::NotAllowed`] for a backup or restore key.
+    pub fn require_admin(&self, action: &str) -> Result<()> {
+        match self.role {
+            Role::Admin => Ok(()),
+            role => Err(Error::NotAllowed {
+                role: format!("{role:?}").to_lowercase(),
+                action: action.into(),
+            }),
+        }
+    }
+
     /// The local index, synced with the repository on first use.
     ///
     /// # Errors

@@ -37,9 +37,11 @@ const SCRUBBED_ENV: &[&str] = &[
 pub mod code {
     pub const OK: i32 = 0;
     pub const FAILURE: i32 = 1;
+    pub const USAGE: i32 = 2;
     pub const NO_REPOSITORY: i32 = 10;
     pub const LOCKED: i32 = 11;
     pub const WRONG_PASSWORD: i32 = 12;
+    pub const NOT_ALLOWED: i32 = 13;
 }
 
 /// A path as `&str` (test paths are always UTF-8).
