@@ -542,6 +542,10 @@ pub struct GroupKey {
     /// The gateway source path, `Some(None)` for snapshots of files.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<Option<String>>,
+    /// Rollback points taken by restores form groups of their own, so that a rollback point never
+    /// takes the place of a backup in a period (nor a backup the place of a rollback point).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rollback_points: bool,
 }
 
 impl GroupKey {
@@ -567,6 +571,7 @@ impl GroupKey {
                     .collect()
             }),
             source: by.source.then(|| s.source.as_ref().map(|x| x.path())),
+            rollback_points: crate::recovery::is_rollback_point(s),
         }
     }
 }
@@ -588,6 +593,9 @@ impl fmt::Display for GroupKey {
             Some(Some(s)) => parts.push(format!("source {s}")),
             Some(None) => parts.push("no gateway source".into()),
             None => {}
+        }
+        if self.rollback_points {
+            parts.push("rollback points".into());
         }
         if parts.is_empty() {
             return f.write_str("all snapshots");
@@ -1291,12 +1299,7 @@ mod tests {
         let list = vec![
             (
                 id(0),
-                snap(
-                    "2025-01-01T12:00:00Z",
-                    "h",
-                    "/p",
-                    &["BackupType=pre-restore"],
-                ),
+                snap("2025-01-01T12:00:00Z", "h", "/p", &["BackupType=manual"]),
             ),
             (id(1), snap("2025-01-02T12:00:00Z", "h", "/p", &[])),
             (
@@ -1312,13 +1315,13 @@ mod tests {
         ];
         let tags = |s: &str| s.parse::<TagList>().unwrap();
         let p = policy(|p| {
-            p.keep_tags = vec![tags("BackupType=pre-restore")];
+            p.keep_tags = vec![tags("BackupType=manual")];
             p.last = Keep::Count(1);
         });
         assert_eq!(
             kept(&list, &p),
             vec![
-                k(0, &["has tags [BackupType=pre-restore]"]),
+                k(0, &["has tags [BackupType=manual]"]),
                 k(3, &["last snapshot"]),
             ]
         );
@@ -1328,7 +1331,7 @@ mod tests {
         let p = policy(|p| p.keep_tags = vec![tags("Environment=prod,BackupType=other")]);
         let got: Vec<usize> = kept(&list, &p).into_iter().map(|x| x.0).collect();
         assert_eq!(got, vec![3], "only the newest, which is never removed");
-        let p = policy(|p| p.keep_tags = vec![tags("Environment"), tags("BackupType=pre-restore")]);
+        let p = policy(|p| p.keep_tags = vec![tags("Environment"), tags("BackupType=manual")]);
         let got: Vec<usize> = kept(&list, &p).into_iter().map(|x| x.0).collect();
         assert_eq!(got, vec![0, 2, 3]);
         // An empty list keeps untagged snapshots only.
@@ -1347,25 +1350,29 @@ mod tests {
     }
 
     #[test]
-    fn rollback_points_are_ordinary_snapshots() {
+    fn rollback_points_form_groups_of_their_own() {
         let mut list = at(&[
             "2025-01-01T12:00:00Z",
             "2025-01-02T12:00:00Z",
             "2025-01-02T13:00:00Z",
+            "2025-01-03T12:00:00Z",
         ]);
-        list[1].1.tags = crate::select::parse_tags(&["BackupType=pre-restore".into()]).unwrap();
-        assert!(crate::recovery::is_rollback_point(&list[1].1));
-        // The rollback point is counted like any snapshot: the day's newer backup takes its place.
+        // A rollback point taken after the day's backup does not take the backup's place.
+        list[2].1.tags = crate::select::parse_tags(&["BackupType=pre-restore".into()]).unwrap();
+        assert!(crate::recovery::is_rollback_point(&list[2].1));
         let p = policy(|p| p.daily = Keep::Count(2));
         let got: Vec<usize> = kept(&list, &p).into_iter().map(|x| x.0).collect();
-        assert_eq!(got, vec![0, 2]);
-        // Keeping them is a --keep-tag away.
-        let p = policy(|p| {
-            p.daily = Keep::Count(2);
-            p.keep_tags = vec!["BackupType=pre-restore".parse().unwrap()];
-        });
-        let got: Vec<usize> = kept(&list, &p).into_iter().map(|x| x.0).collect();
-        assert_eq!(got, vec![0, 1, 2]);
+        assert_eq!(
+            got,
+            vec![1, 2, 3],
+            "days 2 and 3 of the backups; the rollback point alone"
+        );
+        let groups: std::collections::BTreeSet<String> = apply_policy(&list, &p, now())
+            .iter()
+            .map(|d| d.group.to_string())
+            .collect();
+        assert_eq!(groups.len(), 2, "{groups:?}");
+        assert!(groups.iter().any(|g| g.ends_with("rollback points")));
     }
 
     #[test]
