@@ -420,14 +420,16 @@ pub fn find_parent(
 /// Runs a backup under a shared lock and commits a snapshot.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for a missing path; lock, backend and cache errors. Unreadable files are not
-/// errors: they are left out and listed in [`BackupResult::warnings`].
+/// [`Error::InvalidInput`] for a missing path; [`Error::NotAllowed`] for a read-only (`restore`)
+/// key; lock, backend and cache errors. Unreadable files are not errors: they are left out and listed
+/// in [`BackupResult::warnings`].
 pub fn backup(
     repo: &Repository,
     mut opts: BackupOptions,
     stdin: Option<&mut dyn Read>,
     progress: &dyn Progress,
 ) -> Result<BackupResult> {
+    repo.require_write("add snapshots")?;
     let lock = LockGuard::acquire(repo.backend_arc(), repo.keys().clone(), false, "backup")?;
     let start = chrono::Utc::now();
     let host = opts.host.clone().unwrap_or_else(crate::util::hostname);

@@ -332,3 +332,33 @@ fn policies_apply_per_group_and_standard_combines() {
     assert!(out.contains("no snapshots to remove"), "{out}");
     assert!(out.contains("has tags [Environment=prod]"), "{out}");
 }
+
+#[test]
+fn a_read_only_key_may_restore_files_but_not_back_up() {
+    let (r, src, ids) = repo_at(YEAR_END, &[]);
+    let restore_key = r.root().join("restore-key");
+    r.run_ok([
+        "key",
+        "add",
+        "--new-key-file",
+        s(&restore_key),
+        "--role",
+        "restore",
+    ]);
+    let with_key = |args: &[&str]| {
+        r.cmd_no_creds()
+            .args(["--key-file", s(&restore_key)])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = with_key(&["backup", s(&src)]);
+    assert_code(&out, code::NOT_ALLOWED);
+    assert!(stderr(&out).contains("role restore"), "{}", describe(&out));
+    assert_eq!(listed(&r).len(), ids.len(), "no snapshot was added");
+    let target = r.root().join("restored");
+    assert_code(
+        &with_key(&["restore", "latest", "--target", s(&target)]),
+        code::OK,
+    );
+}

@@ -151,6 +151,33 @@ fn caddy_restore_plan_apply_verify_rollback_and_faults() {
         "a dry run takes no rollback point"
     );
 
+    // A read-only key may plan but not restore (a restore stores a rollback point).
+    let ro = repo.root().join("restore-key");
+    repo.run_ok([
+        "key",
+        "add",
+        "--new-key-file",
+        util::s(&ro),
+        "--role",
+        "restore",
+    ]);
+    let with_ro = |extra: &[&str]| {
+        let mut c = repo.cmd_no_creds();
+        c.args(["--key-file", util::s(&ro), "restore", &a])
+            .args(gw)
+            .args(extra);
+        c.output().unwrap()
+    };
+    util::assert_code(&with_ro(&["--dry-run"]), 2);
+    let out = with_ro(&[]);
+    util::assert_code(&out, 13);
+    assert!(
+        util::stderr(&out).contains("role restore"),
+        "{}",
+        util::describe(&out)
+    );
+    assert_eq!(get(port, "/orders").1, "", "nothing was restored");
+
     // Restore: applied atomically, verified, probed through Caddy's listener, reported.
     let reports = repo.root().join("reports");
     let probes = repo.root().join("probes.toml");

@@ -103,8 +103,9 @@ pub fn pick(
 /// Runs a drill of `id` and records it in the repository; returns the record.
 ///
 /// # Errors
-/// Errors that prevent the drill from running at all (a snapshot of files, an unknown gateway
-/// kind, a file-based gateway whose checker is not installed); the record is then not written.
+/// Errors that prevent the drill from running at all (a read-only key, a snapshot of files, an
+/// unknown gateway kind, a file-based gateway whose checker is not installed); the record is then
+/// not written.
 pub fn drill(
     repo: &Repository,
     id: &SnapshotId,
@@ -113,6 +114,7 @@ pub fn drill(
     candidates: usize,
     opts: &DrillOptions,
 ) -> Result<DrillRecord> {
+    repo.require_write("record a drill")?;
     let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let report = match &opts.target {
         Some(g) => {

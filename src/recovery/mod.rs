@@ -308,8 +308,8 @@ fn write_journal(dir: &Path, repo: &Repository, j: &Journal) -> Result<()> {
 /// reason, so that the report is always written.
 ///
 /// # Errors
-/// Only errors that prevent a report: a snapshot of another gateway kind, a snapshot of files, no
-/// journal to resume, an invalid probe file.
+/// Only errors that prevent a report: a read-only key (except for a dry run), a snapshot of another
+/// gateway kind, a snapshot of files, no journal to resume, an invalid probe file.
 pub fn restore(
     repo: &Repository,
     id: &SnapshotId,
@@ -335,6 +335,10 @@ pub fn restore(
             )))
         }
         _ => {}
+    }
+    // A restore stores a rollback point: a read-only key may plan, not restore.
+    if !opts.dry_run && !opts.no_rollback_point {
+        repo.require_write("store the rollback point of a restore")?;
     }
     // A bad probe file is found before anything changes, not after the restore.
     let probes = match &opts.probes {

@@ -285,6 +285,20 @@ impl Repository {
         }
     }
 
+    /// Refuses a `restore` (read-only) key for `action`, which writes to the repository.
+    ///
+    /// # Errors
+    /// [`Error::NotAllowed`] for a restore key.
+    pub fn require_write(&self, action: &str) -> Result<()> {
+        match self.role {
+            Role::Restore => Err(Error::NotAllowed {
+                role: "restore".into(),
+                action: format!("{action} (a backup or admin key may)"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The local index, synced with the repository on first use.
     ///
     /// # Errors
