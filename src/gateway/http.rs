@@ -127,10 +127,7 @@ impl Client {
                     )))
                 }
                 Err(ureq::Error::Status(429, resp)) => {
-                    let wait = resp
-                        .header("Retry-After")
-                        .and_then(|s| s.trim().parse::<u64>().ok())
-                        .unwrap_or(1);
+                    let wait = retry_after(&resp);
                     if wait > MAX_RETRY_AFTER {
                         return Err(self.fail(format!(
                             "HTTP 429 from {url}: rate limited, and the gateway asks to wait {wait} s; try again later"
@@ -208,10 +205,7 @@ impl Client {
                     )))
                 }
                 Err(ureq::Error::Status(429, resp)) => {
-                    let wait = resp
-                        .header("Retry-After")
-                        .and_then(|s| s.trim().parse::<u64>().ok())
-                        .unwrap_or(1);
+                    let wait = retry_after(&resp);
                     if wait > MAX_RETRY_AFTER {
                         return Ok(Answer::Refused {
                             status: 429,
@@ -283,6 +277,13 @@ fn message(resp: ureq::Response) -> String {
         .ok()
         .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
         .unwrap_or_else(|| text.chars().take(200).collect())
+}
+
+/// The seconds a 429 answer asks to wait (`Retry-After`; 1 when it does not say).
+fn retry_after(resp: &ureq::Response) -> u64 {
+    resp.header("Retry-After")
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1)
 }
 
 /// An admin endpoint as a base URL: `http://` added when no scheme is given, no trailing slash.
