@@ -538,5 +538,26 @@ fn drills_pick_restore_check_and_record() {
         ["Success", "Success", "Success", "Failed", "Success"]
     );
     assert!(listed[0]["recovery_ms"].is_u64());
-    assert!(repo.objects("records").len() == 5);
+    let records = repo.objects("records");
+    assert_eq!(records.len(), 5);
+    repo.run_ok(["check"]);
+
+    // A damaged record is named by `check` and skipped, with a warning, by `drills`.
+    let mut b = std::fs::read(&records[0]).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 1;
+    std::fs::write(&records[0], b).unwrap();
+    let out = repo.run_code(code::FAILURE, ["check"]);
+    let name = util::file_name(&records[0]);
+    assert!(
+        util::stdout(&out).contains(&format!("record {name}")),
+        "{}",
+        util::describe(&out)
+    );
+    let out = repo.run_code(3, ["drills"]);
+    assert!(
+        util::stderr(&out).contains(&name),
+        "{}",
+        util::describe(&out)
+    );
 }

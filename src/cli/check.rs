@@ -55,8 +55,12 @@ pub(crate) fn run(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
             for h in &r.hints {
                 println!("note: {h}");
             }
+            let records = match r.records {
+                0 => String::new(),
+                n => format!(", {n} records"),
+            };
             println!(
-                "{} snapshots, {} packs; {} packs read, {} blobs re-hashed, {}",
+                "{} snapshots{records}, {} packs; {} packs read, {} blobs re-hashed, {}",
                 r.snapshots,
                 r.packs,
                 r.packs_read,

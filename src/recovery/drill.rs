@@ -149,7 +149,7 @@ pub fn drill(
 pub fn list(repo: &Repository) -> Result<(Vec<DrillRecord>, Vec<String>)> {
     let mut out = vec![];
     let mut bad = vec![];
-    for r in repo.records(RECORD_TYPE)? {
+    for r in repo.records(Some(RECORD_TYPE))? {
         match r.and_then(|v| {
             serde_json::from_value::<DrillRecord>(v).map_err(|e| Error::format("drill record", e))
         }) {

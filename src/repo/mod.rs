@@ -518,12 +518,12 @@ impl Repository {
         Ok(id.to_hex())
     }
 
-    /// Every record of `kind` (the `type` field), unordered; unreadable ones come back as errors
-    /// naming the record.
+    /// Every record of `kind` (the `type` field; every record for `None`), unordered; unreadable ones
+    /// come back as errors naming the record.
     ///
     /// # Errors
     /// Backend errors listing the records.
-    pub fn records(&self, kind: &str) -> Result<Vec<Result<serde_json::Value>>> {
+    pub fn records(&self, kind: Option<&str>) -> Result<Vec<Result<serde_json::Value>>> {
         let names = self.backend.list(FileType::Record)?;
         Ok(names
             .par_iter()
@@ -538,7 +538,9 @@ impl Repository {
                         .map_err(|e| Error::integrity(what, e.to_string()))
                 };
                 match load() {
-                    Ok(v) if v.get("type").and_then(|t| t.as_str()) != Some(kind) => None,
+                    Ok(v) if kind.is_some() && v.get("type").and_then(|t| t.as_str()) != kind => {
+                        None
+                    }
                     r => Some(r),
                 }
             })
