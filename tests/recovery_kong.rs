@@ -302,6 +302,16 @@ fn a_wrecked_kong_is_planned_restored_in_dependency_order_and_verified() {
     for secret in ["alice-secret-key-1", "stolen-key", "mallory-key"] {
         assert!(!plan.contains(secret), "the plan shows a secret:\n{plan}");
     }
+    // The plan is printed in the order it runs: the renamed service's old name goes after the
+    // route that moves off it.
+    let at = |s: &str| {
+        plan.find(s)
+            .unwrap_or_else(|| panic!("{s:?} missing:\n{plan}"))
+    };
+    assert!(
+        at("~ route billing-any") < at("- service billing-v2"),
+        "{plan}"
+    );
     assert!(writes(&kong).is_empty(), "a dry run wrote to the gateway");
 
     // The restore.

@@ -248,6 +248,11 @@ impl Target for KongTarget {
         crate::gateway::kong::capture(&self.opts)
     }
 
+    fn schedule(&self, steps: &mut Vec<Step>, live: &Capture, desired: &Capture) {
+        let (order, _) = schedule(steps, live, desired);
+        *steps = order.into_iter().cloned().collect();
+    }
+
     fn rank(&self, kind: &str) -> u32 {
         match kind {
             "deck" => 0,

@@ -93,6 +93,11 @@ pub trait Target {
         done: &mut dyn FnMut(&Step),
     ) -> Result<Applied>;
 
+    /// Reorders the planned steps where the gateway needs another order than the ranks give (Kong:
+    /// a parent still used by a child that the restore moves is deleted after the move), so that
+    /// the printed plan is the order the steps run in.
+    fn schedule(&self, _steps: &mut Vec<Step>, _live: &Capture, _desired: &Capture) {}
+
     /// Whether differences in entities of `kind` are expected after a restore and are not drift
     /// (AWS deployments, which a restore creates anew).
     fn volatile(&self, _kind: &str) -> bool {
@@ -415,6 +420,7 @@ pub fn restore(
         Err(e) => return Ok(r.fail(&e.to_string(), t0)),
     };
     r.plan.steps = plan::plan(&live, &desired, &|k| target.rank(k), opts.show_secrets);
+    target.schedule(&mut r.plan.steps, &live, &desired);
     settle(&mut r.plan.steps, target);
     r.time("plan", t);
     if opts.dry_run {
