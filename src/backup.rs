@@ -702,6 +702,7 @@ pub fn backup(
         summary,
         program_version: format!("gatevault {}", env!("CARGO_PKG_VERSION")),
         source: opts.source,
+        original: None,
     };
     lock.check()?;
     let id = repo.save_snapshot(&snapshot)?;

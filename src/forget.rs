@@ -950,6 +950,7 @@ mod tests {
             summary: Default::default(),
             program_version: "test".into(),
             source: None,
+            original: None,
         }
     }
 

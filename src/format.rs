@@ -638,6 +638,9 @@ pub struct Snapshot {
     /// The gateway captured, for gateway snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Source>,
+    /// For a snapshot rewritten by `erase`: the snapshot it replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<SnapshotId>,
 }
 
 /// The gateway a snapshot was captured from.

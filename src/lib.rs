@@ -16,6 +16,7 @@ pub mod chunker;
 pub mod cli;
 pub mod crypto;
 pub mod diff;
+pub mod erase;
 pub mod error;
 pub mod forget;
 pub mod format;

@@ -487,6 +487,7 @@ fn sample_snapshot() -> Snapshot {
         summary: Summary::default(),
         program_version: "gatevault 0.1.0".into(),
         source: None,
+        original: None,
     }
 }
 

@@ -7,6 +7,7 @@ mod check;
 mod diff;
 mod drill;
 mod dump;
+mod erase;
 mod export;
 mod forget;
 mod init;
@@ -142,6 +143,10 @@ enum Command {
     Forget(forget::ForgetArgs),
     /// Remove data no snapshot needs: delete unused packs, repack partly used ones.
     Prune(prune::PruneCmdArgs),
+    /// Remove one data subject's personal data from every snapshot, physically, and prove it is gone.
+    Erase(erase::EraseArgs),
+    /// List past erasures (what was removed, when, by whom, and the scan's result).
+    Erasures(erase::ErasuresArgs),
     /// Check the repository's structure and, optionally, re-read its data.
     Check(check::CheckArgs),
     /// Manage key slots.
@@ -412,6 +417,8 @@ pub fn main() -> ExitCode {
         Command::Export(a) => export::run(g, a),
         Command::Forget(a) => forget::run(g, a),
         Command::Prune(a) => prune::run(g, a),
+        Command::Erase(a) => erase::run(g, a),
+        Command::Erasures(a) => erase::run_list(g, a),
         Command::Check(a) => check::run(g, a),
         Command::Key(a) => key::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),

@@ -515,6 +515,7 @@ mod tests {
             summary: Default::default(),
             program_version: "gatevault".into(),
             source: Some(crate::format::Source::new("aws", "aws")),
+            original: None,
         };
         assert_eq!(
             export_name(&snap, "json"),

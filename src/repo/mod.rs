@@ -524,6 +524,21 @@ impl Repository {
     /// # Errors
     /// Backend errors listing the records.
     pub fn records(&self, kind: Option<&str>) -> Result<Vec<Result<serde_json::Value>>> {
+        Ok(self
+            .records_named(kind)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    /// [`Repository::records`] with the name of each record.
+    ///
+    /// # Errors
+    /// Backend errors listing the records.
+    pub fn records_named(
+        &self,
+        kind: Option<&str>,
+    ) -> Result<Vec<(String, Result<serde_json::Value>)>> {
         let names = self.backend.list(FileType::Record)?;
         Ok(names
             .par_iter()
@@ -541,7 +556,7 @@ impl Repository {
                     Ok(v) if kind.is_some() && v.get("type").and_then(|t| t.as_str()) != kind => {
                         None
                     }
-                    r => Some(r),
+                    r => Some((name.clone(), r)),
                 }
             })
             .collect())
