@@ -397,8 +397,32 @@ fn failed_always_audited_commands_are_recorded() {
     // So is removing the key in use.
     let key = current_key(&r);
     r.run_code(code::FAILURE, ["key", "remove", &key[..8]]);
+    // A restore into a gateway that fails is recorded; its dry run is not.
+    let src = r.root().join("src");
+    write(&src.join("f"), "x\n");
+    r.backup(&[&src], &[]);
+    let into_gateway = [
+        "restore",
+        "latest",
+        "--to-gateway",
+        "caddy",
+        "--endpoint",
+        "http://127.0.0.1:9",
+    ];
+    r.run_code(code::FAILURE, into_gateway);
+    let mut dry_run = into_gateway.to_vec();
+    dry_run.push("--dry-run");
+    r.run_code(code::FAILURE, &dry_run);
     let e = entries(&r);
-    assert_eq!(commands(&r), ["init", "forget", "key remove"]);
+    assert_eq!(
+        commands(&r),
+        ["init", "forget", "key remove", "backup", "restore"]
+    );
+    assert!(
+        e[4]["result"].as_str().unwrap().starts_with("failed: "),
+        "{}",
+        e[4]
+    );
     assert!(
         e[1]["result"].as_str().unwrap().starts_with("failed: "),
         "{}",

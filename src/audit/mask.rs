@@ -8,6 +8,9 @@
 //!   secret word (`--tag api_token=abc`, `Authorization: Bearer x`), including URL query parameters;
 //! - the password of a URL (`https://user:pw@host`).
 //!
+//! Values masked there, and those of secret environment variables ([`env_secrets`]), are also scrubbed
+//! from the error message an entry records ([`Masked::scrub`]).
+//!
 //! Whether an option takes a value comes from the command-line parser ([`OptionInfo`]), so that a flag
 //! like `--show-secrets` does not hide the argument after it. Secret files (key files, password files)
 //! are never read into the log: only their paths appear, and those of `--*password*` options are masked
@@ -143,6 +146,26 @@ pub fn mask_args(args: &[String], lookup: &dyn Fn(&str) -> Option<OptionInfo>) -
         }
     }
     m
+}
+
+/// The secret values held by environment variables (`KONG_ADMIN_TOKEN`, `GATEVAULT_PASSWORD`, secret
+/// headers in `DECK_HEADERS`), so that an error message quoting one can be scrubbed before it is
+/// recorded. Environment variables themselves are never recorded.
+pub fn env_secrets(vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, value) in vars {
+        if value.is_empty() {
+            continue;
+        }
+        if is_secret_name(&name) {
+            out.push(value);
+        } else if name.to_ascii_lowercase().contains("header") {
+            for part in value.split(',') {
+                mask_value(part.trim(), &mut out);
+            }
+        }
+    }
+    out
 }
 
 /// Masks secret parts of one argument or option value: `KEY=VALUE` / `KEY: VALUE` pairs with a secret
@@ -350,6 +373,26 @@ mod tests {
             "password command \"<secret>\" failed; token <secret> refused"
         );
         assert!(m.secrets.contains(&"pw0rd".to_string()));
+    }
+
+    #[test]
+    fn secrets_of_the_environment_are_scrubbed() {
+        let vars = [
+            ("KONG_ADMIN_TOKEN", "kong-tok-1"),
+            ("DECK_HEADERS", "Kong-Admin-Token:deck-tok-2, X-Team:gw"),
+            ("HOME", "/root"),
+            ("GATEVAULT_PASSWORD", ""),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let m = Masked {
+            args: vec![],
+            secrets: env_secrets(vars),
+        };
+        assert_eq!(m.secrets, ["kong-tok-1", "deck-tok-2"]);
+        assert_eq!(
+            m.scrub("401 from /root with kong-tok-1 and deck-tok-2"),
+            "401 from /root with <secret> and <secret>"
+        );
     }
 
     #[test]

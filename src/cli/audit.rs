@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use clap::{ArgMatches, Args, Subcommand};
 
 use super::{exit, print_json, Global};
-use crate::audit::mask::{mask_args, OptionInfo};
+use crate::audit::mask::{env_secrets, mask_args, OptionInfo};
 use crate::audit::session::{always_audited, Invocation, Outcome, Target};
 use crate::audit::{entry_path, AuditLog, Head, HeadFile, Remembered};
 use crate::format::AuditEntry;
@@ -115,9 +115,18 @@ pub(crate) fn invocation(cmd: &clap::Command, matches: &ArgMatches) -> Invocatio
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
+    let mut masked = mask_args(&args, &|o| options.get(o).cloned());
+    masked
+        .secrets
+        .extend(env_secrets(std::env::vars_os().map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })));
     Invocation {
         always: always_audited(&command, to_gateway, flag("dry_run")),
-        masked: mask_args(&args, &|o| options.get(o).cloned()),
+        masked,
         command,
     }
 }
