@@ -16,8 +16,8 @@ use crate::audit::{AuditLog, HeadFile};
 use crate::backend::FileType;
 use crate::backup::Progress;
 use crate::error::{Error, Result};
-use crate::format::{BlobType, NodeType, PackEntry, Tree};
-use crate::id::{BlobId, IndexId, PackId};
+use crate::format::{BlobType, NodeType};
+use crate::id::{BlobId, PackId};
 use crate::repo::Repository;
 
 /// Which pack data to re-read.
@@ -99,38 +99,6 @@ pub struct CheckReport {
     pub bytes_read: u64,
 }
 
-type BlobMap = HashMap<(BlobType, BlobId), (PackId, PackEntry)>;
-
-/// Reads a blob through the entries of the index files (not the local cache), resolving a delta chain
-/// of at most `depth` deltas the same way. Returns the pack it came from and its plaintext.
-fn read_indexed(
-    blobs: &BlobMap,
-    backend: &dyn crate::backend::Backend,
-    keys: &crate::crypto::RepoKeys,
-    t: BlobType,
-    id: &BlobId,
-    depth: usize,
-) -> Result<(PackId, Vec<u8>)> {
-    let (pack, e) = blobs.get(&(t, *id)).ok_or_else(|| Error::NotFound {
-        kind: format!("{t:?} blob").to_lowercase(),
-        id: id.to_hex(),
-    })?;
-    let env = backend.read_range(
-        FileType::Pack,
-        &pack.to_hex(),
-        e.offset as u64,
-        e.length as u64,
-    )?;
-    let data = crate::pack::open_blob_with(keys, pack, e, &env, &|b| match depth {
-        0 => Err(Error::integrity(
-            format!("blob {id}"),
-            "its delta chain is longer than allowed",
-        )),
-        _ => read_indexed(blobs, backend, keys, t, b, depth - 1).map(|(_, d)| d),
-    })?;
-    Ok((*pack, data))
-}
-
 /// Selects the packs whose data `sel` asks for.
 pub fn select_packs(packs: &[PackId], sel: ReadData, seed: u64) -> Vec<PackId> {
     match sel {
@@ -184,31 +152,14 @@ pub fn check(
     };
 
     // 1. Index files.
-    let index_ids: Vec<IndexId> = backend
-        .list(FileType::Index)?
-        .into_iter()
-        .filter_map(|(n, _)| IndexId::from_hex(&n).ok())
-        .collect();
-    let loaded: Vec<_> = index_ids
-        .par_iter()
-        .map(|id| (*id, crate::index::load_index_file(backend, keys, id)))
-        .collect();
-    let mut blobs: BlobMap = HashMap::new();
-    let mut packs: HashMap<PackId, (u64, Vec<PackEntry>)> = HashMap::new();
-    for (id, f) in loaded {
-        match f {
-            Ok(f) => {
-                for p in f.packs {
-                    for e in &p.blobs {
-                        blobs.entry((e.blob_type, e.id)).or_insert((p.id, *e));
-                    }
-                    packs.entry(p.id).or_insert((p.size, p.blobs));
-                }
-            }
-            Err(e @ Error::Io { .. }) => r.incomplete.push(format!("index file {id}: {e}")),
-            Err(e) => r.errors.push(format!("index file {id}: {e}")),
+    let state = crate::index::IndexState::read(backend, keys)?;
+    for (id, e) in &state.unreadable {
+        match e {
+            Error::Io { .. } => r.incomplete.push(format!("index file {id}: {e}")),
+            _ => r.errors.push(format!("index file {id}: {e}")),
         }
     }
+    let packs = &state.packs;
     r.packs = packs.len();
 
     // 2. Packs exist with the indexed size.
@@ -217,7 +168,7 @@ pub fn check(
         .into_iter()
         .filter_map(|(n, s)| PackId::from_hex(&n).ok().map(|id| (id, s)))
         .collect();
-    for (id, (size, _)) in &packs {
+    for (id, (size, _)) in packs {
         match stored.get(id) {
             None => r
                 .errors
@@ -234,18 +185,8 @@ pub fn check(
     }
 
     // 3. Snapshots and trees.
-    let load_tree = |id: &BlobId| -> Result<Tree> {
-        let (pack, b) = read_indexed(
-            &blobs,
-            backend,
-            keys,
-            BlobType::Tree,
-            id,
-            crate::pack::MAX_DELTA_DEPTH,
-        )?;
-        Tree::decode(&b)
-            .map_err(|err| Error::integrity(format!("tree {id} in pack {pack}"), err.to_string()))
-    };
+    let blobs = &state.blobs;
+    let load_tree = |id: &BlobId| state.load_tree(backend, keys, id);
     let mut seen_trees: HashSet<BlobId> = HashSet::new();
     for (sid, s) in repo.load_all_snapshots()? {
         r.snapshots += 1;
@@ -384,15 +325,15 @@ pub fn check(
                 continue;
             }
             let base = |b: &BlobId| {
-                read_indexed(
-                    &blobs,
-                    backend,
-                    keys,
-                    e.blob_type,
-                    b,
-                    crate::pack::MAX_DELTA_DEPTH - 1,
-                )
-                .map(|(_, d)| d)
+                state
+                    .load_blob(
+                        backend,
+                        keys,
+                        e.blob_type,
+                        b,
+                        crate::pack::MAX_DELTA_DEPTH - 1,
+                    )
+                    .map(|(_, d)| d)
             };
             // Decrypted in place: index entries never overlap (the index parser refuses that).
             let env = &mut bytes[e.offset as usize..end];

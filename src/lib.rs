@@ -27,6 +27,7 @@ pub mod id;
 pub mod index;
 pub mod pack;
 pub mod probe;
+pub mod prune;
 pub mod recovery;
 pub mod repair;
 pub mod repo;

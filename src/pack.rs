@@ -295,6 +295,17 @@ pub fn authenticate(keys: &RepoKeys, pack: &PackId, e: &PackEntry, envelope: &[u
     open_stored(keys, pack, e, &mut envelope.to_vec(), &what).map(|_| ())
 }
 
+/// Decrypts a blob's envelope and returns its stored plaintext (flag and payload, as
+/// [`encode_blob`] or [`encode_delta`] made it), for moving the blob to another pack unchanged.
+///
+/// # Errors
+/// [`Error::IntegrityMismatch`] as [`open_blob`].
+pub fn unseal(keys: &RepoKeys, pack: &PackId, e: &PackEntry, envelope: &[u8]) -> Result<Vec<u8>> {
+    let what = format!("blob {} in pack {}", e.id, pack);
+    let mut buf = envelope.to_vec();
+    Ok(open_stored(keys, pack, e, &mut buf, &what)?.to_vec())
+}
+
 /// Decrypts a blob's envelope in place. The item id in its authenticated data binds the base its entry
 /// names, so an entry with another (or no) base does not open it.
 fn open_stored<'b>(

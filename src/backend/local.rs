@@ -214,6 +214,9 @@ impl Backend for LocalBackend {
             sync_dir(&dir).map_err(|e| self.io_err("syncing", &dir, e))
         })();
         let _ = fs::remove_file(&tmp);
+        if result.is_ok() {
+            super::crash_point(t);
+        }
         result
     }
 
@@ -223,6 +226,7 @@ impl Backend for LocalBackend {
         if let Some(dir) = path.parent() {
             sync_dir(dir).map_err(|e| self.io_err("syncing", dir, e))?;
         }
+        super::crash_point(t);
         Ok(())
     }
 

@@ -88,6 +88,28 @@ impl fmt::Display for FileType {
     }
 }
 
+/// A testing aid for crash tests: when the variable `GATEVAULT_CRASH_AT` holds N, the process aborts
+/// (like `kill -9`: no destructors, no cleanup) right after its N-th durable write or removal of a
+/// repository object other than a lock. Crash tests run a command with N = 1, 2, 3, ... to stop it at
+/// every durable step it takes.
+pub fn crash_point(t: FileType) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static AT: OnceLock<Option<u64>> = OnceLock::new();
+    static DONE: AtomicU64 = AtomicU64::new(0);
+    let Some(at) = *AT.get_or_init(|| {
+        std::env::var("GATEVAULT_CRASH_AT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }) else {
+        return;
+    };
+    if t != FileType::Lock && DONE.fetch_add(1, Ordering::SeqCst) + 1 == at {
+        eprintln!("GATEVAULT_CRASH_AT={at}: aborting after durable step {at}");
+        std::process::abort();
+    }
+}
+
 /// What a backend can promise.
 #[derive(Clone, Copy, Debug)]
 pub struct Capabilities {

@@ -69,6 +69,11 @@ pub(crate) struct ForgetArgs {
     /// Only show what would be removed.
     #[arg(short = 'n', long)]
     dry_run: bool,
+    /// Prune afterwards: remove the data only the removed snapshots needed.
+    #[arg(long)]
+    prune: bool,
+    #[command(flatten)]
+    prune_args: super::prune::PruneArgs,
 }
 
 fn parse_keep(s: &str) -> Result<Keep, String> {
@@ -194,12 +199,23 @@ pub(crate) fn run(g: &Global, a: ForgetArgs) -> anyhow::Result<u8> {
                 })
             })
             .collect();
+        // With --prune, the prune report follows on a line of its own.
         print_json(&v)?;
-        return Ok(exit::OK);
+    } else if !g.quiet {
+        print_forget(&a, &policy, &selection, &report);
     }
-    if g.quiet {
-        return Ok(exit::OK);
+    if a.prune {
+        return super::prune::run_with(g, &repo, &a.prune_args.options(a.dry_run));
     }
+    Ok(exit::OK)
+}
+
+fn print_forget(
+    a: &ForgetArgs,
+    policy: &Policy,
+    selection: &Selection<'_>,
+    report: &crate::forget::ForgetReport,
+) {
     if matches!(selection, Selection::Policy(..)) {
         println!("Applying policy: {policy}");
     }
@@ -223,11 +239,15 @@ pub(crate) fn run(g: &Global, a: ForgetArgs) -> anyhow::Result<u8> {
         println!("would remove {n} snapshots (dry run: nothing was changed)");
     } else {
         println!(
-            "removed {} snapshots; the data only they referenced stays in the repository until a later prune removes it",
-            report.removed.len()
+            "removed {} snapshots{}",
+            report.removed.len(),
+            if a.prune {
+                ""
+            } else {
+                "; the data only they referenced stays in the repository until a later prune removes it"
+            }
         );
     }
-    Ok(exit::OK)
 }
 
 fn tags(e: &Entry) -> String {

@@ -37,6 +37,16 @@ pub(crate) struct InitArgs {
     /// Argon2id passes for the password slot (default 3).
     #[arg(long, default_value_t = 3)]
     kdf_iterations: u32,
+    /// Target size of new packs (64K to 128M; default 16M). Smaller packs make prune repack less.
+    #[arg(long, value_name = "SIZE", value_parser = parse_pack_size)]
+    pack_size: Option<u32>,
+}
+
+fn parse_pack_size(s: &str) -> Result<u32, String> {
+    match crate::prune::parse_size(s) {
+        Some(n) if (64 << 10..=128 << 20).contains(&n) => Ok(n as u32),
+        _ => Err(format!("{s:?}: give a size from 64K to 128M")),
+    }
 }
 
 /// Creates a key file of 32 random bytes (mode 0600), refusing to overwrite.
@@ -87,7 +97,7 @@ pub(crate) fn run(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
             a.kdf_memory_mib.saturating_mul(1024),
             a.kdf_iterations,
         )),
-        ..InitOptions::default()
+        pack_size: a.pack_size.unwrap_or(crate::repo::DEFAULT_PACK_SIZE),
     };
     let creds = Credentials { password, key_file };
     let repo = Repository::init(g.backend()?, &opts, &creds, g.cache_dir())?;

@@ -15,6 +15,7 @@ mod key;
 mod log;
 mod ls;
 mod probe;
+mod prune;
 mod repair;
 mod restore;
 mod rollback;
@@ -143,6 +144,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Remove snapshots by a retention policy or by id (their data stays until a prune).
     Forget(forget::ForgetArgs),
+    /// Remove data no snapshot needs: delete unused packs, repack partly used ones.
+    Prune(prune::PruneCmdArgs),
     /// Check the repository's structure and, optionally, re-read its data.
     Check(check::CheckArgs),
     /// Manage key slots.
@@ -426,6 +429,7 @@ pub fn main() -> ExitCode {
         Command::Log(a) => log::run(g, a),
         Command::Export(a) => export::run(g, a),
         Command::Forget(a) => forget::run(g, a),
+        Command::Prune(a) => prune::run(g, a),
         Command::Check(a) => check::run(g, a),
         Command::Key(a) => key::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),

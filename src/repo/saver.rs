@@ -190,21 +190,61 @@ impl<'a> BlobSaver<'a> {
         self.blobs_added.fetch_add(1, Ordering::Relaxed);
         self.data_added
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.add_to_pack(t, id, data.len() as u32, stored, base)?;
+        Ok(id)
+    }
+
+    /// Adds a blob in its stored form (as [`crate::pack::unseal`] returns it) to a new pack, without
+    /// looking at the index: prune uses this to move blobs out of packs it repacks. `base` must be given
+    /// exactly for a delta.
+    ///
+    /// # Errors
+    /// Backend errors writing a full pack.
+    pub fn add_stored(
+        &self,
+        t: BlobType,
+        id: BlobId,
+        raw_length: u32,
+        stored: Vec<u8>,
+        base: Option<BlobId>,
+    ) -> Result<()> {
+        if !self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((t, id))
+        {
+            return Ok(());
+        }
+        self.blobs_added.fetch_add(1, Ordering::Relaxed);
+        self.data_added
+            .fetch_add(raw_length as u64, Ordering::Relaxed);
+        self.add_to_pack(t, id, raw_length, stored, base)
+    }
+
+    fn add_to_pack(
+        &self,
+        t: BlobType,
+        id: BlobId,
+        raw_length: u32,
+        stored: Vec<u8>,
+        base: Option<BlobId>,
+    ) -> Result<()> {
         let full = {
             let mut b = self.builders[slot(t)]
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            b.add_with_base(id, data.len() as u32, stored, base);
+            b.add_with_base(id, raw_length, stored, base);
             if b.size() >= self.repo.config().pack_size as usize {
                 Some(std::mem::replace(&mut *b, PackBuilder::new(t)))
             } else {
                 None
             }
         };
-        if let Some(p) = full {
-            self.write_pack(p)?;
+        match full {
+            Some(p) => self.write_pack(p),
+            None => Ok(()),
         }
-        Ok(id)
     }
 
     /// The delta encoding of `data` against `similar`, if it pays. A base that cannot be

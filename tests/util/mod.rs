@@ -158,6 +158,24 @@ impl Repo {
         r
     }
 
+    /// A copy of this repository (and of its key or password file) in a new temporary folder, with a
+    /// cache of its own: for running one command many times on the same starting state.
+    pub fn copy(&self) -> Self {
+        let mut c = Self::new();
+        copy_dir(&self.path, &c.path);
+        c.key = self.key.as_ref().map(|k| {
+            let to = c.tmp.path().join("key");
+            fs::copy(k, &to).unwrap();
+            to
+        });
+        c.password = self.password.as_ref().map(|p| {
+            let to = c.tmp.path().join("password");
+            fs::copy(p, &to).unwrap();
+            to
+        });
+        c
+    }
+
     /// The temporary folder, for source trees and restore targets.
     pub fn root(&self) -> &Path {
         self.tmp.path()

@@ -1,0 +1,604 @@
+//! `prune`: removes the data no snapshot needs any more.
+//!
+//! Under an exclusive lock, prune reads the index files (never the local cache) and every snapshot,
+//! marks the blobs the snapshots need (with the bases of delta blobs), and then:
+//! - deletes packs that hold nothing needed, and packs no index file names (left by interrupted jobs);
+//! - repacks packs that hold some unneeded data, most wasteful first, until the unused share left is at
+//!   most `--max-unused` (restic's rule and default: 5%); `erase` and `rewrite --reencrypt` force the
+//!   repack of given packs whatever that share is;
+//! - writes one new index file that supersedes all others, and only then deletes the old index files,
+//!   then the packs.
+//!
+//! Interrupted at any point, it leaves a repository that `check` passes: before the new index is stored
+//! the new packs are merely unreferenced; after it, every old index file still present names only packs
+//! that still exist (packs are deleted last), and leftover packs are unreferenced. Running it again
+//! finishes the job.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::backend::FileType;
+use crate::backup::Progress;
+use crate::error::{Error, Result};
+use crate::format::{BlobType, IndexFile, IndexPack, NodeType, PackEntry};
+use crate::id::{BlobId, PackId};
+use crate::index::IndexState;
+use crate::repo::lock::LockGuard;
+use crate::repo::saver::BlobSaver;
+use crate::repo::Repository;
+
+/// A blob by type and id.
+pub type BlobKey = (BlobType, BlobId);
+
+/// How much unused data may stay in packs that are kept.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MaxUnused {
+    /// A share of the repository's pack data, in percent (below 100).
+    Percent(f64),
+    /// An absolute number of bytes.
+    Bytes(u64),
+    /// Any amount: only packs with nothing needed are deleted.
+    Unlimited,
+}
+
+impl Default for MaxUnused {
+    fn default() -> Self {
+        MaxUnused::Percent(5.0)
+    }
+}
+
+impl std::str::FromStr for MaxUnused {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::InvalidInput(format!(
+                "--max-unused {s:?}: use a percentage below 100 (5%), a size (100M, 2G) or 'unlimited'"
+            ))
+        };
+        let s = s.trim();
+        if s == "unlimited" {
+            return Ok(MaxUnused::Unlimited);
+        }
+        if let Some(p) = s.strip_suffix('%') {
+            let v: f64 = p.trim().parse().map_err(|_| bad())?;
+            return if (0.0..100.0).contains(&v) {
+                Ok(MaxUnused::Percent(v))
+            } else {
+                Err(bad())
+            };
+        }
+        parse_size(s).map(MaxUnused::Bytes).ok_or_else(bad)
+    }
+}
+
+/// Parses a size with an optional binary suffix (`500`, `100k`, `100M`, `2G`, `1T`).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_lowercase() {
+                'b' => 1,
+                'k' => 1 << 10,
+                'm' => 1 << 20,
+                'g' => 1 << 30,
+                't' => 1 << 40,
+                _ => return None,
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// Options of a prune.
+#[derive(Clone, Debug, Default)]
+pub struct PruneOptions {
+    /// Unused data allowed to stay.
+    pub max_unused: MaxUnused,
+    /// At most this many bytes of packs are repacked to reach `max_unused` (forced repacks do not count).
+    pub max_repack_bytes: Option<u64>,
+    /// Only compute and report.
+    pub dry_run: bool,
+}
+
+/// What `erase` and `rewrite --reencrypt` add to a prune.
+#[derive(Clone, Debug, Default)]
+pub struct Forced {
+    /// Packs to repack whatever their unused share (their needed blobs move to new packs).
+    pub packs: HashSet<PackId>,
+    /// Blobs that must not survive even as the base of a needed delta blob: such deltas are stored
+    /// again self-contained.
+    pub blobs: HashSet<BlobKey>,
+}
+
+/// What a prune found and did (or would do, for a dry run).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PruneReport {
+    /// Nothing was changed.
+    pub dry_run: bool,
+    /// Snapshots whose data is kept.
+    pub snapshots: usize,
+    /// Packs the index names.
+    pub packs: usize,
+    /// Their bytes.
+    pub pack_bytes: u64,
+    /// Blobs the snapshots need (stored once).
+    pub used_blobs: u64,
+    /// Their stored bytes.
+    pub used_bytes: u64,
+    /// Stored bytes nothing needs (unneeded blobs, duplicates).
+    pub unused_bytes: u64,
+    /// Packs no index names (left by interrupted jobs): deleted.
+    pub unreferenced_packs: usize,
+    /// Their bytes.
+    pub unreferenced_bytes: u64,
+    /// Packs holding nothing needed: deleted.
+    pub packs_deleted: usize,
+    /// Their bytes.
+    pub bytes_deleted: u64,
+    /// Packs repacked (their needed blobs moved to new packs, then deleted).
+    pub packs_repacked: usize,
+    /// Their bytes.
+    pub bytes_repacked: u64,
+    /// Of those, packs repacked because `erase` or `rewrite` required it.
+    pub packs_forced: usize,
+    /// Blobs moved to new packs.
+    pub blobs_moved: u64,
+    /// Delta blobs stored again self-contained because their base was removed.
+    pub deltas_resolved: u64,
+    /// New packs written.
+    pub new_packs: usize,
+    /// Their bytes.
+    pub new_pack_bytes: u64,
+    /// Packs the index named that were missing and held nothing needed: dropped from the index.
+    pub missing_packs_dropped: usize,
+    /// Unused bytes left in kept packs afterwards.
+    pub unused_after: u64,
+    /// Pack bytes afterwards.
+    pub pack_bytes_after: u64,
+    /// Index files replaced by the new one.
+    pub index_files_replaced: usize,
+}
+
+/// Prunes the repository under an exclusive lock.
+///
+/// # Errors
+/// [`Error::Locked`]; [`Error::IntegrityMismatch`] or [`Error::NotFound`] when a snapshot, an index file or a
+/// needed blob cannot be read (prune then changes nothing); backend errors.
+pub fn prune(
+    repo: &Repository,
+    opts: &PruneOptions,
+    progress: &dyn Progress,
+) -> Result<PruneReport> {
+    repo.require_admin("prune")?;
+    let lock = LockGuard::acquire(repo.backend_arc(), repo.keys().clone(), true, "prune")?;
+    prune_locked(repo, &lock, opts, &Forced::default(), progress)
+}
+
+/// The stored size of a pack's header and trailer listing `entries`.
+fn header_bytes(entries: &[PackEntry], overhead: usize) -> u64 {
+    let body: usize = entries
+        .iter()
+        .map(|e| if e.base.is_some() { 77 } else { 45 })
+        .sum();
+    (4 + overhead + 9 + body) as u64
+}
+
+/// The blobs the snapshots need: their trees, the data of their files, and the base of every needed
+/// delta blob, except bases in `stop` (whose deltas prune then stores self-contained).
+///
+/// # Errors
+/// Any snapshot or tree that cannot be read, or a needed blob no index file lists: prune must not go on.
+pub fn used_blobs(
+    repo: &Repository,
+    state: &IndexState,
+    stop: &HashSet<BlobKey>,
+) -> Result<(usize, HashSet<BlobKey>)> {
+    let backend = repo.backend();
+    let keys = repo.keys();
+    let refuse = |what: String, e: &dyn std::fmt::Display| {
+        Error::integrity(
+            what,
+            format!(
+                "{e}; prune stops without changing anything, because going on could delete data \
+                 this snapshot still needs: run `gatevault check`, then `gatevault repair index` \
+                 or forget the damaged snapshot"
+            ),
+        )
+    };
+    let mut used: HashSet<BlobKey> = HashSet::new();
+    let mut snapshots = 0;
+    let mut trees: Vec<BlobId> = Vec::new();
+    for (id, s) in repo.load_all_snapshots()? {
+        let s = s.map_err(|e| refuse(format!("snapshot {id}"), &e))?;
+        snapshots += 1;
+        trees.push(s.tree);
+    }
+    // Trees level by level, each level loaded in parallel; a tree shared by many snapshots once.
+    let mut seen: HashSet<BlobId> = HashSet::new();
+    trees.retain(|t| seen.insert(*t));
+    while !trees.is_empty() {
+        let loaded: Vec<(BlobId, Result<crate::format::Tree>)> = trees
+            .par_iter()
+            .map(|t| (*t, state.load_tree(backend, keys, t)))
+            .collect();
+        let mut next = Vec::new();
+        for (tid, t) in loaded {
+            let t = t.map_err(|e| refuse(format!("tree {tid}"), &e))?;
+            used.insert((BlobType::Tree, tid));
+            for n in &t.nodes {
+                match n.node_type {
+                    NodeType::Dir => {
+                        if let Some(sub) = n.subtree {
+                            if seen.insert(sub) {
+                                next.push(sub);
+                            }
+                        }
+                    }
+                    NodeType::File => {
+                        for b in &n.content {
+                            used.insert((BlobType::Data, *b));
+                        }
+                    }
+                    NodeType::Symlink => {}
+                }
+            }
+        }
+        trees = next;
+    }
+    // Every needed blob must be indexed; bases of deltas are needed too.
+    let mut todo: Vec<BlobKey> = used.iter().copied().collect();
+    while let Some(k) = todo.pop() {
+        let Some((_, e)) = state.blobs.get(&k) else {
+            return Err(refuse(
+                format!(
+                    "{} blob {}",
+                    if k.0 == BlobType::Tree {
+                        "tree"
+                    } else {
+                        "data"
+                    },
+                    k.1
+                ),
+                &"a snapshot needs it but no index file lists it",
+            ));
+        };
+        if let Some(b) = e.base {
+            let bk = (k.0, b);
+            if !stop.contains(&bk) && used.insert(bk) {
+                todo.push(bk);
+            }
+        }
+    }
+    Ok((snapshots, used))
+}
+
+/// One pack: the entries it keeps (needed, and this is the copy the index points to) and its waste.
+struct PackInfo {
+    size: u64,
+    keep: Vec<PackEntry>,
+    unused: u64,
+    needs_resolve: bool,
+}
+
+/// One pack's fate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Keep,
+    Delete,
+    Repack { forced: bool },
+}
+
+/// Prunes with the exclusive lock `lock` already held (by `prune`, `erase` or `rewrite`), repacking the
+/// packs in `forced` whatever their unused share.
+///
+/// # Errors
+/// As [`prune`].
+pub fn prune_locked(
+    repo: &Repository,
+    lock: &LockGuard,
+    opts: &PruneOptions,
+    forced: &Forced,
+    progress: &dyn Progress,
+) -> Result<PruneReport> {
+    let backend = repo.backend();
+    let keys = repo.keys();
+    let state = IndexState::read(backend, keys)?;
+    if let Some((id, e)) = state.unreadable.first() {
+        return Err(Error::integrity(
+            format!("index file {id}"),
+            format!(
+                "{e}; prune stops without changing anything, because the blobs it lists would look \
+                 unused: run `gatevault repair index` first"
+            ),
+        ));
+    }
+    let (snapshots, used) = used_blobs(repo, &state, &forced.blobs)?;
+    let stored: HashMap<PackId, u64> = backend
+        .list(FileType::Pack)?
+        .into_iter()
+        .filter_map(|(n, s)| PackId::from_hex(&n).ok().map(|id| (id, s)))
+        .collect();
+    let overhead = keys.cipher().overhead();
+    let mut r = PruneReport {
+        dry_run: opts.dry_run,
+        snapshots,
+        ..PruneReport::default()
+    };
+
+    let mut info: HashMap<PackId, PackInfo> = HashMap::new();
+    for (pid, (size, entries)) in &state.packs {
+        let keep: Vec<PackEntry> = entries
+            .iter()
+            .filter(|e| {
+                let k = (e.blob_type, e.id);
+                used.contains(&k) && state.blobs.get(&k).is_some_and(|(p, _)| p == pid)
+            })
+            .copied()
+            .collect();
+        if !stored.contains_key(pid) {
+            if let Some(e) = keep.first() {
+                return Err(Error::integrity(
+                    format!("pack {pid}"),
+                    format!(
+                        "missing, but it holds blob {} that a snapshot needs; prune stops without \
+                         changing anything: run `gatevault check` and `gatevault repair index`",
+                        e.id
+                    ),
+                ));
+            }
+            r.missing_packs_dropped += 1;
+            continue;
+        }
+        let kept: u64 = keep.iter().map(|e| e.length as u64).sum();
+        let unused = size.saturating_sub(kept + header_bytes(entries, overhead));
+        let needs_resolve = keep
+            .iter()
+            .any(|e| e.base.is_some_and(|b| !used.contains(&(e.blob_type, b))));
+        r.packs += 1;
+        r.pack_bytes += size;
+        r.used_blobs += keep.len() as u64;
+        r.used_bytes += kept;
+        r.unused_bytes += unused;
+        info.insert(
+            *pid,
+            PackInfo {
+                size: *size,
+                keep,
+                unused,
+                needs_resolve,
+            },
+        );
+    }
+    for (pid, size) in &stored {
+        if !state.packs.contains_key(pid) {
+            r.unreferenced_packs += 1;
+            r.unreferenced_bytes += size;
+        }
+    }
+
+    // Decide each pack's fate.
+    let mut fate: HashMap<PackId, Fate> = HashMap::new();
+    let mut unused_left = 0u64;
+    let mut candidates: Vec<(&PackId, &PackInfo)> = Vec::new();
+    for (pid, p) in &info {
+        let f = if p.keep.is_empty() {
+            Fate::Delete
+        } else if forced.packs.contains(pid) || p.needs_resolve {
+            Fate::Repack { forced: true }
+        } else {
+            if p.unused > 0 {
+                candidates.push((pid, p));
+            }
+            unused_left += p.unused;
+            Fate::Keep
+        };
+        fate.insert(*pid, f);
+    }
+    let kept_used: u64 = r.used_bytes;
+    let limit = match opts.max_unused {
+        MaxUnused::Unlimited => u64::MAX,
+        MaxUnused::Bytes(b) => b,
+        MaxUnused::Percent(p) => (p / (100.0 - p) * kept_used as f64) as u64,
+    };
+    // Most wasteful first (by share, then by size), ties by id so that a dry run predicts the run.
+    candidates.sort_by(|a, b| {
+        let share = |p: &PackInfo| p.unused as f64 / p.size.max(1) as f64;
+        share(b.1)
+            .total_cmp(&share(a.1))
+            .then(b.1.unused.cmp(&a.1.unused))
+            .then(a.0.cmp(b.0))
+    });
+    let mut repack_budget = opts.max_repack_bytes.unwrap_or(u64::MAX);
+    for (pid, p) in candidates {
+        if unused_left <= limit {
+            break;
+        }
+        if p.size > repack_budget {
+            continue;
+        }
+        repack_budget -= p.size;
+        unused_left -= p.unused;
+        fate.insert(*pid, Fate::Repack { forced: false });
+    }
+    for (pid, f) in &fate {
+        let p = &info[pid];
+        match f {
+            Fate::Keep => {}
+            Fate::Delete => {
+                r.packs_deleted += 1;
+                r.bytes_deleted += p.size;
+            }
+            Fate::Repack { forced } => {
+                r.packs_repacked += 1;
+                r.bytes_repacked += p.size;
+                r.packs_forced += usize::from(*forced);
+                r.blobs_moved += p.keep.len() as u64;
+                r.deltas_resolved += p
+                    .keep
+                    .iter()
+                    .filter(|e| e.base.is_some_and(|b| !used.contains(&(e.blob_type, b))))
+                    .count() as u64;
+            }
+        }
+    }
+    r.unused_after = unused_left;
+    let nothing_to_do = r.packs_deleted == 0
+        && r.packs_repacked == 0
+        && r.unreferenced_packs == 0
+        && r.missing_packs_dropped == 0;
+    if opts.dry_run || nothing_to_do {
+        // Estimated: kept packs, plus the blobs moved out of repacked ones.
+        r.pack_bytes_after = fate
+            .iter()
+            .map(|(p, f)| match f {
+                Fate::Keep => info[p].size,
+                Fate::Delete => 0,
+                Fate::Repack { .. } => info[p].keep.iter().map(|e| e.length as u64).sum(),
+            })
+            .sum();
+        return Ok(r);
+    }
+
+    // Repack: move the kept blobs of each repacked pack into new packs.
+    let repack: Vec<PackId> = {
+        let mut v: Vec<PackId> = fate
+            .iter()
+            .filter(|(_, f)| matches!(f, Fate::Repack { .. }))
+            .map(|(p, _)| *p)
+            .collect();
+        v.sort();
+        v
+    };
+    let saver = BlobSaver::new(repo);
+    let level = repo.config().compression;
+    progress.start(
+        repack.iter().map(|p| info[p].size).sum(),
+        repack.len() as u64,
+    );
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    repack.par_iter().for_each(|pid| {
+        if failure.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            return;
+        }
+        let result = (|| -> Result<()> {
+            lock.check()?;
+            let p = &info[pid];
+            let bytes = backend.read(FileType::Pack, &pid.to_hex())?;
+            for e in &p.keep {
+                let end = e.offset as usize + e.length as usize;
+                let env = bytes.get(e.offset as usize..end).ok_or_else(|| {
+                    Error::integrity(
+                        format!("pack {pid}"),
+                        format!("blob {} lies beyond its end (truncated)", e.id),
+                    )
+                })?;
+                let resolve = e.base.is_some_and(|b| !used.contains(&(e.blob_type, b)));
+                if resolve || e.base.is_none() {
+                    // Decoded and re-hashed; a delta whose base goes is stored self-contained.
+                    let plain = crate::pack::open_blob_with(keys, pid, e, env, &|b| {
+                        state
+                            .load_blob(
+                                backend,
+                                keys,
+                                e.blob_type,
+                                b,
+                                crate::pack::MAX_DELTA_DEPTH - 1,
+                            )
+                            .map(|(_, d)| d)
+                    })?;
+                    let stored = if resolve {
+                        crate::pack::encode_blob(&plain, level)?
+                    } else {
+                        crate::pack::unseal(keys, pid, e, env)?
+                    };
+                    saver.add_stored(e.blob_type, e.id, e.raw_length, stored, None)?;
+                } else {
+                    // A delta whose base stays: moved as it is (its AEAD proves it intact).
+                    let stored = crate::pack::unseal(keys, pid, e, env)?;
+                    saver.add_stored(e.blob_type, e.id, e.raw_length, stored, e.base)?;
+                }
+            }
+            progress.bytes(p.size);
+            Ok(())
+        })();
+        if let Err(e) = result {
+            failure
+                .lock()
+                .unwrap_or_else(|x| x.into_inner())
+                .get_or_insert(e);
+        }
+    });
+    progress.finish();
+    if let Some(e) = failure.into_inner().unwrap_or_else(|x| x.into_inner()) {
+        return Err(e);
+    }
+    let new_packs = saver.flush()?;
+    r.new_packs = new_packs.len();
+    r.new_pack_bytes = new_packs.iter().map(|p| p.size).sum();
+
+    // One index file naming every kept pack and the new ones, superseding all others.
+    let mut packs: Vec<IndexPack> = Vec::new();
+    for (pid, f) in &fate {
+        if *f != Fate::Keep {
+            continue;
+        }
+        let (size, entries) = &state.packs[pid];
+        // Unneeded self-contained blobs stay listed (a later backup may use them again); unneeded
+        // deltas do not, since their bases may be gone.
+        let blobs: Vec<PackEntry> = entries
+            .iter()
+            .filter(|e| {
+                let k = (e.blob_type, e.id);
+                !forced.blobs.contains(&k) && (e.base.is_none() || info[pid].keep.contains(e))
+            })
+            .copied()
+            .collect();
+        packs.push(IndexPack {
+            id: *pid,
+            size: *size,
+            blobs,
+        });
+    }
+    packs.extend(new_packs);
+    packs.sort_by_key(|p| p.id);
+    r.pack_bytes_after = packs.iter().map(|p| p.size).sum();
+    lock.check()?;
+    let file = IndexFile {
+        supersedes: state.files.clone(),
+        packs,
+    };
+    crate::index::save_index_file(backend, keys, &file)?;
+    r.index_files_replaced = state.files.len();
+    for id in &state.files {
+        remove(backend, FileType::Index, &id.to_hex())?;
+    }
+    let mut doomed: Vec<PackId> = fate
+        .iter()
+        .filter(|(_, f)| **f != Fate::Keep)
+        .map(|(p, _)| *p)
+        .chain(
+            stored
+                .keys()
+                .filter(|p| !state.packs.contains_key(p))
+                .copied(),
+        )
+        .collect();
+    doomed.sort();
+    for pid in doomed {
+        remove(backend, FileType::Pack, &pid.to_hex())?;
+    }
+    Ok(r)
+}
+
+/// Removes an object; one already gone (a re-run after an interruption) is fine.
+fn remove(backend: &dyn crate::backend::Backend, t: FileType, name: &str) -> Result<()> {
+    match backend.remove(t, name) {
+        Err(Error::NotFound { .. }) => Ok(()),
+        r => r,
+    }
+}
