@@ -618,3 +618,30 @@ fn a_repository_made_before_the_log_starts_it_at_seq_1() {
     assert_eq!(e[0]["prev"], "0".repeat(64).as_str());
     assert_code(&run(&["check"]), code::OK);
 }
+
+#[test]
+fn prune_is_recorded_with_the_packs_it_deleted_and_its_dry_run_is_not() {
+    let (r, _) = repo_with_history();
+    r.run_ok(["prune", "--dry-run", "--max-unused", "0%"]);
+    assert_eq!(entries(&r).len(), 4, "a dry run is a read");
+    let before: Vec<String> = r.pack_files().iter().map(|p| file_name(p)).collect();
+    r.run_ok(["prune", "--max-unused", "0%"]);
+    let after: Vec<String> = r.pack_files().iter().map(|p| file_name(p)).collect();
+    let e = entries(&r);
+    assert_eq!(e.len(), 5);
+    assert_eq!(e[4]["command"], "prune");
+    let mut removed = strings(&e[4]["objects"]["pack"]["removed"]);
+    removed.sort();
+    let mut gone: Vec<String> = before
+        .iter()
+        .filter(|p| !after.contains(p))
+        .cloned()
+        .collect();
+    gone.sort();
+    assert!(
+        !gone.is_empty(),
+        "prune deleted a pack of the forgotten snapshot"
+    );
+    assert_eq!(removed, gone, "the entry lists exactly the packs deleted");
+    r.run_ok(["audit", "verify"]);
+}
