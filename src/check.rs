@@ -1,5 +1,6 @@
-//! The check job: structure first (index files, packs, snapshots, trees), then an optional parallel
-//! re-read of pack data that decrypts, decompresses and re-hashes every selected blob.
+//! The check job: structure first (index files, packs, snapshots, trees, records, the audit log's hash
+//! chain), then an optional parallel re-read of pack data that decrypts, decompresses and re-hashes
+//! every selected blob.
 //!
 //! The check reads the repository itself and never trusts the local index cache. Its final status is
 //! `Success`, `Partial` (nothing damaged was found, but something could not be examined, e.g. a read
@@ -11,6 +12,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{AuditLog, HeadFile};
 use crate::backend::FileType;
 use crate::backup::Progress;
 use crate::error::{Error, Result};
@@ -85,6 +87,8 @@ pub struct CheckReport {
     pub snapshots: usize,
     /// Records (restore drills) checked.
     pub records: usize,
+    /// Audit log entries verified (up to the first broken link).
+    pub audit_entries: u64,
     /// Packs in the index.
     pub packs: usize,
     /// Packs whose data was re-read.
@@ -140,6 +144,7 @@ pub fn check(
         hints: vec![],
         snapshots: 0,
         records: 0,
+        audit_entries: 0,
         packs: 0,
         packs_read: 0,
         blobs_read: 0,
@@ -244,6 +249,28 @@ pub fn check(
         if let Err(e) = rec {
             r.errors.push(e.to_string());
         }
+    }
+
+    // The audit log: an intact chain that still holds the head this machine saw (no log is fine).
+    let remembered = match repo.cache_dir() {
+        Some(d) => match HeadFile::in_cache(d, &repo.config().id).load() {
+            Ok(h) => h.into_iter().collect(),
+            Err(e) => {
+                r.incomplete
+                    .push(format!("the audit head this machine remembers: {e}"));
+                vec![]
+            }
+        },
+        None => vec![],
+    };
+    match AuditLog::new(backend, keys).verify(&remembered) {
+        Ok(v) => {
+            r.audit_entries = v.entries;
+            if let Some(b) = v.broken {
+                r.errors.push(b.to_string());
+            }
+        }
+        Err(e) => r.incomplete.push(format!("audit log: {e}")),
     }
 
     // 4. Pack data.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::Cipher;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId, RepoId, SnapshotId};
+use crate::id::{BlobId, KeyId, PackId, RepoId, SnapshotId};
 
 /// The repository format version this build writes and the newest it reads.
 pub const REPO_VERSION: u32 = 1;
@@ -22,6 +22,8 @@ pub const INDEX_VERSION: u8 = 1;
 pub const TREE_VERSION: u32 = 1;
 /// Version of snapshots.
 pub const SNAPSHOT_VERSION: u32 = 1;
+/// Version of audit entries.
+pub const AUDIT_VERSION: u32 = 1;
 
 // ------------------------------------------------------------------------------------------ config
 
@@ -738,6 +740,93 @@ pub struct Lock {
     /// What the holder is doing.
     #[serde(default)]
     pub command: String,
+}
+
+// ------------------------------------------------------------------------------------------ audit
+
+/// The objects of one file type that an audited command wrote and removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TouchedObjects {
+    /// Names of the objects written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<String>,
+    /// Names of the objects removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+}
+
+/// One entry of the audit log, stored as `audit/<seq as 64 hex digits>` (see `docs/design.md`,
+/// section 10b). Entries are chained: `prev` is the BLAKE3 hash of the previous entry's stored
+/// plaintext, so that the bytes hashed are exactly the bytes decrypted, whatever serializer wrote them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// [`AUDIT_VERSION`].
+    pub version: u32,
+    /// Position in the log: 1, 2, 3, ... without gaps.
+    pub seq: u64,
+    /// Hex BLAKE3 hash of the plaintext of entry `seq - 1` (64 zeros for entry 1).
+    pub prev: String,
+    /// When the entry was written, at the end of the command (client clock, RFC 3339).
+    pub time: String,
+    /// User name of the process.
+    pub user: String,
+    /// Host name.
+    pub host: String,
+    /// The key slot the repository was opened with.
+    pub key: KeyId,
+    /// The role of that key slot (`admin`, `backup`, `restore`).
+    pub role: String,
+    /// The command (`backup`, `key add`, ...).
+    pub command: String,
+    /// The command line after the program name, with secret values replaced by `<secret>`.
+    pub args: Vec<String>,
+    /// `success`, `partial`, `failed: <message>` or `refused: <message>` (a role check).
+    pub result: String,
+    /// The exit code of the command.
+    pub exit: u8,
+    /// What the command wrote and removed, by file type (`snapshot`, `pack`, `index`, `key`, ...).
+    #[serde(default)]
+    pub objects: BTreeMap<String, TouchedObjects>,
+}
+
+impl AuditEntry {
+    /// Serializes to JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an audit entry serializes")
+    }
+
+    /// Parses an audit entry.
+    ///
+    /// # Errors
+    /// [`Error::Format`] on bad JSON, an unknown version, a `prev` that is not 64 hex digits, a seq of 0
+    /// or an unparsable time.
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let e: AuditEntry =
+            serde_json::from_slice(b).map_err(|e| Error::format("audit entry", e))?;
+        if e.version != AUDIT_VERSION {
+            return Err(Error::format(
+                "audit entry",
+                format!("unknown version {}", e.version),
+            ));
+        }
+        if e.seq == 0 {
+            return Err(Error::format("audit entry", "seq 0 (entries count from 1)"));
+        }
+        if e.prev.len() != 64
+            || !e
+                .prev
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        {
+            return Err(Error::format(
+                "audit entry",
+                format!("prev {:?} is not 64 lowercase hex digits", e.prev),
+            ));
+        }
+        chrono::DateTime::parse_from_rfc3339(&e.time)
+            .map_err(|err| Error::format("audit entry time", err))?;
+        Ok(e)
+    }
 }
 
 #[cfg(test)]

@@ -4,11 +4,13 @@
 //! - [`cli`]: one file per subcommand, each calling one library function;
 //! - [`backup`], [`restore`], [`check`], [`diff`], [`stats`], [`walk`], [`forget`]: the jobs;
 //! - [`repo`]: opening a repository, keys, snapshots, trees, blobs, locks, saving;
+//! - [`audit`]: the hash-chained audit log of the commands that changed the repository;
 //! - [`index`], [`pack`], [`chunker`], [`crypto`], [`mod@format`]: storage format pieces;
 //! - [`backend`]: opaque bytes by file type and name.
 //!
 //! The repository format is specified in `docs/design.md`.
 
+pub mod audit;
 pub mod backend;
 pub mod backup;
 pub mod check;

@@ -6,6 +6,7 @@
 
 mod util;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -191,13 +192,18 @@ fn bad_limits_other_roles_and_damaged_snapshots_are_refused_without_change() {
     assert_code(&out, code::NOT_ALLOWED);
     assert_code(&with_backup_key(&["prune", "--dry-run"]), code::OK);
     assert_eq!(
-        r.listing(),
-        listing_keys,
+        without_audit(r.listing()),
+        without_audit(listing_keys.clone()),
         "refusals and dry runs change nothing"
     );
     assert_eq!(
-        listing.len() + 1,
-        listing_keys.len(),
+        audit_entries(&r) - audit_entries_in(&listing_keys),
+        2,
+        "the two refusals are recorded in the audit log, the dry run is not"
+    );
+    assert_eq!(
+        without_audit(listing).len() + 1,
+        without_audit(listing_keys).len(),
         "only the new key slot"
     );
 
@@ -216,7 +222,27 @@ fn bad_limits_other_roles_and_damaged_snapshots_are_refused_without_change() {
         "{}",
         describe(&out)
     );
-    assert_eq!(r.listing(), listing);
+    // Only the audit log grows: a failed prune is recorded.
+    assert_eq!(without_audit(r.listing()), without_audit(listing));
+}
+
+/// A repository listing without the audit log, which records refusals and failed prunes.
+fn without_audit(listing: BTreeMap<String, Option<Vec<u8>>>) -> BTreeMap<String, Option<Vec<u8>>> {
+    listing
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("audit/"))
+        .collect()
+}
+
+fn audit_entries_in(listing: &BTreeMap<String, Option<Vec<u8>>>) -> usize {
+    listing
+        .keys()
+        .filter(|k| k.starts_with("audit/") && k.len() > "audit/".len())
+        .count()
+}
+
+fn audit_entries(r: &Repo) -> usize {
+    audit_entries_in(&r.listing())
 }
 
 /// Runs `args` on a copy of `base` with `GATEVAULT_CRASH_AT=at`; returns the copy and whether the

@@ -16,6 +16,8 @@ pub fn run_all(b: &dyn Backend) {
         FileType::Index,
         FileType::Snapshot,
         FileType::Lock,
+        FileType::Record,
+        FileType::Audit,
     ] {
         assert!(
             b.list(t).unwrap().is_empty(),
@@ -39,6 +41,19 @@ pub fn run_all(b: &dyn Backend) {
     assert!(matches!(
         b.read(FileType::Index, &name),
         Err(Error::NotFound { .. })
+    ));
+
+    // The audit log and records are folders of their own too.
+    b.write(FileType::Audit, &format!("{:064x}", 1), b"entry")
+        .unwrap();
+    assert_eq!(
+        b.list(FileType::Audit).unwrap(),
+        vec![(format!("{:064x}", 1), 5)]
+    );
+    assert!(b.list(FileType::Record).unwrap().is_empty());
+    assert!(matches!(
+        b.write(FileType::Audit, &format!("{:064x}", 1), b"other"),
+        Err(Error::AlreadyExists { .. })
     ));
 
     // Ranges.

@@ -8,6 +8,7 @@
 pub mod conformance;
 pub mod local;
 pub mod memory;
+pub mod recording;
 
 use std::fmt;
 
@@ -31,11 +32,13 @@ pub enum FileType {
     Lock,
     /// Records of jobs run against the repository (restore drills) under `records/`.
     Record,
+    /// Entries of the hash-chained audit log under `audit/`.
+    Audit,
 }
 
 impl FileType {
     /// Every file type, in the order `init` creates their folders.
-    pub const ALL: [FileType; 7] = [
+    pub const ALL: [FileType; 8] = [
         FileType::Config,
         FileType::Key,
         FileType::Pack,
@@ -43,6 +46,7 @@ impl FileType {
         FileType::Snapshot,
         FileType::Lock,
         FileType::Record,
+        FileType::Audit,
     ];
 
     /// The folder (or, for the config, the file name) of this type.
@@ -55,6 +59,7 @@ impl FileType {
             FileType::Snapshot => "snapshots",
             FileType::Lock => "locks",
             FileType::Record => "records",
+            FileType::Audit => "audit",
         }
     }
 
@@ -78,6 +83,7 @@ impl fmt::Display for FileType {
             FileType::Snapshot => "snapshot",
             FileType::Lock => "lock",
             FileType::Record => "record",
+            FileType::Audit => "audit entry",
         })
     }
 }

@@ -55,10 +55,13 @@ pub(crate) fn run(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
             for h in &r.hints {
                 println!("note: {h}");
             }
-            let records = match r.records {
+            let mut records = match r.records {
                 0 => String::new(),
                 n => format!(", {n} records"),
             };
+            if r.audit_entries > 0 {
+                records.push_str(&format!(", {} audit entries", r.audit_entries));
+            }
             println!(
                 "{} snapshots{records}, {} packs; {} packs read, {} blobs re-hashed, {}",
                 r.snapshots,

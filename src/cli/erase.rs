@@ -145,6 +145,18 @@ fn print_report(r: &EraseReport) {
             }
         );
     }
+    if let Some(s) = r.scan.as_ref().filter(|s| !s.audit_entries.is_empty()) {
+        println!(
+            "note: {} audit log entries mention a value in their command lines (seq {}); the log is \
+             append-only and hash-chained, so they stay (see docs/lifecycle.md)",
+            s.audit_entries.len(),
+            s.audit_entries
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if let Some(id) = &r.record {
         println!("erasure record {} stored in the repository", &id[..8]);
     }

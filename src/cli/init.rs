@@ -101,6 +101,7 @@ pub(crate) fn run(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
     };
     let creds = Credentials { password, key_file };
     let repo = Repository::init(g.backend()?, &opts, &creds, g.cache_dir())?;
+    super::audit::attach(g, &repo);
     if g.json {
         print_json(
             &serde_json::json!({"message_type": "initialized", "id": repo.config().id, "repository": repo.backend().location()}),

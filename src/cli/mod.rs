@@ -1,6 +1,7 @@
 //! The command line: global options, opening the repository, output helpers and exit codes.
 //! Each subcommand lives in its own file and calls one library function.
 
+mod audit;
 mod backup;
 mod cat;
 mod check;
@@ -29,7 +30,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use crate::backend::local::LocalBackend;
@@ -105,6 +106,9 @@ pub struct Global {
     /// Print more (repeat for debug output).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// What this command changed and which repository records it in its audit log.
+    #[arg(skip)]
+    audit: Arc<crate::audit::session::Session>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +161,8 @@ enum Command {
     /// Repair repository structures.
     #[command(subcommand)]
     Repair(repair::RepairCommand),
+    /// List the audit log (`audit verify` checks its hash chain, `audit head` prints its head).
+    Audit(audit::AuditArgs),
 }
 
 /// Snapshot filters shared by several commands.
@@ -192,10 +198,12 @@ impl Global {
         })
     }
 
+    /// The backend of the repository location, wrapped so that the audit log learns what the command
+    /// writes and removes.
     fn backend(&self) -> anyhow::Result<Arc<dyn Backend>> {
         let loc = self.location()?;
         let path = loc.strip_prefix("local:").unwrap_or(&loc);
-        Ok(Arc::new(LocalBackend::new(path)))
+        Ok(self.audit.wrap(Arc::new(LocalBackend::new(path))))
     }
 
     fn cache_dir(&self) -> Option<PathBuf> {
@@ -287,11 +295,14 @@ impl Global {
         Ok(Credentials { password, key_file })
     }
 
-    /// Opens the repository named by the options.
+    /// Opens the repository named by the options; the first repository opened is the one whose audit
+    /// log records the command.
     pub fn open(&self) -> anyhow::Result<Repository> {
         let backend = self.backend()?;
         let creds = self.credentials()?;
-        Ok(Repository::open(backend, &creds, self.cache_dir())?)
+        let repo = Repository::open(backend, &creds, self.cache_dir())?;
+        audit::attach(self, &repo);
+        Ok(repo)
     }
 }
 
@@ -370,16 +381,23 @@ pub fn main() -> ExitCode {
         }
         default_hook(info);
     }));
-    let cli = match Cli::try_parse() {
+    let usage = |e: clap::Error| {
+        let _ = e.print();
+        ExitCode::from(if e.use_stderr() {
+            exit::USAGE
+        } else {
+            exit::OK
+        })
+    };
+    let mut command = Cli::command();
+    let matches = match command.try_get_matches_from_mut(std::env::args_os()) {
+        Ok(m) => m,
+        Err(e) => return usage(e),
+    };
+    let invocation = audit::invocation(&command, &matches);
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            });
-        }
+        Err(e) => return usage(e.format(&mut command)),
     };
     let level = match (cli.global.quiet, cli.global.verbose) {
         (true, _) => "error",
@@ -423,12 +441,15 @@ pub fn main() -> ExitCode {
         Command::Key(a) => key::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),
         Command::Repair(a) => repair::run(g, a),
+        Command::Audit(a) => audit::run(g, a),
     };
-    match result {
-        Ok(code) => ExitCode::from(code),
+    let code = match &result {
+        Ok(code) => *code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(exit_code(&e))
+            exit_code(e)
         }
-    }
+    };
+    let outcome = crate::audit::session::Outcome::of(&result, code);
+    ExitCode::from(audit::finish(g, &invocation, &outcome))
 }

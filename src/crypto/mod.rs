@@ -91,6 +91,14 @@ pub enum Kind {
     Lock = 8,
     /// A record (restore drill).
     Record = 9,
+    /// An entry of the audit log.
+    Audit = 10,
+}
+
+/// The unkeyed BLAKE3 hash of `data`: what links an audit entry to the one before it (a hash anyone
+/// holding the plaintext can recompute, so that a chain head can be kept outside the repository).
+pub fn hash(data: &[u8]) -> [u8; 32] {
+    *blake3::hash(data).as_bytes()
 }
 
 /// The repository's master key material. Zeroized on drop; `Debug` never shows it.

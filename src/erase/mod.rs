@@ -106,6 +106,10 @@ pub struct ScanReport {
     pub found: Vec<String>,
     /// `clean` when nothing was found.
     pub status: String,
+    /// Audit log entries (by seq) whose command lines mention a value: the log is append-only and
+    /// hash-chained, so erase cannot change them (see `docs/lifecycle.md`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audit_entries: Vec<u64>,
 }
 
 /// What `erase` did (or would do).
@@ -674,6 +678,11 @@ fn final_scan(
             }
             Ok(_) => {}
             Err(e) => r.found.push(format!("{e} (it cannot be searched)")),
+        }
+    }
+    for (seq, e) in crate::audit::AuditLog::new(repo.backend(), repo.keys()).entries()? {
+        if e.is_ok_and(|e| t.found(&serde_json::to_vec(&e).unwrap_or_default())) {
+            r.audit_entries.push(seq);
         }
     }
     r.status = if r.found.is_empty() { "clean" } else { "found" }.into();

@@ -260,6 +260,12 @@ impl Repository {
         &self.keys
     }
 
+    /// The local cache folder (`None` with `--no-cache`): the index cache and the audit head this
+    /// machine remembers live in `<cache dir>/<repo id>/`.
+    pub fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.cache_dir.as_deref()
+    }
+
     /// The key slot this session opened.
     pub fn key_id(&self) -> KeyId {
         self.key_id
