@@ -284,9 +284,16 @@ impl Global {
 
     /// Opens the repository named by the options.
     pub fn open(&self) -> anyhow::Result<Repository> {
+        Ok(self.open_keeping_credentials()?.0)
+    }
+
+    /// Opens the repository and keeps the credentials it was opened with (commands that rewrap the
+    /// key slot in use need them again, and a password typed at a prompt is asked for only once).
+    pub fn open_keeping_credentials(&self) -> anyhow::Result<(Repository, Credentials)> {
         let backend = self.backend()?;
         let creds = self.credentials()?;
-        Ok(Repository::open(backend, &creds, self.cache_dir())?)
+        let repo = Repository::open(backend, &creds, self.cache_dir())?;
+        Ok((repo, creds))
     }
 }
 
