@@ -17,6 +17,7 @@ mod probe;
 mod prune;
 mod repair;
 mod restore;
+mod rewrite;
 mod rollback;
 mod snapshots;
 mod stats;
@@ -142,6 +143,8 @@ enum Command {
     Forget(forget::ForgetArgs),
     /// Remove data no snapshot needs: delete unused packs, repack partly used ones.
     Prune(prune::PruneCmdArgs),
+    /// Re-encrypt: seal everything under the current key epoch, then optionally retire the old ones.
+    Rewrite(rewrite::RewriteArgs),
     /// Check the repository's structure and, optionally, re-read its data.
     Check(check::CheckArgs),
     /// Manage key slots.
@@ -419,6 +422,7 @@ pub fn main() -> ExitCode {
         Command::Export(a) => export::run(g, a),
         Command::Forget(a) => forget::run(g, a),
         Command::Prune(a) => prune::run(g, a),
+        Command::Rewrite(a) => rewrite::run(g, a),
         Command::Check(a) => check::run(g, a),
         Command::Key(a) => key::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),
