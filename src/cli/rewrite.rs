@@ -94,7 +94,8 @@ fn print_report(r: &ReencryptReport) {
     println!("before: {}", counts.join("; "));
     if r.dry_run {
         println!(
-            "would re-encrypt {} objects under epoch {}; dry run: nothing was changed",
+            "{} of these (packs, blobs, index files, snapshots, records) are sealed under another \
+             epoch than {}; dry run: nothing was changed",
             r.left_on_old_epochs, r.current_epoch
         );
         return;
@@ -127,7 +128,7 @@ fn print_report(r: &ReencryptReport) {
     }
     if let Some(m) = &r.retired {
         println!(
-            "retired the old key epochs: the master key now holds epoch{} {}",
+            "old key epochs retired: the master key holds epoch{} {} only",
             if m.epochs.len() == 1 { "" } else { "s" },
             m.epochs
                 .iter()
