@@ -2,7 +2,8 @@
 //!
 //! Layers, each depending only on those below it:
 //! - [`cli`]: one file per subcommand, each calling one library function;
-//! - [`backup`], [`restore`], [`check`], [`diff`], [`stats`], [`walk`], [`forget`]: the jobs;
+//! - [`backup`], [`restore`], [`check`], [`diff`], [`stats`], [`walk`], [`forget`], [`prune`],
+//!   [`reencrypt`]: the jobs;
 //! - [`repo`]: opening a repository, keys, snapshots, trees, blobs, locks, saving;
 //! - [`audit`]: the hash-chained audit log of the commands that changed the repository;
 //! - [`index`], [`pack`], [`chunker`], [`crypto`], [`mod@format`]: storage format pieces;
@@ -30,6 +31,7 @@ pub mod pack;
 pub mod probe;
 pub mod prune;
 pub mod recovery;
+pub mod reencrypt;
 pub mod repair;
 pub mod repo;
 pub mod restore;

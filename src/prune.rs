@@ -113,6 +113,9 @@ pub struct Forced {
     /// Blobs that must not survive even as the base of a needed delta blob: such deltas are stored
     /// again self-contained.
     pub blobs: HashSet<BlobKey>,
+    /// Write the superseding index file even when no pack changes (`rewrite --reencrypt`: the old
+    /// index files are sealed under an old key epoch).
+    pub index: bool,
 }
 
 /// What a prune found and did (or would do, for a dry run).
@@ -447,7 +450,8 @@ pub fn prune_locked(
         }
     }
     r.unused_after = unused_left;
-    let nothing_to_do = r.packs_deleted == 0
+    let nothing_to_do = !forced.index
+        && r.packs_deleted == 0
         && r.packs_repacked == 0
         && r.unreferenced_packs == 0
         && r.missing_packs_dropped == 0;

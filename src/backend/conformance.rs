@@ -69,6 +69,24 @@ pub fn run_all(b: &dyn Backend) {
         b.read_range(FileType::Pack, &name, 9_990, 11).is_err(),
         "a range past the end is an error"
     );
+    assert_eq!(
+        b.read_ranges(FileType::Pack, &name, &[(9_000, 6), (0, 6), (100, 50)])
+            .unwrap(),
+        vec![
+            data[9_000..9_006].to_vec(),
+            data[..6].to_vec(),
+            data[100..150].to_vec()
+        ]
+    );
+    assert!(
+        b.read_ranges(FileType::Pack, &name, &[(0, 6), (9_990, 11)])
+            .is_err(),
+        "one range past the end fails them all"
+    );
+    assert!(matches!(
+        b.read_ranges(FileType::Index, &name, &[(0, 1)]),
+        Err(Error::NotFound { .. })
+    ));
 
     // Create-only.
     let e = b.write(FileType::Pack, &name, b"other bytes").unwrap_err();

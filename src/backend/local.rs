@@ -51,6 +51,41 @@ impl LocalBackend {
     }
 }
 
+impl LocalBackend {
+    /// Reads exactly `len` bytes at `offset` of the open file `f` of object `obj` into `buf`.
+    fn read_at(
+        &self,
+        f: &mut File,
+        path: &Path,
+        obj: (FileType, &str),
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let (t, name) = obj;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| self.io_err("reading", path, e))?;
+        let len_usize = usize::try_from(len).map_err(|_| {
+            Error::integrity(t.path_of(name), format!("range length {len} too large"))
+        })?;
+        buf.clear();
+        buf.reserve(len_usize);
+        f.take(len)
+            .read_to_end(buf)
+            .map_err(|e| self.io_err("reading", path, e))?;
+        if buf.len() != len_usize {
+            return Err(Error::integrity(
+                t.path_of(name),
+                format!(
+                    "truncated: wanted {len} bytes at offset {offset}, got {}",
+                    buf.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -152,26 +187,21 @@ impl Backend for LocalBackend {
     ) -> Result<()> {
         let path = self.path(t, name);
         let mut f = File::open(&path).map_err(|e| self.map_read_err(t, name, &path, e))?;
-        f.seek(SeekFrom::Start(offset))
-            .map_err(|e| self.io_err("reading", &path, e))?;
-        let len_usize = usize::try_from(len).map_err(|_| {
-            Error::integrity(t.path_of(name), format!("range length {len} too large"))
-        })?;
-        buf.clear();
-        buf.reserve(len_usize);
-        f.take(len)
-            .read_to_end(buf)
-            .map_err(|e| self.io_err("reading", &path, e))?;
-        if buf.len() != len_usize {
-            return Err(Error::integrity(
-                t.path_of(name),
-                format!(
-                    "truncated: wanted {len} bytes at offset {offset}, got {}",
-                    buf.len()
-                ),
-            ));
-        }
-        Ok(())
+        self.read_at(&mut f, &path, (t, name), offset, len, buf)
+    }
+
+    fn read_ranges(&self, t: FileType, name: &str, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>> {
+        // One open for all ranges: `rewrite --reencrypt` reads the envelope header of every blob.
+        let path = self.path(t, name);
+        let mut f = File::open(&path).map_err(|e| self.map_read_err(t, name, &path, e))?;
+        ranges
+            .iter()
+            .map(|&(offset, len)| {
+                let mut buf = Vec::new();
+                self.read_at(&mut f, &path, (t, name), offset, len, &mut buf)?;
+                Ok(buf)
+            })
+            .collect()
     }
 
     fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()> {

@@ -168,6 +168,18 @@ pub trait Backend: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Reads several `(offset, len)` ranges of one object, in the order given. The default reads them
+    /// one by one; a backend for which each read costs an open or a round trip may do better.
+    ///
+    /// # Errors
+    /// As [`Backend::read_range`], for the first range that fails.
+    fn read_ranges(&self, t: FileType, name: &str, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>> {
+        ranges
+            .iter()
+            .map(|&(offset, len)| self.read_range(t, name, offset, len))
+            .collect()
+    }
+
     /// Stores a new object; never replaces an existing one.
     ///
     /// # Errors

@@ -61,7 +61,16 @@ pub(crate) fn run(g: &Global, a: CatArgs) -> anyhow::Result<u8> {
         })
     };
     let v: serde_json::Value = match a.object {
-        Object::Config => serde_json::to_value(repo.config())?,
+        Object::Config => {
+            // The stored config, plus (not stored in it) the epochs of the master key in use.
+            let mut v = serde_json::to_value(repo.config())?;
+            let m = repo.keys().master();
+            v["master_key"] = serde_json::json!({
+                "current_epoch": m.current_epoch(),
+                "epochs": m.epoch_numbers(),
+            });
+            v
+        }
         Object::Snapshot => {
             let (id, s) = crate::select::resolve(&repo, Some(&need()?), &Default::default(), None)?;
             let mut v = serde_json::to_value(s)?;

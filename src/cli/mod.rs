@@ -19,6 +19,7 @@ mod probe;
 mod prune;
 mod repair;
 mod restore;
+mod rewrite;
 mod rollback;
 mod snapshots;
 mod stats;
@@ -151,6 +152,8 @@ enum Command {
     Erase(erase::EraseArgs),
     /// List past erasures (what was removed, when, by whom, and the scan's result).
     Erasures(erase::ErasuresArgs),
+    /// Re-encrypt: seal everything under the current key epoch, then optionally retire the old ones.
+    Rewrite(rewrite::RewriteArgs),
     /// Check the repository's structure and, optionally, re-read its data.
     Check(check::CheckArgs),
     /// Manage key slots.
@@ -298,11 +301,17 @@ impl Global {
     /// Opens the repository named by the options; the first repository opened is the one whose audit
     /// log records the command.
     pub fn open(&self) -> anyhow::Result<Repository> {
+        Ok(self.open_keeping_credentials()?.0)
+    }
+
+    /// Opens the repository and keeps the credentials it was opened with (commands that rewrap the
+    /// key slot in use need them again, and a password typed at a prompt is asked for only once).
+    pub fn open_keeping_credentials(&self) -> anyhow::Result<(Repository, Credentials)> {
         let backend = self.backend()?;
         let creds = self.credentials()?;
         let repo = Repository::open(backend, &creds, self.cache_dir())?;
         audit::attach(self, &repo);
-        Ok(repo)
+        Ok((repo, creds))
     }
 }
 
@@ -437,6 +446,7 @@ pub fn main() -> ExitCode {
         Command::Prune(a) => prune::run(g, a),
         Command::Erase(a) => erase::run(g, a),
         Command::Erasures(a) => erase::run_list(g, a),
+        Command::Rewrite(a) => rewrite::run(g, a),
         Command::Check(a) => check::run(g, a),
         Command::Key(a) => key::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),

@@ -4,6 +4,12 @@
 //! field is the serialized [`MasterKey`] sealed with XChaCha20-Poly1305 under a key-encryption key
 //! (KEK); the associated data binds the repository id, the slot id, the slot kind and its role, so a
 //! slot copied to another repository or with an edited role no longer opens.
+//!
+//! Slots written since key rotation exists also name, in clear, the epochs of the master key they wrap
+//! (`current_epoch`, `epochs`), so that `key list` and `key rotate` can tell a slot left on an old
+//! master key without its password; the associated data binds these fields too, so they cannot be
+//! edited either. A rewrapped slot gets a [`successor_id`] derived from the old slot's id and the new
+//! epochs, which lets an interrupted rotation be recognised and completed.
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
@@ -117,6 +123,12 @@ pub struct KeySlot {
     pub username: String,
     /// On which host.
     pub hostname: String,
+    /// The current epoch of the wrapped master key (absent in slots written before rotation existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_epoch: Option<u32>,
+    /// Every epoch the wrapped master key holds, ascending (present with `current_epoch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<Vec<u32>>,
     /// Argon2id parameters (password slots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kdf: Option<KdfParams>,
@@ -125,6 +137,7 @@ pub struct KeySlot {
 }
 
 /// A secret that opens a slot.
+#[derive(Clone, Copy)]
 pub enum Credential<'a> {
     /// A password.
     Password(&'a [u8]),
@@ -136,13 +149,44 @@ fn keyfile_kek(key: &[u8; 32]) -> Zeroizing<[u8; 32]> {
     Zeroizing::new(blake3::derive_key("gatevault v1 key-file slot kek", key))
 }
 
-fn slot_aad(repo: &RepoId, slot: &KeyId, kind: SlotKind, role: Role) -> Vec<u8> {
+/// The associated data of a slot; the epoch fields are appended when the slot has them, so slots
+/// written before they existed still open.
+fn slot_aad(
+    repo: &RepoId,
+    slot: &KeyId,
+    kind: SlotKind,
+    role: Role,
+    epochs: Option<(u32, &[u32])>,
+) -> Vec<u8> {
     let mut aad = b"gatevault-v1 keyslot\0".to_vec();
     aad.extend_from_slice(&repo.0);
     aad.extend_from_slice(&slot.0);
     aad.push(kind as u8);
     aad.push(role as u8);
+    if let Some((current, all)) = epochs {
+        aad.extend_from_slice(b"epochs\0");
+        aad.extend_from_slice(&current.to_le_bytes());
+        aad.extend_from_slice(&(all.len() as u32).to_le_bytes());
+        for e in all {
+            aad.extend_from_slice(&e.to_le_bytes());
+        }
+    }
     aad
+}
+
+/// The id of the slot that replaces slot `old` when its master key is rewrapped to one with `current`
+/// and `epochs`: `BLAKE3-derive_key("gatevault v1 successor key slot id", old id | current u32 | n u32 |
+/// n × epoch u32)`. Deterministic, so that a rotation or retirement that was interrupted finds the
+/// slots it already wrote (ids need not be secret: they are bound into the slot's associated data).
+pub fn successor_id(old: &KeyId, current: u32, epochs: &[u32]) -> KeyId {
+    let mut h = blake3::Hasher::new_derive_key("gatevault v1 successor key slot id");
+    h.update(&old.0);
+    h.update(&current.to_le_bytes());
+    h.update(&(epochs.len() as u32).to_le_bytes());
+    for e in epochs {
+        h.update(&e.to_le_bytes());
+    }
+    KeyId(*h.finalize().as_bytes())
 }
 
 impl KeySlot {
@@ -168,12 +212,13 @@ impl KeySlot {
         let nonce: [u8; 24] = rand::random();
         let cipher = XChaCha20Poly1305::new((&*kek).into());
         let pt = master.to_bytes();
+        let (current, epochs) = (master.current_epoch(), master.epoch_numbers());
         let ct = cipher
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
                     msg: &pt,
-                    aad: &slot_aad(repo, slot, kind, role),
+                    aad: &slot_aad(repo, slot, kind, role, Some((current, &epochs))),
                 },
             )
             .map_err(|_| Error::format("key slot", "encryption failed"))?;
@@ -186,6 +231,8 @@ impl KeySlot {
             created: chrono::Utc::now().to_rfc3339(),
             username: crate::util::username(),
             hostname: crate::util::hostname(),
+            current_epoch: Some(current),
+            epochs: Some(epochs),
             kdf,
             wrapped: base64::engine::general_purpose::STANDARD.encode(blob),
         })
@@ -207,6 +254,16 @@ impl KeySlot {
                 format!("unknown version {}", self.version),
             ));
         }
+        let bound_epochs = match (self.current_epoch, &self.epochs) {
+            (Some(c), Some(all)) => Some((c, all.as_slice())),
+            (None, None) => None,
+            _ => {
+                return Err(Error::format(
+                    format!("key slot {}", slot.short()),
+                    "it names a current epoch without the epoch list, or the other way round",
+                ))
+            }
+        };
         let kek = match (cred, self.kind) {
             (Credential::Password(p), SlotKind::Password) => {
                 let params = self.kdf.as_ref().ok_or_else(|| {
@@ -236,13 +293,29 @@ impl KeySlot {
             XNonce::from_slice(&blob[..24]),
             Payload {
                 msg: &blob[24..],
-                aad: &slot_aad(repo, slot, self.kind, self.role),
+                aad: &slot_aad(repo, slot, self.kind, self.role, bound_epochs),
             },
         ) {
             Ok(pt) => Zeroizing::new(pt),
             Err(_) => return Ok(None),
         };
-        MasterKey::from_bytes(&pt).map(Some)
+        let master = MasterKey::from_bytes(&pt)?;
+        if let Some((c, all)) = bound_epochs {
+            if master.current_epoch() != c || master.epoch_numbers() != all {
+                return Err(Error::format(
+                    format!("key slot {}", slot.short()),
+                    "its epoch fields do not match the master key it wraps",
+                ));
+            }
+        }
+        Ok(Some(master))
+    }
+
+    /// Whether this slot says it wraps a master key with exactly `current` and `epochs` (always false for
+    /// slots written before the fields existed). Only what the slot states: it is proven when the slot is
+    /// opened, since the fields are bound into its associated data.
+    pub fn states_epochs(&self, current: u32, epochs: &[u32]) -> bool {
+        self.current_epoch == Some(current) && self.epochs.as_deref() == Some(epochs)
     }
 
     /// Parses a slot document.
@@ -327,6 +400,59 @@ mod tests {
             .unwrap_key(&repo, &id, &Credential::KeyFile(&kf))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn epoch_fields_are_bound_and_old_slots_without_them_still_open() {
+        let mut m = MasterKey::generate();
+        m.rotate();
+        let (repo, id) = (RepoId::random(), KeyId::random());
+        let kf = [5u8; 32];
+        let cred = Credential::KeyFile(&kf);
+        let s = KeySlot::wrap(&m, &repo, &id, Credential::KeyFile(&kf), Role::Admin, None).unwrap();
+        assert_eq!(s.current_epoch, Some(1));
+        assert_eq!(s.epochs.as_deref(), Some(&[0, 1][..]));
+        assert!(s.states_epochs(1, &[0, 1]));
+        assert!(!s.states_epochs(1, &[1]));
+        assert!(s.unwrap_key(&repo, &id, &cred).unwrap().is_some());
+        let mut edited = s.clone();
+        edited.epochs = Some(vec![1]);
+        assert!(
+            edited.unwrap_key(&repo, &id, &cred).unwrap().is_none(),
+            "an edited epoch list does not open"
+        );
+        let mut half = s.clone();
+        half.current_epoch = None;
+        assert!(matches!(
+            half.unwrap_key(&repo, &id, &cred),
+            Err(Error::Format { .. })
+        ));
+
+        // A slot written before the fields existed: associated data without them.
+        let nonce: [u8; 24] = rand::random();
+        let ct = XChaCha20Poly1305::new((&*keyfile_kek(&kf)).into())
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &m.to_bytes(),
+                    aad: &slot_aad(&repo, &id, SlotKind::KeyFile, Role::Admin, None),
+                },
+            )
+            .unwrap();
+        let mut blob = nonce.to_vec();
+        blob.extend_from_slice(&ct);
+        let mut old = s.clone();
+        old.current_epoch = None;
+        old.epochs = None;
+        old.wrapped = base64::engine::general_purpose::STANDARD.encode(blob);
+        let back = old.unwrap_key(&repo, &id, &cred).unwrap().unwrap();
+        assert_eq!(back.epoch_numbers(), vec![0, 1]);
+        assert!(!old.states_epochs(1, &[0, 1]));
+
+        let a = successor_id(&id, 1, &[0, 1]);
+        assert_eq!(a, successor_id(&id, 1, &[0, 1]));
+        assert_ne!(a, successor_id(&id, 1, &[1]));
+        assert_ne!(a, successor_id(&KeyId::random(), 1, &[0, 1]));
     }
 
     #[test]

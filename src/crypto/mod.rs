@@ -149,6 +149,36 @@ impl MasterKey {
         next
     }
 
+    /// The key a retirement leaves: the current epoch only. Objects sealed under the others can no
+    /// longer be opened by anyone holding the result, so `rewrite --reencrypt` must have moved them
+    /// all first.
+    pub fn retain_current(&self) -> Self {
+        Self {
+            repo_secret: self.repo_secret,
+            epochs: self
+                .epochs
+                .iter()
+                .filter(|(e, _)| *e == self.current)
+                .copied()
+                .collect(),
+            current: self.current,
+        }
+    }
+
+    /// Whether `other` is a version of this master key: the same repository secret and, for every epoch
+    /// both hold, the same data key. A key slot that fails this belongs to a diverged master key (for
+    /// example from a rotation that was never completed) and must not be rewrapped blindly.
+    pub fn agrees_with(&self, other: &MasterKey) -> bool {
+        self.repo_secret == other.repo_secret
+            && self.epochs.iter().all(|(e, k)| {
+                other
+                    .epochs
+                    .iter()
+                    .find(|(o, _)| o == e)
+                    .is_none_or(|(_, ok)| ok == k)
+            })
+    }
+
     /// Serialized form, as wrapped inside a key slot.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(Vec::with_capacity(41 + 36 * self.epochs.len()));
@@ -283,6 +313,21 @@ impl RepoKeys {
         })
     }
 
+    /// The id under which `rewrite --reencrypt` stores the re-sealed copy of object `old` of `kind`: a
+    /// keyed hash of the old id under the current epoch's key. Being deterministic, a re-run after an
+    /// interruption finds the copy it already wrote instead of making a second one; being keyed, it is
+    /// as unpredictable to outsiders as a random id.
+    pub fn reencrypted_id(&self, kind: Kind, old: &[u8; 32]) -> [u8; 32] {
+        let ek = self
+            .epoch_key(self.master.current)
+            .expect("the current epoch always has a key");
+        let mut h = blake3::Hasher::new_derive_key("gatevault v1 re-encrypted object id");
+        h.update(ek);
+        h.update(&[kind as u8]);
+        h.update(old);
+        *h.finalize().as_bytes()
+    }
+
     /// The sealer for items of one stored object (a pack, snapshot, index file or lock), under the current
     /// epoch.
     pub fn object(&self, kind: Kind, id: &[u8; 32]) -> ObjectCipher {
@@ -401,6 +446,21 @@ pub struct ObjectCipher {
     epoch: u32,
     cipher: Cipher,
     aead: Aead,
+}
+
+/// Bytes of an envelope's header that name its epoch: `version | cipher | epoch u32`.
+pub const ENVELOPE_EPOCH_PREFIX: usize = 6;
+
+/// The key epoch an envelope was sealed under, from its first [`ENVELOPE_EPOCH_PREFIX`] bytes; `None`
+/// when they are not the start of an envelope (too short, unknown version or cipher). Nothing is
+/// authenticated: this only tells which objects `rewrite --reencrypt` has to re-seal.
+pub fn envelope_epoch(prefix: &[u8]) -> Option<u32> {
+    match prefix {
+        [ENVELOPE_VERSION, c, a, b, d, e, ..] if Cipher::from_byte(*c).is_some() => {
+            Some(u32::from_le_bytes([*a, *b, *d, *e]))
+        }
+        _ => None,
+    }
 }
 
 fn parse_envelope_header(env: &[u8], what: &str) -> Result<(Cipher, u32)> {
@@ -649,6 +709,50 @@ mod tests {
             k0.blob_id(b"x"),
             k1.blob_id(b"x"),
             "blob ids survive rotation"
+        );
+    }
+
+    #[test]
+    fn retirement_keeps_only_the_current_epoch_and_reencrypted_ids_follow_it() {
+        let mut m = MasterKey::generate();
+        let id = RepoId::random();
+        let k0 = RepoKeys::new(m.clone(), id, Cipher::XChaCha20Poly1305);
+        let env0 = k0.seal_object(Kind::Record, &[1u8; 32], b"old");
+        assert_eq!(envelope_epoch(&env0[..ENVELOPE_EPOCH_PREFIX]), Some(0));
+        assert_eq!(envelope_epoch(&env0[..5]), None);
+        m.rotate();
+        assert!(m.agrees_with(&k0.master().clone()));
+        let retired = m.retain_current();
+        assert_eq!(retired.epoch_numbers(), vec![1]);
+        assert!(
+            retired.agrees_with(&m),
+            "a retirement is a version of the same key"
+        );
+        let k1 = RepoKeys::new(retired, id, Cipher::XChaCha20Poly1305);
+        let err = k1
+            .open_object(Kind::Record, &[1u8; 32], &env0, "t")
+            .unwrap_err();
+        assert!(err.to_string().contains("no such epoch"), "{err}");
+        assert!(
+            !MasterKey::generate().agrees_with(&m),
+            "another repository's key"
+        );
+        let mut diverged = k0.master().clone();
+        diverged.rotate();
+        assert!(!diverged.agrees_with(&m), "two rotations of one key differ");
+
+        let km = RepoKeys::new(m, id, Cipher::XChaCha20Poly1305);
+        let a = km.reencrypted_id(Kind::Snapshot, &[7u8; 32]);
+        assert_eq!(
+            a,
+            km.reencrypted_id(Kind::Snapshot, &[7u8; 32]),
+            "deterministic"
+        );
+        assert_ne!(a, km.reencrypted_id(Kind::Record, &[7u8; 32]));
+        assert_ne!(
+            a,
+            k0.reencrypted_id(Kind::Snapshot, &[7u8; 32]),
+            "per epoch"
         );
     }
 

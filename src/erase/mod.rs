@@ -932,6 +932,7 @@ pub fn erase(
     let forced = Forced {
         packs: tainted.iter().map(|(_, p)| *p).collect(),
         blobs: tainted.iter().map(|(k, _)| *k).collect(),
+        index: false,
     };
     let prune_opts = PruneOptions {
         dry_run: false,

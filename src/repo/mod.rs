@@ -5,6 +5,7 @@
 //! unreferenced packs behind (which `check` reports as harmless and `prune` removes).
 
 pub mod lock;
+pub mod rotation;
 pub mod saver;
 
 use std::path::PathBuf;
