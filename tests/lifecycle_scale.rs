@@ -74,11 +74,11 @@ fn forget_prune_and_erase_on_1000_snapshots_keep_every_kept_snapshot_restorable(
     let start = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap();
     let time = |v: usize| (start + chrono::Duration::hours(v as i64)).to_rfc3339();
     let mut with_victim = 0;
-    for v in 0..VERSIONS {
+    for (v, text) in texts.iter().enumerate() {
         // One export path, overwritten by each version, as a scheduled export would.
         let f = r.root().join("live/kong.yaml");
-        write(&f, &texts[v]);
-        with_victim += usize::from(holds(&texts[v], &victim));
+        write(&f, text);
+        with_victim += usize::from(holds(text, &victim));
         r.run_ok([
             "backup",
             "-q",
