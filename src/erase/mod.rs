@@ -856,16 +856,27 @@ pub fn erase(
         .collect();
     let mut plans: Vec<(SnapshotId, Snapshot, SnapPlan)> = Vec::new();
     let mut finish: Vec<SnapshotId> = Vec::new();
-    for (id, s) in &snaps {
-        if twins.contains_key(id) {
-            finish.push(*id);
-            continue;
-        }
-        let plan = plan_snapshot(&reader, s, &subjects, &t)?;
-        if plan.files.is_empty() && plan.metadata.is_empty() {
-            report.snapshots_untouched += 1;
-        } else {
-            plans.push((*id, s.clone(), plan));
+    // Planned in parallel (reading and scrubbing the documents is most of the work), kept in order.
+    let planned: Vec<(SnapshotId, Snapshot, Option<SnapPlan>)> = snaps
+        .par_iter()
+        .map(|(id, s)| -> Result<_> {
+            if twins.contains_key(id) {
+                return Ok((*id, s.clone(), None));
+            }
+            Ok((
+                *id,
+                s.clone(),
+                Some(plan_snapshot(&reader, s, &subjects, &t)?),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    for (id, s, plan) in planned {
+        match plan {
+            None => finish.push(id),
+            Some(p) if p.files.is_empty() && p.metadata.is_empty() => {
+                report.snapshots_untouched += 1
+            }
+            Some(p) => plans.push((id, s, p)),
         }
     }
     if opts.dry_run {
