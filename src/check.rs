@@ -324,17 +324,7 @@ pub fn check(
                 ));
                 continue;
             }
-            let base = |b: &BlobId| {
-                state
-                    .load_blob(
-                        backend,
-                        keys,
-                        e.blob_type,
-                        b,
-                        crate::pack::MAX_DELTA_DEPTH - 1,
-                    )
-                    .map(|(_, d)| d)
-            };
+            let base = |b: &BlobId| state.load_base(backend, keys, e.blob_type, b);
             // Decrypted in place: index entries never overlap (the index parser refuses that).
             let env = &mut bytes[e.offset as usize..end];
             match crate::pack::open_blob_in_place(keys, pid, e, env, &base) {

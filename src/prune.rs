@@ -505,15 +505,7 @@ pub fn prune_locked(
                 if resolve || e.base.is_none() {
                     // Decoded and re-hashed; a delta whose base goes is stored self-contained.
                     let plain = crate::pack::open_blob_with(keys, pid, e, env, &|b| {
-                        state
-                            .load_blob(
-                                backend,
-                                keys,
-                                e.blob_type,
-                                b,
-                                crate::pack::MAX_DELTA_DEPTH - 1,
-                            )
-                            .map(|(_, d)| d)
+                        state.load_base(backend, keys, e.blob_type, b)
                     })?;
                     let stored = if resolve {
                         crate::pack::encode_blob(&plain, level)?

@@ -28,24 +28,11 @@ const BYSTANDER: &str = "client-accounts-00001";
 /// snapshot (with an `Owner` tag naming the victim on every tenth). Returns the repository and the
 /// history folder; `None` without python3.
 fn kong_history(versions: usize) -> Option<(Repo, PathBuf)> {
-    if !have("python3") {
-        eprintln!("skipping: python3 is not installed");
-        return None;
-    }
     let r = Repo::init();
     let hist = r.root().join("hist");
-    let gen = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/gen_gateway_history.py");
-    let ok = std::process::Command::new("python3")
-        .arg(&gen)
-        .args(["history", "--services", "10", "--seed", "3", "--versions"])
-        .arg(versions.to_string())
-        .arg("--out")
-        .arg(&hist)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("run the generator")
-        .success();
-    assert!(ok, "the generator failed");
+    if !gen_history(&hist, 10, versions, 3, &[]) {
+        return None;
+    }
     for v in 0..versions {
         let file = hist.join(format!("v{v:04}")).join("kong.yaml");
         let owner = format!("Owner={VICTIM}");
@@ -90,9 +77,7 @@ fn occurrences(r: &Repo, needle: &str) -> Vec<String> {
         for e in gatevault::pack::read_header(keys, &id, &bytes).unwrap() {
             let env = &bytes[e.offset as usize..(e.offset + e.length) as usize];
             let plain = gatevault::pack::open_blob_with(keys, &id, &e, env, &|b| {
-                state
-                    .load_blob(backend, keys, e.blob_type, b, 32)
-                    .map(|(_, d)| d)
+                state.load_base(backend, keys, e.blob_type, b)
             })
             .unwrap();
             blobs += 1;
@@ -379,15 +364,8 @@ fn erase_stopped_at_durable_steps_across_the_job_checks_and_finishes_on_rerun() 
     let mut at = 0;
     loop {
         at += if at < 8 { 1 } else { 4 };
-        let c = r.copy();
-        let out = c
-            .cmd()
-            .env("GATEVAULT_CRASH_AT", at.to_string())
-            .args(args)
-            .output()
-            .unwrap();
-        if !stderr(&out).contains("GATEVAULT_CRASH_AT") {
-            assert_code(&out, code::OK);
+        let (c, crashed) = r.crashed_copy(&args, at);
+        if !crashed {
             break;
         }
         points += 1;

@@ -207,22 +207,8 @@ fn empty_and_invalid_policies_are_refused() {
 #[test]
 fn a_key_that_is_not_admin_is_refused_before_anything_is_removed() {
     let (r, _src, ids) = repo_at(YEAR_END, &[]);
-    let backup_key = r.root().join("backup-key");
-    r.run_ok([
-        "key",
-        "add",
-        "--new-key-file",
-        s(&backup_key),
-        "--role",
-        "backup",
-    ]);
-    let with_backup_key = |args: &[&str]| {
-        r.cmd_no_creds()
-            .args(["--key-file", s(&backup_key)])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let backup_key = r.add_key("backup");
+    let with_backup_key = |args: &[&str]| r.cmd_with_key(&backup_key).args(args).output().unwrap();
     let out = with_backup_key(&["forget", "--keep-last", "1"]);
     assert_code(&out, code::NOT_ALLOWED);
     let err = stderr(&out);

@@ -168,23 +168,9 @@ fn bad_limits_other_roles_and_damaged_snapshots_are_refused_without_change() {
         assert!(stderr(&out).contains("--max-unused"), "{}", describe(&out));
     }
     let listing = r.listing();
-    let backup_key = r.root().join("backup-key");
-    r.run_ok([
-        "key",
-        "add",
-        "--new-key-file",
-        s(&backup_key),
-        "--role",
-        "backup",
-    ]);
+    let backup_key = r.add_key("backup");
     let listing_keys = r.listing();
-    let with_backup_key = |args: &[&str]| {
-        r.cmd_no_creds()
-            .args(["--key-file", s(&backup_key)])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let with_backup_key = |args: &[&str]| r.cmd_with_key(&backup_key).args(args).output().unwrap();
     let out = with_backup_key(&["prune"]);
     assert_code(&out, code::NOT_ALLOWED);
     assert!(stderr(&out).contains("role backup"), "{}", describe(&out));
@@ -245,23 +231,6 @@ fn audit_entries(r: &Repo) -> usize {
     audit_entries_in(&r.listing())
 }
 
-/// Runs `args` on a copy of `base` with `GATEVAULT_CRASH_AT=at`; returns the copy and whether the
-/// process crashed (false: it finished before reaching step `at`).
-fn crashed_copy(base: &Repo, args: &[&str], at: u64) -> (Repo, bool) {
-    let c = base.copy();
-    let out = c
-        .cmd()
-        .env("GATEVAULT_CRASH_AT", at.to_string())
-        .args(args)
-        .output()
-        .unwrap();
-    let crashed = stderr(&out).contains("GATEVAULT_CRASH_AT");
-    if !crashed {
-        assert_code(&out, code::OK);
-    }
-    (c, crashed)
-}
-
 /// After a crash: `check` passes, the same snapshots are there, a re-run completes the job, and the
 /// result checks and restores.
 fn assert_recovers(c: &Repo, args: &[&str], ids: &[String], src: &Path, copies: &[PathBuf]) {
@@ -287,7 +256,7 @@ fn prune_stopped_at_every_durable_step_leaves_a_repository_that_checks_and_finis
     let args = ["prune", "--max-unused", "0%"];
     let mut points = 0;
     for at in 1.. {
-        let (c, crashed) = crashed_copy(&r, &args, at);
+        let (c, crashed) = r.crashed_copy(&args, at);
         if !crashed {
             break;
         }

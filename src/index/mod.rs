@@ -481,6 +481,21 @@ impl IndexState {
         Ok((*pack, data))
     }
 
+    /// The plaintext of the base `id` of a delta blob of type `t` (one level less of chain allowed).
+    ///
+    /// # Errors
+    /// As [`IndexState::load_blob`].
+    pub fn load_base(
+        &self,
+        backend: &dyn Backend,
+        keys: &RepoKeys,
+        t: BlobType,
+        id: &BlobId,
+    ) -> Result<Vec<u8>> {
+        self.load_blob(backend, keys, t, id, crate::pack::MAX_DELTA_DEPTH - 1)
+            .map(|(_, d)| d)
+    }
+
     /// Loads and parses tree `id`.
     ///
     /// # Errors

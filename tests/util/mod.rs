@@ -176,6 +176,38 @@ impl Repo {
         c
     }
 
+    /// Adds a key-file slot with `role` (`admin`, `backup`, `restore`); returns the key file.
+    pub fn add_key(&self, role: &str) -> PathBuf {
+        let key = self.root().join(format!("{role}-key"));
+        self.run_ok(["key", "add", "--new-key-file", s(&key), "--role", role]);
+        key
+    }
+
+    /// A command opening the repository with `key` instead of its own credentials.
+    pub fn cmd_with_key(&self, key: &Path) -> Command {
+        let mut c = self.cmd_no_creds();
+        c.arg("--key-file").arg(key);
+        c
+    }
+
+    /// Runs `args` on a copy of this repository with `GATEVAULT_CRASH_AT=at` (the process aborts like
+    /// `kill -9` right after its `at`-th durable step); returns the copy and whether it crashed (false:
+    /// the command finished, successfully, before reaching that step).
+    pub fn crashed_copy(&self, args: &[&str], at: u64) -> (Self, bool) {
+        let c = self.copy();
+        let out = c
+            .cmd()
+            .env("GATEVAULT_CRASH_AT", at.to_string())
+            .args(args)
+            .output()
+            .expect("run gatevault");
+        let crashed = stderr(&out).contains("GATEVAULT_CRASH_AT");
+        if !crashed {
+            assert_code(&out, code::OK);
+        }
+        (c, crashed)
+    }
+
     /// The temporary folder, for source trees and restore targets.
     pub fn root(&self) -> &Path {
         self.tmp.path()
@@ -428,6 +460,29 @@ impl Repo {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// Runs `../shared/gen_gateway_history.py history` into `out` with `--services`, `--versions`, `--seed`
+/// and `extra` arguments; `false` (and a note) when python3 is missing, so that the caller skips.
+pub fn gen_history(out: &Path, services: u32, versions: usize, seed: u64, extra: &[&str]) -> bool {
+    if !have("python3") {
+        eprintln!("skipping: python3 is not installed");
+        return false;
+    }
+    let gen = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/gen_gateway_history.py");
+    let o = std::process::Command::new("python3")
+        .arg(&gen)
+        .arg("history")
+        .args(["--services", &services.to_string()])
+        .args(["--versions", &versions.to_string()])
+        .args(["--seed", &seed.to_string()])
+        .args(extra)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run the generator");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    true
 }
 
 /// Whether `p` names a repository object (not a `.tmp-*` leftover of an interrupted write).
