@@ -268,6 +268,12 @@ pub fn check(
             r.audit_entries = v.entries;
             if let Some(b) = v.broken {
                 r.errors.push(b.to_string());
+            } else if !v.pending.is_empty() {
+                let seqs: Vec<String> = v.pending.iter().map(|p| p.seq.to_string()).collect();
+                r.hints.push(format!(
+                    "an interrupted `gatevault rewrite --reencrypt` left a copy of audit log entry {} in records/ (the chain verifies through it); run it again to finish",
+                    seqs.join(", ")
+                ));
             }
         }
         Err(e) => r.incomplete.push(format!("audit log: {e}")),

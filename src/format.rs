@@ -789,6 +789,81 @@ pub struct AuditEntry {
     pub objects: BTreeMap<String, TouchedObjects>,
 }
 
+/// Record type of an [`AuditEntryCopy`].
+pub const AUDIT_COPY_RECORD_TYPE: &str = "audit-reseal";
+
+/// The record holding a copy of one audit entry while `rewrite --reencrypt` re-seals it under the current
+/// key epoch (the entry is removed and written again under the same name, and the copy is what survives
+/// an interruption in between; see `docs/design.md`, section 10b). Stored as the record
+/// [`RepoKeys::audit_copy_id`] of the entry's seq.
+///
+/// [`RepoKeys::audit_copy_id`]: crate::crypto::RepoKeys::audit_copy_id
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntryCopy {
+    /// [`AUDIT_COPY_RECORD_TYPE`].
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The seq of the entry.
+    pub seq: u64,
+    /// Hex BLAKE3 hash of `entry` (what the next entry names as `prev`).
+    pub hash: String,
+    /// The entry's plaintext, exactly as it decrypted (audit entries are UTF-8 JSON).
+    pub entry: String,
+    /// When the copy was made (RFC 3339).
+    pub time: String,
+}
+
+impl AuditEntryCopy {
+    /// A copy of the plaintext `entry` of entry `seq`.
+    pub fn new(seq: u64, entry: &str) -> Self {
+        Self {
+            kind: AUDIT_COPY_RECORD_TYPE.into(),
+            seq,
+            hash: hex::encode(crate::crypto::hash(entry.as_bytes())),
+            entry: entry.to_string(),
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }
+    }
+
+    /// Serializes to JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an audit entry copy serializes")
+    }
+
+    /// Parses a copy and checks it against itself: the type, the hash of the plaintext, and that the
+    /// plaintext is an audit entry with the copy's seq.
+    ///
+    /// # Errors
+    /// [`Error::Format`] when any of these does not hold.
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let c: AuditEntryCopy =
+            serde_json::from_slice(b).map_err(|e| Error::format("audit entry copy", e))?;
+        if c.kind != AUDIT_COPY_RECORD_TYPE {
+            return Err(Error::format(
+                "audit entry copy",
+                format!("record type {:?}, not {AUDIT_COPY_RECORD_TYPE:?}", c.kind),
+            ));
+        }
+        if hex::encode(crate::crypto::hash(c.entry.as_bytes())) != c.hash {
+            return Err(Error::format(
+                "audit entry copy",
+                "the entry does not hash to the hash the copy states",
+            ));
+        }
+        let e = AuditEntry::decode(c.entry.as_bytes())?;
+        if e.seq != c.seq {
+            return Err(Error::format(
+                "audit entry copy",
+                format!(
+                    "it says it copies entry {} but holds entry {}",
+                    c.seq, e.seq
+                ),
+            ));
+        }
+        Ok(c)
+    }
+}
+
 impl AuditEntry {
     /// Serializes to JSON.
     pub fn encode(&self) -> Vec<u8> {

@@ -4,7 +4,8 @@
 //!
 //! Under an exclusive lock it first takes a census of the epoch of every sealed object, from envelope
 //! headers only (nothing needs decrypting to see an epoch): the pack header and every blob of each
-//! pack, every index file, and every single-item object of [`SEALED_OBJECTS`]. Then:
+//! pack, every index file, every single-item object of [`SEALED_OBJECTS`] and every audit log entry.
+//! Then:
 //! - packs holding anything under an old epoch are repacked by prune (their needed blobs are sealed
 //!   again in new packs under the current epoch; unneeded ones are dropped), and prune's one new index
 //!   file, also under the current epoch, supersedes every old one;
@@ -15,11 +16,16 @@
 //!   instead of making a second one. A snapshot whose `parent` is being moved too points to the
 //!   parent's new id; snapshots already under the current epoch are not rewritten for that (the
 //!   parent is only a hint for change detection).
+//! - audit entries are named by their place in the log, so they keep their names: each is copied to a
+//!   record, removed, written again under the current epoch and its copy removed
+//!   ([`crate::audit::reseal`]); this runs before the records are re-sealed, so that a copy left by an
+//!   interrupted run is finished rather than re-sealed as a record of its own.
 //!
 //! Interrupted at any point, the repository checks: prune's own guarantees hold for the packs and
-//! index files, and a snapshot or record exists at least once at every moment (twice, briefly, which
-//! a re-run resolves). Retiring (`--retire`) then requires a census with nothing left under an old
-//! epoch, and rewraps the key slots with the master key reduced to its current epoch
+//! index files, a snapshot or record exists at least once at every moment (twice, briefly, which
+//! a re-run resolves), and an audit entry exists as itself, as its copy, or both. Retiring
+//! (`--retire`) then requires a census with nothing left under an old epoch (audit entries included),
+//! and rewraps the key slots with the master key reduced to its current epoch
 //! ([`crate::repo::rotation`]).
 //!
 //! [`RepoKeys::reencrypted_id`]: crate::crypto::RepoKeys::reencrypted_id
@@ -29,6 +35,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::audit::reseal::ResealReport;
+use crate::audit::AuditLog;
 use crate::backend::{Backend, FileType};
 use crate::backup::Progress;
 use crate::crypto::{envelope_epoch, Kind, RepoKeys, ENVELOPE_EPOCH_PREFIX};
@@ -74,6 +82,8 @@ pub struct Census {
     pub index_files: Vec<(IndexId, u32)>,
     /// Every object of [`SEALED_OBJECTS`]: type, name, epoch.
     pub objects: Vec<(FileType, String, u32)>,
+    /// Every audit log entry: seq, epoch.
+    pub audit: Vec<(u64, u32)>,
 }
 
 fn type_name(t: FileType) -> &'static str {
@@ -119,20 +129,23 @@ impl Census {
                 .collect::<Result<Vec<_>>>()?;
             objects.extend(found);
         }
+        let audit = AuditLog::new(backend, keys).epochs()?;
         Ok(Self {
             current: keys.master().current_epoch(),
             packs,
             index_files,
             objects,
+            audit,
         })
     }
 
-    /// Objects per type (`pack`, `blob`, `index`, `snapshot`, `record`) and epoch.
+    /// Objects per type (`pack`, `blob`, `index`, `snapshot`, `record`, `audit`) and epoch.
     pub fn counts(&self) -> BTreeMap<String, BTreeMap<u32, u64>> {
         let mut out: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
         for name in ["pack", "blob", "index"]
             .into_iter()
             .chain(SEALED_OBJECTS.iter().map(|(_, _, n)| *n))
+            .chain(["audit"])
         {
             out.insert(name.into(), BTreeMap::new());
         }
@@ -151,7 +164,19 @@ impl Census {
         for (t, _, e) in &self.objects {
             add(type_name(*t), *e, 1);
         }
+        for (_, e) in &self.audit {
+            add("audit", *e, 1);
+        }
         out
+    }
+
+    /// The audit entries sealed under another epoch than the current one, by seq.
+    pub fn old_audit_entries(&self) -> Vec<u64> {
+        self.audit
+            .iter()
+            .filter(|(_, e)| *e != self.current)
+            .map(|(s, _)| *s)
+            .collect()
     }
 
     /// Packs holding anything under another epoch than the current one.
@@ -283,6 +308,9 @@ pub struct ReencryptReport {
     pub index_files_reencrypted: usize,
     /// Other objects sealed again under new ids, by type.
     pub objects_reencrypted: BTreeMap<String, u64>,
+    /// Audit log entries sealed again under the current epoch (under their own names, through a copy),
+    /// with the re-seals an interrupted run had left and this one finished.
+    pub audit: ResealReport,
     /// Of the snapshots, those whose `parent` now names the parent's new id.
     pub parents_remapped: u64,
     /// What the prune that rewrote the packs and the index did.
@@ -350,6 +378,12 @@ pub fn reencrypt(
         r.index_files_reencrypted = old_index;
     }
 
+    // Audit entries, before the records: a copy an interrupted run left is a record, and is finished
+    // here (the entry put back, the copy removed) rather than re-sealed as a record of its own.
+    r.audit = AuditLog::new(repo.backend(), repo.keys())
+        .reseal(&census.old_audit_entries(), &|| lock.check())?;
+    let copies = &r.audit.copy_records;
+
     let present: HashSet<(FileType, &str)> = census
         .objects
         .iter()
@@ -360,6 +394,7 @@ pub fn reencrypt(
             .objects
             .iter()
             .filter(|(ot, _, e)| ot == t && *e != census.current)
+            .filter(|(ot, n, _)| !(*ot == FileType::Record && copies.contains(n)))
             .map(|(_, n, _)| n.as_str())
             .collect();
         let mut n = 0;

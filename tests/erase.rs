@@ -399,3 +399,68 @@ fn erase_stopped_at_durable_steps_across_the_job_checks_and_finishes_on_rerun() 
     }
     assert!(points >= 20, "only {points} crash points");
 }
+
+#[test]
+fn an_audit_entry_being_re_sealed_is_reported_by_erase_never_rewritten() {
+    let Some((r, _hist)) = kong_history(3) else {
+        return;
+    };
+    // Entry 2 is the backup whose tag names the victim. After a rotation, `rewrite --reencrypt`
+    // re-seals it through a copy in a record; find the step after which only the copy is left.
+    r.run_ok(["key", "rotate"]);
+    let c = (1..100)
+        .find_map(|at| {
+            let c = r.copy();
+            let out = c
+                .cmd()
+                .env("GATEVAULT_CRASH_AT", at.to_string())
+                .args(["rewrite", "--reencrypt"])
+                .output()
+                .unwrap();
+            assert!(
+                stderr(&out).contains("GATEVAULT_CRASH_AT"),
+                "the re-encryption finished before entry 2 was re-sealed: {}",
+                describe(&out)
+            );
+            let v = c.run_json(["audit", "verify"]);
+            assert_eq!(v["status"], "intact", "after step {at}: {v}");
+            let alone = v["pending"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["seq"] == 2 && p["entry_stored"] == false)
+                .map(|p| p["record"].as_str().unwrap().to_string());
+            alone.map(|record| (c, record))
+        })
+        .expect("a step with entry 2 held only in its copy");
+    let (c, record) = c;
+    let copy = c.path.join("records").join(&record);
+    let copy_bytes = fs::read(&copy).unwrap();
+
+    // The erase leaves the copy alone (it is the audit entry, which erase never changes) and reports
+    // the entry; its scan of the rest is clean.
+    let subject = format!("kong:consumer={VICTIM}");
+    let report = c.run_json(["erase", "--subject", &subject]);
+    assert_eq!(report["scan"]["status"], "clean", "{}", report["scan"]);
+    let reported: Vec<u64> = report["scan"]["audit_entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    assert!(reported.contains(&2), "{}", report["scan"]);
+    assert_eq!(
+        fs::read(&copy).unwrap(),
+        copy_bytes,
+        "the copy is untouched"
+    );
+
+    // The re-run puts entry 2 back, as it was.
+    c.run_ok(["rewrite", "--reencrypt"]);
+    assert!(!copy.exists());
+    let v = c.run_json(["audit", "verify"]);
+    assert_eq!(v["status"], "intact", "{v}");
+    let entries = c.run_json(["audit"]);
+    assert_eq!(entries[1]["command"], "backup");
+    assert!(entries[1].to_string().contains(VICTIM), "{}", entries[1]);
+}

@@ -1,7 +1,9 @@
 //! End-to-end tests of master-key rotation (`key rotate`), re-encryption (`rewrite --reencrypt`) and
 //! the retirement of old key epochs (`--retire`): which epoch each stored file is sealed under (read
 //! from the envelope header bytes of the files themselves), what other key slots become, who may do
-//! it, and both commands stopped at every durable step.
+//! it, what the audit log records and that its chain verifies after each of them (its entries are
+//! re-sealed under their own names), and both commands stopped at every durable step, the audit log's
+//! re-seal and append included.
 //!
 //! Run with `cargo test --release --test keys` (after `source scripts/env`).
 
@@ -54,7 +56,7 @@ fn object_epochs(r: &Repo, folder: &str) -> BTreeMap<String, u32> {
 }
 
 /// Every epoch found in the repository's files: pack headers and blobs (blobs only with
-/// `with_blobs`: one `cat pack` per pack), index files, snapshots and records.
+/// `with_blobs`: one `cat pack` per pack), index files, snapshots, records and audit entries.
 fn all_epochs(r: &Repo, with_blobs: bool) -> BTreeSet<u32> {
     let mut out = BTreeSet::new();
     for p in r.pack_files() {
@@ -64,10 +66,51 @@ fn all_epochs(r: &Repo, with_blobs: bool) -> BTreeSet<u32> {
             out.insert(pack_header_epoch(&p));
         }
     }
-    for folder in ["index", "snapshots", "records"] {
+    for folder in ["index", "snapshots", "records", "audit"] {
         out.extend(object_epochs(r, folder).into_values());
     }
     out
+}
+
+/// A repository listing without the audit log (which records refusals and key changes).
+fn without_audit(listing: BTreeMap<String, Option<Vec<u8>>>) -> BTreeMap<String, Option<Vec<u8>>> {
+    listing
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("audit/"))
+        .collect()
+}
+
+/// Every audit entry as `audit --json` prints it, by seq.
+fn audit_entries(r: &Repo) -> Vec<Value> {
+    r.run_json(["audit"]).as_array().unwrap().clone()
+}
+
+/// The entries appended since the log had `before` entries.
+fn audit_since(r: &Repo, before: usize) -> Vec<Value> {
+    audit_entries(r).split_off(before)
+}
+
+/// `audit verify` passes: the chain is intact and holds the head this machine remembers. Returns the
+/// number of entries.
+#[track_caller]
+fn assert_audit_intact(r: &Repo) -> u64 {
+    let v = r.run_json(["audit", "verify"]);
+    assert_eq!(v["status"], "intact", "{v}");
+    v["entries"].as_u64().unwrap()
+}
+
+/// The epoch of the newest audit entry's file.
+fn last_audit_epoch(r: &Repo) -> u32 {
+    let files = r.objects("audit");
+    epoch_of(&fs::read(files.last().expect("an audit entry")).unwrap())
+}
+
+/// The names in an entry's `objects[type][added|removed]`.
+fn touched(entry: &Value, t: &str, how: &str) -> Vec<String> {
+    entry["objects"][t][how]
+        .as_array()
+        .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
 }
 
 /// What identifies a snapshot's content whatever its id: everything but `id`, `short_id` and
@@ -271,6 +314,7 @@ fn rotate_seals_new_data_under_the_new_epoch_while_old_data_stays_readable() {
     r.run_ok(["key", "add", "--new-key-file", s(&second)]);
     let before_packs: BTreeSet<PathBuf> = r.pack_files().into_iter().collect();
     let before_listing = r.listing();
+    let logged = audit_entries(r).len();
 
     let out = r.run_code(code::FAILURE, ["key", "rotate"]);
     assert!(
@@ -278,9 +322,46 @@ fn rotate_seals_new_data_under_the_new_epoch_while_old_data_stays_readable() {
         "{}",
         describe(&out)
     );
-    assert_eq!(r.listing(), before_listing, "a refusal changes nothing");
+    assert_eq!(
+        without_audit(r.listing()),
+        without_audit(before_listing.clone()),
+        "a refusal changes nothing but the audit log"
+    );
+    let added = audit_since(r, logged);
+    assert_eq!(
+        added.len(),
+        1,
+        "the refused rotation is recorded: {added:?}"
+    );
+    assert_eq!(added[0]["command"], "key rotate");
+    assert!(
+        added[0]["result"].as_str().unwrap().starts_with("failed: "),
+        "{}",
+        added[0]
+    );
+    assert_eq!(last_audit_epoch(r), 0);
 
     let rep = r.run_json(["key", "rotate", "--also-key-file", s(&second)]);
+    // Its entry is sealed under the new epoch and names the slots it replaced.
+    let added = audit_since(r, logged + 1);
+    assert_eq!(added.len(), 1, "{added:?}");
+    assert_eq!(
+        (&added[0]["command"], &added[0]["result"]),
+        (&Value::from("key rotate"), &Value::from("success"))
+    );
+    assert_eq!(
+        touched(&added[0], "key", "removed").len(),
+        2,
+        "{}",
+        added[0]
+    );
+    assert_eq!(touched(&added[0], "key", "added").len(), 2, "{}", added[0]);
+    assert_eq!(
+        last_audit_epoch(r),
+        1,
+        "the rotation's entry is under epoch 1"
+    );
+    assert_audit_intact(r);
     assert_eq!(rep["current_epoch"], 1, "{rep}");
     assert_eq!(rep["epochs"], serde_json::json!([0, 1]), "{rep}");
     assert_eq!(rep["rewrapped"].as_array().unwrap().len(), 2, "{rep}");
@@ -296,7 +377,9 @@ fn rotate_seals_new_data_under_the_new_epoch_while_old_data_stays_readable() {
         assert_eq!(slot["epochs"], serde_json::json!([0, 1]), "{slot}");
         assert_eq!(slot["up_to_date"], true, "{slot}");
     }
-    // Stored data is untouched by a rotation.
+    // `key list` and `cat config` only read: they are not recorded.
+    assert_eq!(audit_entries(r).len(), logged + 2);
+    // Stored data is untouched by a rotation (earlier audit entries too).
     let after_listing = r.listing();
     for (name, bytes) in &before_listing {
         if !name.starts_with("keys/") && !name.starts_with("locks/") {
@@ -323,6 +406,7 @@ fn rotate_seals_new_data_under_the_new_epoch_while_old_data_stays_readable() {
     assert!(index.values().any(|e| *e == 0) && index.values().any(|e| *e == 1));
     assert_check_passes(r);
     assert_restores(r, &h.src, &h.versions);
+    assert_audit_intact(r);
 
     // The other slot, rewrapped, opens and reads what was sealed under the new epoch.
     let target = r.root().join("restore-second");
@@ -374,9 +458,10 @@ fn rotate_refuses_to_leave_other_slots_on_the_old_key_unless_told_to_retire_them
     };
     let pw_slot = id_of(with_password(&r, &pw, &["--json", "key", "list"]));
     let reader_slot = id_of(with_key(&r, &reader, &["--json", "key", "list"]));
-    let listing = r.listing();
+    let listing = without_audit(r.listing());
+    let logged = audit_entries(&r).len();
 
-    // Both other slots are named, and nothing changes.
+    // Both other slots are named, and nothing changes but the audit log, which records the refusal.
     let out = r.run_code(code::FAILURE, ["key", "rotate"]);
     let err = stderr(&out);
     assert!(
@@ -384,7 +469,7 @@ fn rotate_refuses_to_leave_other_slots_on_the_old_key_unless_told_to_retire_them
         "{err}"
     );
     assert!(err.contains("nothing was changed"), "{err}");
-    assert_eq!(r.listing(), listing);
+    assert_eq!(without_audit(r.listing()), listing);
     // With the password of one, only the other is named.
     let out = r.run_code(
         code::FAILURE,
@@ -395,7 +480,24 @@ fn rotate_refuses_to_leave_other_slots_on_the_old_key_unless_told_to_retire_them
         err.contains(&reader_slot[..8]) && !err.contains(&pw_slot[..8]),
         "{err}"
     );
-    assert_eq!(r.listing(), listing);
+    assert_eq!(without_audit(r.listing()), listing);
+    let refused = audit_since(&r, logged);
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    for e in &refused {
+        assert_eq!(e["command"], "key rotate", "{e}");
+        let result = e["result"].as_str().unwrap();
+        assert!(
+            result.starts_with("failed: ") && result.contains(&reader_slot[..8]),
+            "{e}"
+        );
+        assert!(e["objects"].as_object().unwrap().is_empty(), "{e}");
+    }
+    // The password file of the other slot is masked in the recorded command line.
+    assert!(
+        !refused[1]["args"].to_string().contains(s(&pw)),
+        "{}",
+        refused[1]
+    );
 
     let rep = r.run_json([
         "key",
@@ -451,6 +553,14 @@ fn rotate_refuses_to_leave_other_slots_on_the_old_key_unless_told_to_retire_them
     r.restore("latest", &t, &[]);
     assert_tree_eq(&restored(&t, &src), &src);
     assert_check_passes(&r);
+    assert_audit_intact(&r);
+    // The backup made with the rewrapped password slot is recorded under its slot and the new epoch.
+    let last = audit_entries(&r).pop().unwrap();
+    assert_eq!(
+        (&last["command"], &last["role"]),
+        (&Value::from("backup"), &Value::from("backup"))
+    );
+    assert_eq!(last_audit_epoch(&r), 1);
 }
 
 #[test]
@@ -472,6 +582,7 @@ fn backup_and_restore_keys_may_not_rotate_or_re_encrypt() {
         r.run_ok(["key", "add", "--new-key-file", s(&k), "--role", role]);
     }
     let listing = r.listing();
+    let logged = audit_entries(&r).len();
     for role in ["backup", "restore"] {
         let k = r.root().join(format!("{role}-key-2"));
         for args in [
@@ -493,7 +604,35 @@ fn backup_and_restore_keys_may_not_rotate_or_re_encrypt() {
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(v["left_on_old_epochs"].as_u64().unwrap() > 0, "{v}");
     }
-    assert_eq!(r.listing(), listing, "refusals and dry runs change nothing");
+    assert_eq!(
+        without_audit(r.listing()),
+        without_audit(listing),
+        "refusals and dry runs change nothing but the audit log"
+    );
+    // Each refusal is recorded with the role that tried; the dry runs are not.
+    let refused = audit_since(&r, logged);
+    let got: Vec<(String, String)> = refused
+        .iter()
+        .map(|e| {
+            assert_eq!(e["exit"], 13, "{e}");
+            assert!(
+                e["result"].as_str().unwrap().starts_with("refused: "),
+                "{e}"
+            );
+            (
+                e["role"].as_str().unwrap().to_string(),
+                e["command"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = ["backup", "restore"]
+        .iter()
+        .flat_map(|role| {
+            ["key rotate", "rewrite", "rewrite"].map(|c| (role.to_string(), c.to_string()))
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert_audit_intact(&r);
     // The options for other slots go with --retire only.
     let out = r.run(["rewrite", "--reencrypt", "--retire-other-slots"]);
     assert_code(&out, code::FAILURE);
@@ -529,16 +668,86 @@ fn reencrypt_leaves_nothing_under_the_old_epoch_and_retire_makes_it_unreadable()
         .filter(|(_, e)| *e == 1)
         .map(|(n, _)| n)
         .collect();
+    let old_snapshot_names: BTreeSet<String> = object_epochs(r, "snapshots")
+        .into_iter()
+        .filter(|(_, e)| *e == 0)
+        .map(|(n, _)| n)
+        .collect();
+    // The audit entries: those before the rotation under epoch 0, the rotation's and later under 1.
+    let audit_before = object_epochs(r, "audit");
+    let old_audit: Vec<String> = audit_before
+        .iter()
+        .filter(|(_, e)| **e == 0)
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert!(!old_audit.is_empty() && audit_before.values().any(|e| *e == 1));
+    assert_audit_intact(r);
+    let head_before = r.run_ok(["audit", "head"]).trim().to_string();
+
     let listing = r.listing();
     let dry = r.run_json(["rewrite", "--reencrypt", "--dry-run"]);
-    assert_eq!(r.listing(), listing, "a dry run changes nothing");
+    assert_eq!(
+        r.listing(),
+        listing,
+        "a dry run changes nothing and is not recorded"
+    );
     assert!(dry["left_on_old_epochs"].as_u64().unwrap() > 0, "{dry}");
     assert!(dry["before"]["blob"]["0"].as_u64().unwrap() > 0, "{dry}");
     let old_snapshots = dry["before"]["snapshot"]["0"].as_u64().unwrap();
     assert_eq!(old_snapshots, 4 + u64::from(with_record), "{dry}");
+    assert_eq!(dry["before"]["audit"]["0"], old_audit.len(), "{dry}");
+    assert_eq!(
+        dry["before"]["audit"]["1"],
+        audit_before.len() - old_audit.len(),
+        "{dry}"
+    );
 
+    let logged = audit_before.len();
     let rep = r.run_json(["rewrite", "--reencrypt"]);
     assert_eq!(rep["left_on_old_epochs"], 0, "{rep}");
+    assert_eq!(
+        rep["audit"]["resealed"].as_array().unwrap().len(),
+        old_audit.len(),
+        "{rep}"
+    );
+    // The audit entries keep their names and contents (so their hashes): the chain, and the head
+    // remembered before, verify with the key reduced to the current epoch later on.
+    let audit_after = object_epochs(r, "audit");
+    for name in audit_before.keys() {
+        assert_eq!(audit_after.get(name), Some(&1), "{name}");
+    }
+    assert_audit_intact(r);
+    assert_code(
+        &r.run(["audit", "verify", "--head", &head_before]),
+        code::OK,
+    );
+    // The rewrite's own entry names the snapshots it replaced and the ones replacing them, and the
+    // audit entries it re-sealed; no copy of an entry is left in records/.
+    let entry = audit_since(r, logged).pop().unwrap();
+    assert_eq!(
+        (&entry["command"], &entry["result"]),
+        (&Value::from("rewrite"), &Value::from("success")),
+        "{entry}"
+    );
+    let removed: BTreeSet<String> = touched(&entry, "snapshot", "removed").into_iter().collect();
+    assert_eq!(removed, old_snapshot_names, "{entry}");
+    let added: BTreeSet<String> = touched(&entry, "snapshot", "added").into_iter().collect();
+    let now: BTreeSet<String> = r.snapshot_ids().into_iter().collect();
+    assert_eq!(added.len(), old_snapshot_names.len(), "{entry}");
+    assert!(added.is_subset(&now), "{entry}");
+    let resealed: Vec<String> = touched(&entry, "audit", "removed");
+    assert_eq!(resealed, old_audit, "{entry}");
+    assert_eq!(touched(&entry, "audit", "added"), old_audit, "{entry}");
+    assert_eq!(
+        touched(&entry, "record", "added").len(),
+        old_audit.len() + usize::from(with_record),
+        "one copy per audit entry, and the re-sealed drill record: {entry}"
+    );
+    assert_eq!(
+        r.objects("records").len(),
+        usize::from(with_record),
+        "no copy is left"
+    );
     assert_eq!(
         rep["objects_reencrypted"]["snapshot"], old_snapshots,
         "{rep}"
@@ -584,6 +793,7 @@ fn reencrypt_leaves_nothing_under_the_old_epoch_and_retire_makes_it_unreadable()
     let again = r.run_json(["rewrite", "--reencrypt"]);
     assert_eq!(again["packs_reencrypted"], 0, "{again}");
     assert_eq!(again["objects_reencrypted"]["snapshot"], 0, "{again}");
+    assert_eq!(again["audit"]["resealed"], serde_json::json!([]), "{again}");
 
     // Retire: the master key keeps epoch 1 only.
     let ret = r.run_json(["rewrite", "--reencrypt", "--retire"]);
@@ -593,6 +803,20 @@ fn reencrypt_leaves_nothing_under_the_old_epoch_and_retire_makes_it_unreadable()
     let slots = key_list(r);
     assert_eq!(slots.len(), 1);
     assert_eq!(slots[0]["epochs"], serde_json::json!([1]), "{slots:?}");
+    // The retirement's own entry was written with the reduced key, and the whole log reads with it.
+    let entry = audit_entries(r).pop().unwrap();
+    assert_eq!(
+        (&entry["command"], &entry["result"]),
+        (&Value::from("rewrite"), &Value::from("success")),
+        "{entry}"
+    );
+    assert_eq!(touched(&entry, "key", "added").len(), 1, "{entry}");
+    assert_eq!(all_epochs(r, false), BTreeSet::from([1]));
+    assert_audit_intact(r);
+    assert_code(
+        &r.run(["audit", "verify", "--head", &head_before]),
+        code::OK,
+    );
 
     // The old snapshot put back is refused by everyone: its epoch is gone.
     fs::write(r.path.join("snapshots").join(&old_name), &old_bytes).unwrap();
@@ -609,6 +833,7 @@ fn reencrypt_leaves_nothing_under_the_old_epoch_and_retire_makes_it_unreadable()
     fs::remove_file(r.path.join("snapshots").join(&old_name)).unwrap();
     assert_check_passes(r);
     assert_restores(r, &h.src, &h.versions);
+    assert_audit_intact(r);
 }
 
 #[test]
@@ -621,8 +846,14 @@ fn reencrypt_and_retire_stopped_at_every_durable_step_check_and_finish_on_rerun(
     h.r.run_ok(["key", "rotate"]);
     h.backup();
     let prints = fingerprints(&h.r);
+    let records = h.r.objects("records").len();
+    let entries = assert_audit_intact(&h.r);
+    let head = h.r.run_ok(["audit", "head"]).trim().to_string();
     let args = ["rewrite", "--reencrypt", "--retire"];
     let mut points = 0;
+    // Stops inside the audit log's re-seal: with a copy of an entry and the entry, and with the copy
+    // alone (between the removal of the entry and its new write).
+    let (mut with_copy, mut copy_alone) = (0, 0);
     for at in 1.. {
         let (c, crashed) = crashed_copy(&h.r, &args, at);
         if !crashed {
@@ -638,6 +869,63 @@ fn reencrypt_and_retire_stopped_at_every_durable_step_check_and_finish_on_rerun(
             prints.iter().cloned().collect(),
             "after step {at}: every snapshot is there"
         );
+        // The audit log verifies, through the copy of an entry being re-sealed if need be, and still
+        // holds the head seen before.
+        let v = c.run_json(["audit", "verify", "--head", &head]);
+        assert_eq!(v["status"], "intact", "after step {at}: {v}");
+        assert!(
+            v["entries"].as_u64().unwrap() >= entries,
+            "after step {at}: {v}"
+        );
+        let pending = v["pending"].as_array().unwrap();
+        assert!(
+            pending.len() <= 1,
+            "after step {at}: one entry at a time: {v}"
+        );
+        if let Some(p) = pending.first() {
+            with_copy += 1;
+            assert!(
+                j["hints"].to_string().contains("rewrite --reencrypt"),
+                "after step {at}: {j}"
+            );
+            if p["entry_stored"] == false {
+                copy_alone += 1;
+                // Another command appending now goes after the last entry: when the entry being
+                // re-sealed was the last one, it puts it back from its copy and chains onto it (it
+                // must not take its name); the re-run then finishes as well.
+                let d = c.copy();
+                let seq = p["seq"].as_u64().unwrap();
+                let last = v["entries"].as_u64().unwrap();
+                let out = d
+                    .cmd()
+                    .args(["key", "add", "--new-key-file"])
+                    .arg(d.root().join("k"))
+                    .output()
+                    .unwrap();
+                assert_code(&out, code::OK);
+                assert_eq!(
+                    d.path.join("audit").join(format!("{seq:064x}")).is_file(),
+                    seq == last,
+                    "after step {at}: entry {seq} of {last} put back only when it was the last"
+                );
+                let v = d.run_json(["audit", "verify", "--head", &head]);
+                assert_eq!(v["status"], "intact", "after step {at} and an append: {v}");
+                assert_eq!(v["entries"], last + 1, "after step {at} and an append: {v}");
+                let out = d
+                    .cmd()
+                    .args(["rewrite", "--reencrypt", "--retire", "--retire-other-slots"])
+                    .output()
+                    .unwrap();
+                assert_code(&out, code::OK);
+                assert_eq!(
+                    all_epochs(&d, false),
+                    BTreeSet::from([1]),
+                    "after step {at}"
+                );
+                assert_eq!(d.objects("records").len(), records, "after step {at}");
+                assert_audit_intact(&d);
+            }
+        }
         // A re-run finishes the job.
         c.run_ok(args);
         assert_eq!(fingerprints(&c), prints, "after step {at} and a re-run");
@@ -655,11 +943,37 @@ fn reencrypt_and_retire_stopped_at_every_durable_step_check_and_finish_on_rerun(
             "after step {at}"
         );
         assert_eq!(slot_ids(&c).len(), 1, "after step {at}");
+        assert_eq!(
+            c.objects("records").len(),
+            records,
+            "after step {at}: no copy of an audit entry is left"
+        );
         assert_check_passes(&c);
         assert_restores(&c, &h.src, &h.versions);
+        // The log holds every entry from before, the head seen before, and reads with the key
+        // reduced to the current epoch.
+        let v = c.run_json(["audit", "verify", "--head", &head]);
+        assert_eq!(v["status"], "intact", "after step {at} and a re-run: {v}");
+        assert!(
+            v["pending"].as_array().unwrap().is_empty(),
+            "after step {at}: {v}"
+        );
+        let last = audit_entries(&c).pop().unwrap();
+        assert_eq!(
+            (&last["command"], &last["result"]),
+            (&Value::from("rewrite"), &Value::from("success")),
+            "after step {at}: {last}"
+        );
     }
-    eprintln!("rewrite --reencrypt --retire stopped at each of {points} durable steps");
+    eprintln!(
+        "rewrite --reencrypt --retire stopped at each of {points} durable steps, {with_copy} of them \
+         with a copy of an audit entry ({copy_alone} with the copy alone)"
+    );
     assert!(points >= 20, "only {points} durable steps");
+    assert!(
+        with_copy >= 2 && copy_alone >= 1,
+        "stops inside the audit re-seal: {with_copy} with a copy, {copy_alone} with the copy alone"
+    );
 }
 
 #[test]
@@ -697,7 +1011,11 @@ fn rotate_stopped_at_every_durable_step_completes_on_rerun_without_losing_new_da
         let out = with_password(&c, &pw, &["backup", "-q", s(&changed)]);
         assert_code(&out, code::OK);
         // The re-run completes the rotation (or, when the crash came after its last step, rotates
-        // once more), and whatever was written in between stays readable.
+        // once more), and whatever was written in between stays readable. Its audit entry is
+        // written under the new epoch and chains onto the backup's, which the other slot may have
+        // sealed under the new epoch already (so the entries are counted as files: the key in use
+        // before the re-run cannot read that one).
+        let logged = c.objects("audit").len();
         let rep = c.run_json(args);
         let want = if at < 4 { 1 } else { 2 };
         assert_eq!(rep["current_epoch"], want, "after step {at}: {rep}");
@@ -706,11 +1024,23 @@ fn rotate_stopped_at_every_durable_step_completes_on_rerun_without_losing_new_da
         for slot in key_list(&c) {
             assert_eq!(slot["current_epoch"], want, "after step {at}: {slot}");
         }
+        let added = audit_since(&c, logged);
+        assert_eq!(added.len(), 1, "after step {at}: {added:?}");
+        assert_eq!(
+            (&added[0]["command"], &added[0]["result"]),
+            (&Value::from("key rotate"), &Value::from("success")),
+            "after step {at}"
+        );
+        assert_eq!(last_audit_epoch(&c), want, "after step {at}");
+        assert_audit_intact(&c);
         assert_code(&with_password(&c, &pw, &["snapshots"]), code::OK);
         assert_check_passes(&c);
         let t = c.root().join("restore");
         c.restore("latest", &t, &[]);
         assert_tree_eq(&restored(&t, &changed), &changed);
     }
-    assert_eq!(points, 4, "two slots written, two removed");
+    assert_eq!(
+        points, 5,
+        "two slots written, two removed, and the audit entry written"
+    );
 }

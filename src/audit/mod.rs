@@ -11,6 +11,8 @@
 //! local cache ([`head::HeadFile`]) or wherever `gatevault audit head` output is stored.
 //!
 //! - [`AuditLog`]: reading, appending and verifying the chain;
+//! - [`reseal`]: sealing entries again under the current key epoch (`rewrite --reencrypt`), through a
+//!   copy kept in a record, so that an interruption loses nothing;
 //! - [`head`]: the head remembered by this machine;
 //! - [`mask`]: removing secret values from a command line before it is recorded;
 //! - [`session`]: what the command line collects while a command runs, and the rule for recording it.
@@ -19,6 +21,7 @@
 
 pub mod head;
 pub mod mask;
+pub mod reseal;
 pub mod session;
 
 use std::collections::BTreeMap;
@@ -31,7 +34,7 @@ use serde::Serialize;
 use crate::backend::{Backend, FileType};
 use crate::crypto::{Kind, RepoKeys};
 use crate::error::{Error, Result};
-use crate::format::{AuditEntry, TouchedObjects, AUDIT_VERSION};
+use crate::format::{AuditEntry, AuditEntryCopy, TouchedObjects, AUDIT_VERSION};
 use crate::id::KeyId;
 
 pub use head::{HeadFile, Remembered};
@@ -185,6 +188,9 @@ pub struct Verification {
     pub compared: Vec<Remembered>,
     /// Objects in `audit/` whose names are not entry names (ignored: they cannot be part of the chain).
     pub foreign: Vec<String>,
+    /// Copies of entries that re-seals keep in records (`rewrite --reencrypt`; an interrupted one
+    /// leaves one until it is run again).
+    pub pending: Vec<PendingCopy>,
     /// Hash of entry `n` at index `n - 1`, for the verified part.
     #[serde(skip)]
     hashes: Vec<[u8; 32]>,
@@ -243,11 +249,21 @@ impl<'a> AuditLog<'a> {
     /// [`Error::NotFound`]; [`Error::IntegrityMismatch`] when it does not decrypt under its name, does not
     /// parse, or names another seq; backend errors.
     pub fn load(&self, seq: u64) -> Result<(AuditEntry, [u8; 32])> {
-        let what = format!("audit entry {seq} ({})", entry_path(seq));
         let env = self.backend.read(FileType::Audit, &entry_name(seq))?;
+        let (entry, hash, _) = self.open_entry(seq, &env)?;
+        Ok((entry, hash))
+    }
+
+    /// Decrypts and parses the stored envelope `env` of entry `seq`; returns the entry, the hash of its
+    /// plaintext and the plaintext.
+    ///
+    /// # Errors
+    /// [`Error::IntegrityMismatch`] as for [`AuditLog::load`].
+    fn open_entry(&self, seq: u64, env: &[u8]) -> Result<(AuditEntry, [u8; 32], Vec<u8>)> {
+        let what = format!("audit entry {seq} ({})", entry_path(seq));
         let plain = self
             .keys
-            .open_object(Kind::Audit, &entry_id(seq), &env, &what)?;
+            .open_object(Kind::Audit, &entry_id(seq), env, &what)?;
         let entry =
             AuditEntry::decode(&plain).map_err(|e| Error::integrity(&what, e.to_string()))?;
         if entry.seq != seq {
@@ -256,19 +272,110 @@ impl<'a> AuditLog<'a> {
                 format!("its content says it is entry {}", entry.seq),
             ));
         }
-        Ok((entry, crate::crypto::hash(&plain)))
+        let hash = crate::crypto::hash(&plain);
+        Ok((entry, hash, plain))
     }
 
-    /// Every stored entry, ascending by seq; damaged ones come back as errors naming the entry.
+    /// The name of the record that holds a copy of entry `seq` while it is re-sealed ([`reseal`]).
+    pub fn copy_name(&self, seq: u64) -> String {
+        hex::encode(self.keys.audit_copy_id(seq))
+    }
+
+    /// The hash of entry `seq`, read from the entry or, when an interrupted re-seal left only its copy,
+    /// from the copy; `None` when neither exists or opens.
     ///
     /// # Errors
-    /// Backend errors listing the folder.
+    /// Backend errors other than a missing object.
+    pub fn hash_of(&self, seq: u64) -> Result<Option<[u8; 32]>> {
+        match self.load(seq) {
+            Ok((_, h)) => Ok(Some(h)),
+            Err(Error::IntegrityMismatch { .. }) => Ok(None),
+            Err(Error::NotFound { .. }) => match self.load_copy(seq) {
+                Ok(c) => Ok(c.as_ref().map(copy_hash)),
+                Err(Error::IntegrityMismatch { .. }) => Ok(None),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The copy of entry `seq` that a re-seal keeps in a record, if there is one ([`reseal`]).
+    ///
+    /// # Errors
+    /// [`Error::IntegrityMismatch`] when the record does not decrypt or is not a copy of entry `seq`;
+    /// backend errors.
+    pub fn load_copy(&self, seq: u64) -> Result<Option<AuditEntryCopy>> {
+        let name = self.copy_name(seq);
+        let what = format!("record {name} (the copy of audit entry {seq})");
+        let env = match self.backend.read(FileType::Record, &name) {
+            Ok(env) => env,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let plain =
+            self.keys
+                .open_object(Kind::Record, &self.keys.audit_copy_id(seq), &env, &what)?;
+        let copy =
+            AuditEntryCopy::decode(&plain).map_err(|e| Error::integrity(&what, e.to_string()))?;
+        if copy.seq != seq {
+            return Err(Error::integrity(
+                what,
+                format!("it holds a copy of entry {}", copy.seq),
+            ));
+        }
+        Ok(Some(copy))
+    }
+
+    /// The copies of entries that re-seals keep in records, by seq, for entries 1 to `last + 1` (an
+    /// interrupted re-seal of the last entry leaves the log one entry short, with the copy).
+    ///
+    /// # Errors
+    /// Backend errors listing the records.
+    pub fn copies(&self, last: u64) -> Result<BTreeMap<u64, String>> {
+        let records: std::collections::HashSet<String> = self
+            .backend
+            .list(FileType::Record)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        if records.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        Ok((1..=last.saturating_add(1))
+            .into_par_iter()
+            .filter_map(|seq| {
+                let name = self.copy_name(seq);
+                records.contains(&name).then_some((seq, name))
+            })
+            .collect())
+    }
+
+    /// Every stored entry, ascending by seq; damaged ones come back as errors naming the entry. An entry
+    /// that an interrupted re-seal left only as its copy ([`reseal`]) is read from the copy.
+    ///
+    /// # Errors
+    /// Backend errors listing the folder or the records.
     pub fn entries(&self) -> Result<Vec<(u64, Result<AuditEntry>)>> {
         let (seqs, _) = self.list()?;
-        Ok(seqs
+        let mut out: Vec<(u64, Result<AuditEntry>)> = seqs
             .par_iter()
             .map(|s| (*s, self.load(*s).map(|(e, _)| e)))
-            .collect())
+            .collect();
+        let stored: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+        for seq in self.copies(seqs.last().copied().unwrap_or(0))?.into_keys() {
+            if stored.contains(&seq) {
+                continue;
+            }
+            let from_copy = match self.load_copy(seq) {
+                Ok(Some(c)) => AuditEntry::decode(c.entry.as_bytes()),
+                // Put back and the copy removed since the listing.
+                Ok(None) => self.load(seq).map(|(e, _)| e),
+                Err(e) => Err(e),
+            };
+            out.push((seq, from_copy));
+        }
+        out.sort_by_key(|(s, _)| *s);
+        Ok(out)
     }
 
     /// The last stored entry's seq and hash ([`Head::EMPTY`] for an empty log). Only that entry is read:
@@ -276,14 +383,70 @@ impl<'a> AuditLog<'a> {
     ///
     /// # Errors
     /// As [`AuditLog::load`] for the last entry.
+    ///
+    /// An entry that an interrupted re-seal left only as its copy ([`reseal`]) counts as stored: when
+    /// the copy of the entry after the last one exists, that entry is the head.
     pub fn head(&self) -> Result<Head> {
         let (seqs, _) = self.list()?;
-        match seqs.last() {
-            None => Ok(Head::EMPTY),
-            Some(&seq) => Ok(Head {
+        let last = match seqs.last() {
+            None => Head::EMPTY,
+            Some(&seq) => Head {
                 seq,
                 hash: self.load(seq)?.1,
-            }),
+            },
+        };
+        Ok(match self.load_copy(last.seq + 1)? {
+            Some(c) => Head {
+                seq: c.seq,
+                hash: copy_hash(&c),
+            },
+            None => last,
+        })
+    }
+
+    /// The last stored entry, after putting back an entry that an interrupted re-seal left only as its
+    /// copy: an append must chain onto that entry, never take its name.
+    fn head_for_append(&self) -> Result<Head> {
+        let (seqs, _) = self.list()?;
+        let last = match seqs.last() {
+            None => Head::EMPTY,
+            Some(&seq) => Head {
+                seq,
+                hash: self.load(seq)?.1,
+            },
+        };
+        let mut head = last;
+        loop {
+            let seq = head.seq + 1;
+            let copy = self.load_copy(seq).map_err(|e| {
+                Error::integrity(
+                    entry_path(seq),
+                    format!(
+                        "`gatevault rewrite --reencrypt` was re-sealing this entry and was \
+                         interrupted; its copy cannot be read with this key ({e}), so no entry can be \
+                         appended after it: run `gatevault rewrite --reencrypt` with a key that holds \
+                         the current epoch"
+                    ),
+                )
+            })?;
+            let Some(c) = copy else {
+                return Ok(head);
+            };
+            let env = self
+                .keys
+                .seal_object(Kind::Audit, &entry_id(seq), c.entry.as_bytes());
+            head = match self.backend.write(FileType::Audit, &entry_name(seq), &env) {
+                Ok(()) => Head {
+                    seq,
+                    hash: copy_hash(&c),
+                },
+                // Put back meanwhile (by the re-seal, or another appender): chain onto what is stored.
+                Err(Error::AlreadyExists { .. }) => Head {
+                    seq,
+                    hash: self.load(seq)?.1,
+                },
+                Err(e) => return Err(e),
+            };
         }
     }
 
@@ -297,7 +460,7 @@ impl<'a> AuditLog<'a> {
     /// [`Error::IntegrityMismatch`] when the last entry (which the new one must name) is damaged;
     /// [`Error::Locked`] when every attempt lost a race; backend errors.
     pub fn append(&self, draft: &Draft) -> Result<(Head, Head)> {
-        let mut prev = self.head().map_err(|e| append_err(&e))?;
+        let mut prev = self.head_for_append().map_err(|e| append_err(&e))?;
         for _ in 0..MAX_APPEND_ATTEMPTS {
             let seq = prev.seq + 1;
             let entry = AuditEntry {
@@ -344,38 +507,49 @@ impl<'a> AuditLog<'a> {
 
     /// Verifies the chain: every entry from 1 to the last is present, decrypts under its name, and names
     /// the hash of the entry before it; then that every head in `compared` is still part of it. Stops at
-    /// the first broken link.
+    /// the first broken link. An entry that an interrupted re-seal left only as its copy ([`reseal`]) is
+    /// verified from the copy, and every copy found is listed in [`Verification::pending`]; a copy whose
+    /// entry was replaced by another one is a broken link.
     ///
     /// # Errors
     /// Backend errors listing the folder (damage goes into the result).
     pub fn verify(&self, compared: &[Remembered]) -> Result<Verification> {
         let (seqs, foreign) = self.list()?;
-        let loaded: Vec<_> = seqs.par_iter().map(|s| (*s, self.load(*s))).collect();
+        let last = seqs.last().copied().unwrap_or(0);
+        let copies = self.copies(last)?;
+        let mut loaded: BTreeMap<u64, Result<(AuditEntry, [u8; 32])>> =
+            seqs.par_iter().map(|s| (*s, self.load(*s))).collect();
         let mut head = Head::EMPTY;
         let mut hashes = Vec::with_capacity(loaded.len());
         let mut broken = None;
-        for (seq, r) in loaded {
-            if seq != head.seq + 1 {
-                let missing = head.seq + 1;
-                let range = if seq - missing == 1 {
-                    format!("entry {missing} is missing")
-                } else {
-                    format!("entries {missing} to {} are missing", seq - 1)
-                };
-                broken = Some(BrokenLink {
-                    seq: missing,
-                    object: entry_path(missing),
-                    problem: format!(
-                        "{range}: the log goes from entry {} to entry {seq} (deleted)",
-                        head.seq
-                    ),
-                    next_step: RESTORE_STEP.replace("restore it", "restore the missing entries"),
-                });
-                break;
-            }
-            let (entry, hash) = match r {
-                Ok(x) => x,
-                Err(e) => {
+        let mut pending = Vec::new();
+        for seq in 1.. {
+            let stored = loaded.remove(&seq);
+            let copy = copies.get(&seq);
+            let (entry, hash) = match (stored, copy) {
+                (None, None) => {
+                    // Past the end, or a gap: the next stored entry is the smallest one left.
+                    let Some(&next) = loaded.keys().next() else {
+                        break;
+                    };
+                    let range = if next - seq == 1 {
+                        format!("entry {seq} is missing")
+                    } else {
+                        format!("entries {seq} to {} are missing", next - 1)
+                    };
+                    broken = Some(BrokenLink {
+                        seq,
+                        object: entry_path(seq),
+                        problem: format!(
+                            "{range}: the log goes from entry {} to entry {next} (deleted)",
+                            head.seq
+                        ),
+                        next_step: RESTORE_STEP
+                            .replace("restore it", "restore the missing entries"),
+                    });
+                    break;
+                }
+                (Some(Err(e)), _) => {
                     let problem = match &e {
                         Error::IntegrityMismatch { reason, .. } => format!(
                             "it does not verify ({reason}): it was altered, or moved here from another entry"
@@ -389,6 +563,76 @@ impl<'a> AuditLog<'a> {
                         next_step: RESTORE_STEP.into(),
                     });
                     break;
+                }
+                (Some(Ok((entry, hash))), Some(record)) => {
+                    // A re-seal was interrupted before or after it put the entry back: harmless, unless
+                    // the entry stored is not the one copied (a command took its name meanwhile).
+                    match self.load_copy(seq) {
+                        Ok(Some(c)) if copy_hash(&c) != hash => {
+                            let original = AuditEntry::decode(c.entry.as_bytes()).ok();
+                            broken = Some(displaced(seq, record, &c, &hash));
+                            pending.push(PendingCopy {
+                                seq,
+                                record: record.clone(),
+                                entry_stored: true,
+                                note: "the stored entry differs from this copy".into(),
+                                original,
+                            });
+                            break;
+                        }
+                        Ok(_) => pending.push(PendingCopy {
+                            seq,
+                            record: record.clone(),
+                            entry_stored: true,
+                            note: "left by an interrupted re-seal; the stored entry is the same"
+                                .into(),
+                            original: None,
+                        }),
+                        Err(e) => pending.push(PendingCopy {
+                            seq,
+                            record: record.clone(),
+                            entry_stored: true,
+                            note: format!("it cannot be read ({e}); the stored entry was verified"),
+                            original: None,
+                        }),
+                    }
+                    (entry, hash)
+                }
+                (Some(Ok(x)), None) => x,
+                (None, Some(record)) => {
+                    // An interrupted re-seal removed the entry and had not put it back yet: its copy
+                    // stands in for it.
+                    let from_copy = match self.load_copy(seq) {
+                        Ok(Some(c)) => AuditEntry::decode(c.entry.as_bytes())
+                            .map(|e| (e, copy_hash(&c)))
+                            .map_err(|e| e.to_string()),
+                        // The re-seal finished between the listing and now.
+                        Ok(None) => self.load(seq).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match from_copy {
+                        Ok(x) => {
+                            pending.push(PendingCopy {
+                                seq,
+                                record: record.clone(),
+                                entry_stored: false,
+                                note: "the entry is missing: a re-seal was interrupted; verified from this copy; `gatevault rewrite --reencrypt` puts it back".into(),
+                                original: None,
+                            });
+                            x
+                        }
+                        Err(e) => {
+                            broken = Some(BrokenLink {
+                                seq,
+                                object: entry_path(seq),
+                                problem: format!(
+                                    "it is missing, and the copy that an interrupted re-seal keeps in record {record} cannot be read: {e}"
+                                ),
+                                next_step: RESTORE_STEP.into(),
+                            });
+                            break;
+                        }
+                    }
                 }
             };
             if entry.prev != head.hash_hex() {
@@ -418,9 +662,54 @@ impl<'a> AuditLog<'a> {
             broken,
             compared: compared.to_vec(),
             foreign,
+            pending,
             hashes,
         })
     }
+}
+
+/// The hash of the entry a copy holds (checked against the copy's `hash` when it was decoded).
+fn copy_hash(c: &AuditEntryCopy) -> [u8; 32] {
+    crate::crypto::hash(c.entry.as_bytes())
+}
+
+/// The broken link of entry `seq` whose name another entry took while a re-seal held it in a copy.
+fn displaced(seq: u64, record: &str, c: &AuditEntryCopy, stored: &[u8; 32]) -> BrokenLink {
+    let what = AuditEntry::decode(c.entry.as_bytes())
+        .map(|e| format!(" (`{}` by {}@{} at {})", e.command, e.user, e.host, e.time))
+        .unwrap_or_default();
+    BrokenLink {
+        seq,
+        object: entry_path(seq),
+        problem: format!(
+            "while `gatevault rewrite --reencrypt` re-sealed entry {seq}, another command wrote a different \
+             entry {seq} (hash {}) in its place; the original{what}, hash {}, is kept in record {record}",
+            short(&hex::encode(stored)),
+            short(&c.hash)
+        ),
+        next_step: format!(
+            "nothing was deleted, but the log now holds another entry in its place: keep the original as \
+             evidence (`gatevault audit verify --json` prints it under `pending`), then delete the object \
+             records/{record} from the storage by hand; if this machine had seen the original, `gatevault \
+             audit verify --reset-head` then accepts the log as it is"
+        ),
+    }
+}
+
+/// A copy of an entry that a re-seal keeps in a record ([`reseal`]), as a verification found it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PendingCopy {
+    /// The entry's seq.
+    pub seq: u64,
+    /// The record holding the copy.
+    pub record: String,
+    /// Whether the entry itself is stored (false: the copy stood in for it).
+    pub entry_stored: bool,
+    /// What it means.
+    pub note: String,
+    /// The entry the copy holds, when another entry took its place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original: Option<AuditEntry>,
 }
 
 /// The first 8 hex digits of a hash, for messages.

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::mask::Masked;
 use super::{AuditLog, Draft, Head, HeadFile};
 use crate::backend::recording::{ChangeLog, RecordingBackend};
-use crate::backend::Backend;
+use crate::backend::{Backend, FileType};
 use crate::crypto::keyslot::Role;
 use crate::crypto::RepoKeys;
 use crate::error::{Error, Result};
@@ -175,6 +175,25 @@ impl Session {
         *self.slot() = Some(Arc::new(target));
     }
 
+    /// Replaces the keys the entry will be sealed with, when the attached repository is the one `keys`
+    /// belong to: a command that changed the master key (`key rotate`, `rewrite --reencrypt --retire`)
+    /// seals its entry under the new current epoch, with a key that reads every entry sealed since.
+    /// The key slot and role recorded stay those the repository was opened with.
+    pub fn rekey(&self, keys: Arc<RepoKeys>) {
+        let mut slot = self.slot();
+        if let Some(t) = slot.as_ref() {
+            if t.keys.repo_id() == keys.repo_id() {
+                *slot = Some(Arc::new(Target {
+                    backend: t.backend.clone(),
+                    keys,
+                    key: t.key,
+                    role: t.role,
+                    head_file: t.head_file.clone(),
+                }));
+            }
+        }
+    }
+
     /// Whether a repository is attached.
     pub fn is_attached(&self) -> bool {
         self.slot().is_some()
@@ -223,7 +242,10 @@ impl Session {
             .into_iter()
             .map(|(t, c)| {
                 (
-                    t.to_string(),
+                    match t {
+                        FileType::Audit => "audit".to_string(),
+                        t => t.to_string(),
+                    },
                     TouchedObjects {
                         added: c.added,
                         removed: c.removed,
@@ -252,12 +274,7 @@ impl Session {
                     if seq == prev.seq {
                         return Ok(Some(prev.hash));
                     }
-                    match log.load(seq) {
-                        Ok((_, h)) => Ok(Some(h)),
-                        Err(Error::NotFound { .. }) => Ok(None),
-                        Err(Error::IntegrityMismatch { .. }) => Ok(None),
-                        Err(e) => Err(e),
-                    }
+                    log.hash_of(seq)
                 };
                 match f.advance(head, &hash_at) {
                     Ok(None) => None,
@@ -282,7 +299,6 @@ mod tests {
     use super::*;
     use crate::audit::mask::{mask_args, OptionInfo};
     use crate::backend::memory::MemoryBackend;
-    use crate::backend::FileType;
     use crate::crypto::{Cipher, MasterKey};
     use crate::id::RepoId;
 
@@ -385,6 +401,49 @@ mod tests {
                 .seq,
             2,
             "the head file follows the appends"
+        );
+    }
+
+    #[test]
+    fn a_rekeyed_session_seals_under_the_new_epoch_and_reads_entries_sealed_under_it() {
+        let mem: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let s = Session::default();
+        let b = s.wrap(mem.clone());
+        let t = target(&b, None);
+        let old = t.keys.clone();
+        let mut m = old.master().clone();
+        m.rotate();
+        let new = Arc::new(RepoKeys::new(m, old.repo_id(), old.cipher()));
+        s.attach(t);
+        // Another session, opened through a rewrapped key slot, appended under the new epoch.
+        AuditLog::new(mem.as_ref(), &new)
+            .append(&crate::audit::Draft {
+                command: "backup".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let rotate = inv("key rotate", &[]);
+        let e = s.record(&rotate, &Outcome::Exit(0)).unwrap_err();
+        assert!(e.to_string().contains("no such epoch"), "{e}");
+        // Another repository's keys are ignored; this repository's new keys are used.
+        s.rekey(Arc::new(RepoKeys::new(
+            MasterKey::generate(),
+            RepoId::random(),
+            Cipher::Aes256Gcm,
+        )));
+        assert!(s.record(&rotate, &Outcome::Exit(0)).is_err());
+        s.rekey(new.clone());
+        let r = s.record(&rotate, &Outcome::Exit(0)).unwrap().unwrap();
+        assert_eq!(r.head.seq, 2);
+        let env = mem
+            .read(FileType::Audit, &crate::audit::entry_name(2))
+            .unwrap();
+        assert_eq!(crate::crypto::envelope_epoch(&env), Some(1));
+        let (e, _) = AuditLog::new(mem.as_ref(), &new).load(2).unwrap();
+        assert_eq!(
+            e.key,
+            KeyId([3; 32]),
+            "the slot in use is still the one recorded"
         );
     }
 

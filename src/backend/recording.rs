@@ -2,8 +2,10 @@
 //!
 //! The command line wraps every backend it opens in a [`RecordingBackend`]; when the command ends, the
 //! [`ChangeLog`] says whether it changed the repository and which objects it touched, without any
-//! command having to report it. Locks and audit entries are not recorded: every command that takes a
-//! lock writes and removes one, and the audit log's own entries are what the record is for.
+//! command having to report it. Locks are not recorded: every command that takes a lock writes and
+//! removes one. Audit entries are (the command's own entry is appended after its record is drafted, so
+//! it never lists itself): a command that rewrites entries, as `rewrite --reencrypt` re-seals them,
+//! says so in its own entry.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,9 +34,9 @@ impl ChangeLog {
         self.changes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a type's writes and removals are recorded (not locks, not audit entries).
+    /// Whether a type's writes and removals are recorded (not locks).
     pub fn records(t: FileType) -> bool {
-        !matches!(t, FileType::Lock | FileType::Audit)
+        t != FileType::Lock
     }
 
     fn note(&self, t: FileType, name: &str, added: bool) {
@@ -149,7 +151,7 @@ mod tests {
     }
 
     #[test]
-    fn records_successful_changes_but_not_locks_or_audit_entries() {
+    fn records_successful_changes_but_not_locks() {
         let log = Arc::new(ChangeLog::default());
         let b = RecordingBackend::new(Arc::new(MemoryBackend::new()), log.clone());
         let (a, c) = ("aa".repeat(32), "cc".repeat(32));
@@ -157,8 +159,9 @@ mod tests {
         assert!(log.is_empty(), "reads are not changes");
         b.write(FileType::Lock, &a, b"l").unwrap();
         b.remove(FileType::Lock, &a).unwrap();
+        assert!(log.is_empty(), "locks are not recorded");
         b.write(FileType::Audit, &a, b"e").unwrap();
-        assert!(log.is_empty(), "locks and audit entries are not recorded");
+        assert_eq!(log.changes()[&FileType::Audit].added, vec![a.clone()]);
 
         b.write(FileType::Snapshot, &a, b"s").unwrap();
         b.write(FileType::Snapshot, &a, b"again").unwrap_err();
@@ -177,6 +180,6 @@ mod tests {
         );
         assert_eq!(got[&FileType::Config].added, vec!["config".to_string()]);
         assert_eq!(got[&FileType::Pack].added, vec![c]);
-        assert_eq!(got.len(), 3);
+        assert_eq!(got.len(), 4);
     }
 }

@@ -58,6 +58,13 @@ pub(crate) fn attach(g: &Global, repo: &Repository) {
     });
 }
 
+/// Seals this command's audit entry with `keys` (the repository's keys after the command changed its
+/// master key), so that it goes under the new current epoch and can name the hash of an entry sealed
+/// under it.
+pub(crate) fn rekey(g: &Global, keys: &std::sync::Arc<crate::crypto::RepoKeys>) {
+    g.audit.rekey(keys.clone());
+}
+
 /// The command name (`key add`), its masked command line and whether it is always recorded, from the
 /// parsed command line.
 pub(crate) fn invocation(cmd: &clap::Command, matches: &ArgMatches) -> Invocation {
@@ -350,6 +357,14 @@ fn verify(g: &Global, repo: &Repository, log: &AuditLog<'_>, a: VerifyArgs) -> a
     }
     for f in &v.foreign {
         eprintln!("warning: {f} is not an audit entry name; it is not part of the chain");
+    }
+    if !g.json {
+        for p in &v.pending {
+            eprintln!(
+                "note: entry {} has a copy in record {} made to re-seal it under a new key epoch: {}",
+                p.seq, p.record, p.note
+            );
+        }
     }
     if let Some(e) = remember_error {
         eprintln!(

@@ -283,13 +283,22 @@ pub(crate) fn run(g: &Global, c: KeyCommand) -> anyhow::Result<u8> {
                 true,
                 "key rotate",
             )?;
-            let report = repo.change_master_key(
-                &lock,
+            let others = secrets.credentials();
+            let plan = repo.plan_master_change(
                 MasterChange::Rotate,
                 &creds,
-                &secrets.credentials(),
+                &others,
                 a.others.retire_other_slots,
             )?;
+            // The audit entry goes under the new epoch. When an interrupted rotation is completed,
+            // the new key is stored already and entries may have been sealed under it since: the
+            // entry must be able to read them even if this run fails again.
+            let new_keys = repo.keys_after(&plan);
+            if plan.resumed() {
+                super::audit::rekey(g, &new_keys);
+            }
+            let report = repo.apply_master_change(&lock, plan)?;
+            super::audit::rekey(g, &new_keys);
             if g.json {
                 print_json(&report)?;
             } else if !g.quiet {

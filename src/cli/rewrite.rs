@@ -57,6 +57,10 @@ pub(crate) fn run(g: &Global, a: RewriteArgs) -> anyhow::Result<u8> {
     } else {
         None
     };
+    // After a retirement, the audit entry is sealed with the reduced key (everything, the log
+    // included, was re-sealed under the current epoch first). Until then the key in use, which holds
+    // every epoch, reads whatever it finds.
+    let new_keys = plan.as_ref().map(|p| repo.keys_after(p));
     let report = reencrypt(
         &repo,
         &lock,
@@ -64,6 +68,9 @@ pub(crate) fn run(g: &Global, a: RewriteArgs) -> anyhow::Result<u8> {
         plan,
         &Bar::new(g, "re-encrypting"),
     )?;
+    if let (Some(keys), Some(_)) = (&new_keys, &report.retired) {
+        super::audit::rekey(g, keys);
+    }
     if g.json {
         print_json(&report)?;
     } else if !g.quiet {
@@ -94,8 +101,8 @@ fn print_report(r: &ReencryptReport) {
     println!("before: {}", counts.join("; "));
     if r.dry_run {
         println!(
-            "{} of these (packs, blobs, index files, snapshots, records) are sealed under another \
-             epoch than {}; dry run: nothing was changed",
+            "{} of these (packs, blobs, index files, snapshots, records, audit entries) are sealed \
+             under another epoch than {}; dry run: nothing was changed",
             r.left_on_old_epochs, r.current_epoch
         );
         return;
@@ -108,13 +115,21 @@ fn print_report(r: &ReencryptReport) {
         .collect();
     println!(
         "re-encrypted under epoch {}: {} packs ({moved} blobs moved to new packs), {} index files \
-         (replaced by one), {}; {} snapshot parents now name the parent's new id",
+         (replaced by one), {}, {} audit log entries (under their own names); {} snapshot parents \
+         now name the parent's new id",
         r.current_epoch,
         r.packs_reencrypted,
         r.index_files_reencrypted,
         objects.join(", "),
+        r.audit.resealed.len(),
         r.parents_remapped
     );
+    if !r.audit.resumed.is_empty() || !r.audit.leftover_copies.is_empty() {
+        println!(
+            "finished the re-seal of {} audit log entries that an interrupted run had started",
+            r.audit.resumed.len() + r.audit.leftover_copies.len()
+        );
+    }
     if r.left_on_old_epochs == 0 {
         println!(
             "nothing is sealed under another epoch than {}",

@@ -313,6 +313,42 @@ impl RepoKeys {
         })
     }
 
+    /// Why an envelope of `epoch` cannot be opened by this key, naming the object (`what`): the epoch
+    /// was retired, or it is newer than any this key holds (a rotation that the key slot in use has not
+    /// followed, typically an interrupted `key rotate`), or the object is from another repository.
+    fn missing_epoch(&self, epoch: u32, what: &str) -> Error {
+        let held = self.master.epoch_numbers();
+        let list = held
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let why = if held.last().is_some_and(|last| epoch > *last) {
+            "newer than any this key holds: a key rotation that the key slot in use has not followed \
+             (run `gatevault key rotate` again to complete an interrupted one), or the object is from \
+             another repository"
+        } else {
+            "retired, or the object is from another repository"
+        };
+        Error::integrity(
+            what,
+            format!(
+                "sealed under key epoch {epoch}, but this master key has no such epoch (it holds {list}; {why})"
+            ),
+        )
+    }
+
+    /// The id of the record that holds a copy of audit entry `seq` while `rewrite --reencrypt` re-seals
+    /// the entry (`docs/design.md`, section 10b). It derives from the repository secret, not from an
+    /// epoch key, so that every key of the repository, whatever epochs it holds, finds the copy of a
+    /// given entry without reading any other record; being keyed, it looks random to outsiders.
+    pub fn audit_copy_id(&self, seq: u64) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("gatevault v1 audit entry copy id");
+        h.update(&self.master.repo_secret);
+        h.update(&seq.to_be_bytes());
+        *h.finalize().as_bytes()
+    }
+
     /// The id under which `rewrite --reencrypt` stores the re-sealed copy of object `old` of `kind`: a
     /// keyed hash of the old id under the current epoch's key. Being deterministic, a re-run after an
     /// interruption finds the copy it already wrote instead of making a second one; being keyed, it is
@@ -382,6 +418,9 @@ impl RepoKeys {
         what: &str,
     ) -> Result<ObjectCipher> {
         let (cipher, epoch) = parse_envelope_header(envelope, what)?;
+        if self.epoch_key(epoch).is_err() {
+            return Err(self.missing_epoch(epoch, what));
+        }
         if cipher == self.cipher {
             return self.object_at(epoch, kind, id);
         }
@@ -709,6 +748,44 @@ mod tests {
             k0.blob_id(b"x"),
             k1.blob_id(b"x"),
             "blob ids survive rotation"
+        );
+    }
+
+    #[test]
+    fn audit_copy_ids_follow_the_repository_not_the_epoch() {
+        let mut m = MasterKey::generate();
+        let id = RepoId::random();
+        let k0 = RepoKeys::new(m.clone(), id, Cipher::XChaCha20Poly1305);
+        m.rotate();
+        let k1 = RepoKeys::new(m.clone(), id, Cipher::XChaCha20Poly1305);
+        let k2 = RepoKeys::new(m.retain_current(), id, Cipher::Aes256Gcm);
+        assert_eq!(k0.audit_copy_id(5), k1.audit_copy_id(5));
+        assert_eq!(k1.audit_copy_id(5), k2.audit_copy_id(5));
+        assert_ne!(k0.audit_copy_id(5), k0.audit_copy_id(6));
+        let other = RepoKeys::new(MasterKey::generate(), id, Cipher::XChaCha20Poly1305);
+        assert_ne!(k0.audit_copy_id(5), other.audit_copy_id(5));
+
+        // An object of an epoch newer than the key's is named, and the likely cause given.
+        let env = k1.seal_object(Kind::Snapshot, &[1u8; 32], b"new");
+        let err = k0
+            .open_object(Kind::Snapshot, &[1u8; 32], &env, "snapshot 0101")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("snapshot 0101")
+                && err.contains("key epoch 1")
+                && err.contains("no such epoch")
+                && err.contains("key rotate"),
+            "{err}"
+        );
+        let old = k0.seal_object(Kind::Snapshot, &[1u8; 32], b"old");
+        let err = k2
+            .open_object(Kind::Snapshot, &[1u8; 32], &old, "snapshot 0101")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("retired") && !err.contains("key rotate"),
+            "{err}"
         );
     }
 

@@ -15,13 +15,14 @@
 //! under the first), keeps the successors already written and removes the old slots they replace.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::{Credentials, Repository};
 use crate::backend::FileType;
 use crate::crypto::keyslot::{successor_id, Credential, KeySlot, Role, SlotKind};
-use crate::crypto::MasterKey;
+use crate::crypto::{MasterKey, RepoKeys};
 use crate::error::{Error, Result};
 use crate::id::KeyId;
 use crate::repo::lock::LockGuard;
@@ -131,6 +132,13 @@ impl MasterChangePlan<'_> {
     /// The master key after the change.
     pub fn target(&self) -> &MasterKey {
         &self.target
+    }
+
+    /// Whether it completes an interrupted change: the new master key is stored already (in the
+    /// successor of the slot in use), so sessions opened through a new slot may have sealed objects
+    /// (audit entries too) under its epoch.
+    pub fn resumed(&self) -> bool {
+        self.resumed
     }
 
     /// Whether applying it would change any key slot.
@@ -331,6 +339,16 @@ impl Repository {
             )));
         }
         Ok(plan)
+    }
+
+    /// The working keys of this repository under the master key `plan` leads to: what a command that
+    /// changes the master key seals with afterwards (its audit entry, `docs/audit.md`).
+    pub fn keys_after(&self, plan: &MasterChangePlan<'_>) -> Arc<RepoKeys> {
+        Arc::new(RepoKeys::new(
+            plan.target.clone(),
+            self.config.id,
+            self.config.cipher,
+        ))
     }
 
     /// Carries out a plan: writes the new slots (the one in use first), then removes the slots left
