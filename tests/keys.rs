@@ -283,23 +283,6 @@ fn add_drill_record(r: &Repo) -> bool {
     true
 }
 
-/// Runs `args` on a copy of `base` with `GATEVAULT_CRASH_AT=at`; returns the copy and whether the
-/// process crashed (false: it finished before reaching step `at`).
-fn crashed_copy(base: &Repo, args: &[&str], at: u64) -> (Repo, bool) {
-    let c = base.copy();
-    let out = c
-        .cmd()
-        .env("GATEVAULT_CRASH_AT", at.to_string())
-        .args(args)
-        .output()
-        .unwrap();
-    let crashed = stderr(&out).contains("GATEVAULT_CRASH_AT");
-    if !crashed {
-        assert_code(&out, code::OK);
-    }
-    (c, crashed)
-}
-
 // ------------------------------------------------------------------------------------ rotation
 
 #[test]
@@ -855,7 +838,7 @@ fn reencrypt_and_retire_stopped_at_every_durable_step_check_and_finish_on_rerun(
     // alone (between the removal of the entry and its new write).
     let (mut with_copy, mut copy_alone) = (0, 0);
     for at in 1.. {
-        let (c, crashed) = crashed_copy(&h.r, &args, at);
+        let (c, crashed) = h.r.crashed_copy(&args, at);
         if !crashed {
             break;
         }
@@ -994,7 +977,7 @@ fn rotate_stopped_at_every_durable_step_completes_on_rerun_without_losing_new_da
     let args = ["key", "rotate", "--also-password-file", s(&pw)];
     let mut points = 0;
     for at in 1.. {
-        let (c, crashed) = crashed_copy(&r, &args, at);
+        let (c, crashed) = r.crashed_copy(&args, at);
         if !crashed {
             break;
         }
