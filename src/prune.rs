@@ -592,7 +592,7 @@ pub fn prune_locked(
 }
 
 /// Removes an object; one already gone (a re-run after an interruption) is fine.
-fn remove(backend: &dyn crate::backend::Backend, t: FileType, name: &str) -> Result<()> {
+pub(crate) fn remove(backend: &dyn crate::backend::Backend, t: FileType, name: &str) -> Result<()> {
     match backend.remove(t, name) {
         Err(Error::NotFound { .. }) => Ok(()),
         r => r,

@@ -241,6 +241,26 @@ fn password_file(r: &Repo, name: &str, password: &str) -> PathBuf {
     p
 }
 
+/// A repository with one snapshot of a generated gateway tree (`seed`) and, beside its key-file slot,
+/// a `backup` password slot whose password file `name` holds `password`.
+/// Returns the repository, the source folder and the password file.
+fn with_password_slot(seed: u64, name: &str, password: &str) -> (Repo, PathBuf, PathBuf) {
+    let r = Repo::init();
+    let src = r.root().join("src");
+    write_gateway_tree(&src, seed, 20);
+    r.backup(&[&src], &[]);
+    let pw = password_file(&r, name, password);
+    r.run_ok([
+        "key",
+        "add",
+        "--new-password-file",
+        s(&pw),
+        "--role",
+        "backup",
+    ]);
+    (r, src, pw)
+}
+
 /// `key list --json` as seen with the repository's own credentials.
 fn key_list(r: &Repo) -> Vec<Value> {
     r.run_json(["key", "list"]).as_array().unwrap().clone()
@@ -405,19 +425,7 @@ fn rotate_seals_new_data_under_the_new_epoch_while_old_data_stays_readable() {
 
 #[test]
 fn rotate_refuses_to_leave_other_slots_on_the_old_key_unless_told_to_retire_them() {
-    let r = Repo::init();
-    let src = r.root().join("src");
-    write_gateway_tree(&src, 3, 20);
-    r.backup(&[&src], &[]);
-    let pw = password_file(&r, "backup-password", "hunter2 hunter2");
-    r.run_ok([
-        "key",
-        "add",
-        "--new-password-file",
-        s(&pw),
-        "--role",
-        "backup",
-    ]);
+    let (r, src, pw) = with_password_slot(3, "backup-password", "hunter2 hunter2");
     let reader = r.root().join("reader-key");
     r.run_ok([
         "key",
@@ -961,19 +969,7 @@ fn reencrypt_and_retire_stopped_at_every_durable_step_check_and_finish_on_rerun(
 
 #[test]
 fn rotate_stopped_at_every_durable_step_completes_on_rerun_without_losing_new_data() {
-    let r = Repo::init();
-    let src = r.root().join("src");
-    write_gateway_tree(&src, 9, 20);
-    r.backup(&[&src], &[]);
-    let pw = password_file(&r, "other-password", "open sesame");
-    r.run_ok([
-        "key",
-        "add",
-        "--new-password-file",
-        s(&pw),
-        "--role",
-        "backup",
-    ]);
+    let (r, src, pw) = with_password_slot(9, "other-password", "open sesame");
     let args = ["key", "rotate", "--also-password-file", s(&pw)];
     let mut points = 0;
     for at in 1.. {

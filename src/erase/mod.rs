@@ -945,10 +945,7 @@ pub fn erase(
         });
     }
     for id in finish {
-        match repo.backend().remove(FileType::Snapshot, &id.to_hex()) {
-            Ok(()) | Err(Error::NotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
+        crate::prune::remove(repo.backend(), FileType::Snapshot, &id.to_hex())?;
     }
     report.records_rewritten = rewrite_records(repo, &t)?;
 
@@ -996,10 +993,7 @@ pub fn erase(
     // Paths and pointers are masked already; this makes sure no value slips into the record.
     report.record = Some(repo.save_record(&mask_value(&record, &t))?);
     for id in pending_ids {
-        match repo.backend().remove(FileType::Record, id) {
-            Ok(()) | Err(Error::NotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
+        crate::prune::remove(repo.backend(), FileType::Record, id)?;
     }
     Ok(report)
 }
