@@ -787,6 +787,10 @@ pub struct AuditEntry {
     /// What the command wrote and removed, by file type (`snapshot`, `pack`, `index`, `key`, ...).
     #[serde(default)]
     pub objects: BTreeMap<String, TouchedObjects>,
+    /// What the command itself reports about its work, where it has more to say than the objects
+    /// (`erase`: what was removed, masked, and the scan's result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 /// Record type of an [`AuditEntryCopy`].

@@ -266,6 +266,22 @@ fn one_consumer_is_erased_from_200_snapshots_and_every_other_stays() {
     let last = entries.last().unwrap();
     assert_eq!(last["command"], "erase", "{last}");
     assert!(!last.to_string().contains(VICTIM), "{last}");
+    for v in &values {
+        assert!(!last.to_string().contains(v.as_str()), "{last}");
+    }
+    // The entry itself says what was removed, where, and the scan's result.
+    let e = &last["details"]["erasure"];
+    assert_eq!(e["scan"]["status"], "clean", "{last}");
+    assert_eq!(e["snapshots"].as_array().unwrap().len(), 200);
+    assert_eq!(e["record"], report["record"]);
+    let docs: Vec<&str> = e["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap())
+        .collect();
+    assert!(docs.contains(&"kong/consumers/<erased>"), "{docs:?}");
+    assert!(docs.contains(&"raw/kong.yaml"), "{docs:?}");
     assert_eq!(
         report["scan"]["audit_entries"]
             .as_array()

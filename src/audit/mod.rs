@@ -148,6 +148,8 @@ pub struct Draft {
     pub exit: u8,
     /// Objects written and removed, by file type.
     pub objects: BTreeMap<String, TouchedObjects>,
+    /// What the command reported about its work ([`AuditEntry::details`]).
+    pub details: Option<serde_json::Value>,
 }
 
 /// The first broken link of a chain: where it is, what is wrong, and what to do.
@@ -477,6 +479,7 @@ impl<'a> AuditLog<'a> {
                 result: draft.result.clone(),
                 exit: draft.exit,
                 objects: draft.objects.clone(),
+                details: draft.details.clone(),
             };
             let plain = entry.encode();
             let env = self.keys.seal_object(Kind::Audit, &entry_id(seq), &plain);

@@ -151,6 +151,7 @@ pub struct Recorded {
 pub struct Session {
     changes: Arc<ChangeLog>,
     target: Mutex<Option<Arc<Target>>>,
+    details: Mutex<Option<serde_json::Value>>,
 }
 
 impl Session {
@@ -192,6 +193,12 @@ impl Session {
                 }));
             }
         }
+    }
+
+    /// Adds what the command reports about its work to its entry (`details`); never a secret or a
+    /// personal value: the caller masks them.
+    pub fn note(&self, details: serde_json::Value) {
+        *self.details.lock().unwrap_or_else(|e| e.into_inner()) = Some(details);
     }
 
     /// Whether a repository is attached.
@@ -261,6 +268,11 @@ impl Session {
             result: outcome.result(&inv.masked),
             exit: outcome.exit(),
             objects,
+            details: self
+                .details
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         };
         let log = AuditLog::new(t.backend.as_ref(), &t.keys);
         let (head, prev) = log.append(&draft)?;

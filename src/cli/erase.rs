@@ -46,6 +46,9 @@ pub(crate) fn run(g: &Global, a: EraseArgs) -> anyhow::Result<u8> {
         prune: a.prune.options(false),
     };
     let report = crate::erase::erase(&repo, &opts, &Bar::new(g, "scanning"))?;
+    if !report.dry_run {
+        g.audit.note(report.audit_details());
+    }
     let clean = report.scan.as_ref().is_none_or(|s| s.found.is_empty());
     if g.json {
         print_json(&report)?;

@@ -998,6 +998,43 @@ pub fn erase(
     Ok(report)
 }
 
+impl EraseReport {
+    /// The summary the audit log entry of an erase carries: the erasure record, the subjects (masked,
+    /// with their keyed ids), each rewritten snapshot's old and new id, the distinct documents removed or
+    /// scrubbed with what was removed (masked), and the scan's result. Never an erased value.
+    pub fn audit_details(&self) -> Value {
+        let mut docs: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+        for s in &self.snapshots {
+            for d in &s.documents {
+                let change = serde_json::to_value(&d.change)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                *docs
+                    .entry((d.path.clone(), change, d.removed.join(", ")))
+                    .or_default() += 1;
+            }
+        }
+        serde_json::json!({
+            "erasure": {
+                "record": self.record,
+                "subjects": self.subjects,
+                "subject_ids": self.subject_ids,
+                "snapshots": self.snapshots.iter().map(|s| serde_json::json!({"original": s.original, "new": s.new})).collect::<Vec<_>>(),
+                "documents": docs.into_iter().map(|((path, change, removed), n)| serde_json::json!({
+                    "path": path, "change": change, "removed": removed, "snapshots": n,
+                })).collect::<Vec<_>>(),
+                "records_rewritten": self.records_rewritten,
+                "scan": self.scan.as_ref().map(|s| serde_json::json!({
+                    "status": s.status, "blobs": s.blobs, "packs": s.packs, "snapshots": s.snapshots,
+                    "records": s.records, "found": s.found, "audit_entries": s.audit_entries,
+                })),
+                "already_erased": self.already_erased,
+            }
+        })
+    }
+}
+
 /// The erasure records of the repository, oldest first.
 ///
 /// # Errors
