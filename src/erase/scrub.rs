@@ -244,19 +244,19 @@ pub fn scrub_document(bytes: &[u8], canonical: bool, t: &Tokens) -> Scrubbed {
         let Some(new) = new else {
             return Scrubbed::Removed;
         };
+        // YAML that cannot be written back (it never should) falls through to the line rule below,
+        // rather than becoming an empty document.
         let out = if !json {
-            serde_yaml_ng::to_string(&new)
-                .map(String::into_bytes)
-                .unwrap_or_default()
+            serde_yaml_ng::to_string(&new).ok().map(String::into_bytes)
         } else if canonical {
-            crate::gateway::canonical::to_bytes(&new)
+            Some(crate::gateway::canonical::to_bytes(&new))
         } else {
             let mut b = serde_json::to_vec_pretty(&new).expect("a value serializes");
             b.push(b'\n');
-            b
+            Some(b)
         };
         // Structure removed every mention (a value may also sit in a YAML comment: then lines go too).
-        if !t.found(&out) {
+        if let Some(out) = out.filter(|o| !t.found(o)) {
             return Scrubbed::Changed(out, removals);
         }
     }
