@@ -703,6 +703,7 @@ pub fn backup(
         program_version: format!("gatevault {}", env!("CARGO_PKG_VERSION")),
         source: opts.source,
         original: None,
+        origin: None,
     };
     lock.check()?;
     let id = repo.save_snapshot(&snapshot)?;

@@ -951,6 +951,7 @@ mod tests {
             program_version: "test".into(),
             source: None,
             original: None,
+            origin: None,
         }
     }
 

@@ -643,6 +643,20 @@ pub struct Snapshot {
     /// For a snapshot rewritten by `erase`: the snapshot it replaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<SnapshotId>,
+    /// For a copy made by `gatevault copy`: the snapshot first taken, in the repository that took it.
+    /// A copy of a copy names the same origin, so that every copy of one backup shares it (the 3-2-1
+    /// report counts copies by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// The first snapshot of a backup, named by the repository that took it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Origin {
+    /// Repository id (hex) of the repository that took the snapshot.
+    pub repository: String,
+    /// Its snapshot id there.
+    pub snapshot: SnapshotId,
 }
 
 /// The gateway a snapshot was captured from.

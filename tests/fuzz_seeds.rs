@@ -488,6 +488,7 @@ fn sample_snapshot() -> Snapshot {
         program_version: "gatevault 0.1.0".into(),
         source: None,
         original: None,
+        origin: None,
     }
 }
 

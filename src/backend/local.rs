@@ -271,6 +271,7 @@ impl Backend for LocalBackend {
         Capabilities {
             durable_writes: true,
             atomic_create: true,
+            ..Capabilities::default()
         }
     }
 }

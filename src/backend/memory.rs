@@ -111,6 +111,7 @@ impl Backend for MemoryBackend {
         Capabilities {
             durable_writes: false,
             atomic_create: true,
+            ..Capabilities::default()
         }
     }
 }

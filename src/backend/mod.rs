@@ -117,6 +117,81 @@ pub struct Capabilities {
     pub durable_writes: bool,
     /// Create-only writes are atomic against a concurrent writer of the same name.
     pub atomic_create: bool,
+    /// How many writes (and reads) pay to have in flight at once: 1 for a local disk, several for an
+    /// object store where each request waits on a round trip.
+    pub concurrency: usize,
+    /// Objects may be under a retention lock (S3 Object Lock) that forbids removing them before a
+    /// date: callers that remove ask [`Backend::locked_until`] first.
+    pub object_lock: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            durable_writes: false,
+            atomic_create: false,
+            concurrency: 1,
+            object_lock: false,
+        }
+    }
+}
+
+/// Options of a backend given as `-o KEY=VALUE` (restic's convention: `s3.region=eu-west-1`,
+/// `azure.account-name=...`) or by a profile; a backend reads the keys with its own prefix and
+/// refuses unknown ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendOptions {
+    /// Key to value.
+    pub values: std::collections::BTreeMap<String, String>,
+}
+
+impl BackendOptions {
+    /// Parses `KEY=VALUE` strings.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a string without `=`.
+    pub fn parse(items: &[String]) -> Result<Self> {
+        let mut values = std::collections::BTreeMap::new();
+        for it in items {
+            let (k, v) = it.split_once('=').ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "backend option {it:?} is not KEY=VALUE (for example -o s3.region=eu-west-1)"
+                ))
+            })?;
+            values.insert(k.trim().to_string(), v.to_string());
+        }
+        Ok(Self { values })
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+}
+
+/// Opens the backend of a repository location: a folder (optionally `local:PATH`), or a remote
+/// location (`s3:...`, `azure:...`) once those backends are built in.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a location or option this build cannot serve.
+pub fn open(location: &str, opts: &BackendOptions) -> Result<std::sync::Arc<dyn Backend>> {
+    if let Some((scheme, _)) = location.split_once(':') {
+        if matches!(
+            scheme,
+            "s3" | "azure" | "gs" | "sftp" | "rest" | "b2" | "swift"
+        ) {
+            return Err(Error::InvalidInput(format!(
+                "repository location {location:?}: backend {scheme:?} is not supported by this build"
+            )));
+        }
+    }
+    if let Some(k) = opts.values.keys().next() {
+        return Err(Error::InvalidInput(format!(
+            "backend option {k:?} does not apply to a local repository"
+        )));
+    }
+    let path = location.strip_prefix("local:").unwrap_or(location);
+    Ok(std::sync::Arc::new(local::LocalBackend::new(path)))
 }
 
 /// An object store holding opaque bytes by file type and name.
@@ -212,10 +287,30 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// What this backend promises.
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            durable_writes: false,
-            atomic_create: false,
-        }
+        Capabilities::default()
+    }
+
+    /// The region the data lives in, where the store tells (or the options declare) one: a region
+    /// policy compares it before any data is written.
+    ///
+    /// # Errors
+    /// Errors of the store while finding out.
+    fn region(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
+    /// The end of the retention lock on an object, when one forbids removing it now (S3 Object
+    /// Lock); `None` when it may be removed. Only backends whose [`Capabilities::object_lock`] is set
+    /// ever answer `Some`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; errors of the store.
+    fn locked_until(
+        &self,
+        _t: FileType,
+        _name: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        Ok(None)
     }
 }
 

@@ -135,6 +135,18 @@ impl Backend for RecordingBackend {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
+
+    fn region(&self) -> Result<Option<String>> {
+        self.inner.region()
+    }
+
+    fn locked_until(
+        &self,
+        t: FileType,
+        name: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        self.inner.locked_until(t, name)
+    }
 }
 
 #[cfg(test)]

@@ -34,7 +34,6 @@ use anyhow::Context;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use zeroize::Zeroizing;
 
-use crate::backend::local::LocalBackend;
 use crate::backend::Backend;
 use crate::error::Error;
 use crate::repo::{Credentials, Repository};
@@ -83,6 +82,9 @@ pub struct Global {
         global = true
     )]
     repo: Option<String>,
+    /// Backend option KEY=VALUE (for example `-o s3.region=eu-west-1`); repeat for several.
+    #[arg(short = 'o', long = "option", global = true)]
+    options: Vec<String>,
     /// File holding the repository password (first line).
     #[arg(long, env = "GATEVAULT_PASSWORD_FILE", global = true)]
     password_file: Option<PathBuf>,
@@ -205,8 +207,8 @@ impl Global {
     /// writes and removes.
     fn backend(&self) -> anyhow::Result<Arc<dyn Backend>> {
         let loc = self.location()?;
-        let path = loc.strip_prefix("local:").unwrap_or(&loc);
-        Ok(self.audit.wrap(Arc::new(LocalBackend::new(path))))
+        let opts = crate::backend::BackendOptions::parse(&self.options)?;
+        Ok(self.audit.wrap(crate::backend::open(&loc, &opts)?))
     }
 
     fn cache_dir(&self) -> Option<PathBuf> {

@@ -516,6 +516,7 @@ mod tests {
             program_version: "gatevault".into(),
             source: Some(crate::format::Source::new("aws", "aws")),
             original: None,
+            origin: None,
         };
         assert_eq!(
             export_name(&snap, "json"),
