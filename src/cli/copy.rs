@@ -126,7 +126,11 @@ fn print_report(r: &CopyReport) {
         );
     }
     for c in &r.copied {
-        println!("snapshot {} copied as {}", c.source.short(), c.target.short());
+        println!(
+            "snapshot {} copied as {}",
+            c.source.short(),
+            c.target.short()
+        );
     }
     if r.dry_run {
         for id in &r.would_copy {
