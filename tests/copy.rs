@@ -191,6 +191,8 @@ fn copy_all_into_another_cipher_and_password_restores_identically_and_runs_once(
             .len(),
         3
     );
+    assert_eq!(last["details"]["copy"]["from"], a.repo_id(), "{last}");
+    assert_eq!(last["details"]["copy"]["copied"], rep["copied"], "{last}");
     assert_eq!(a.objects("audit").len(), before_a);
 
     // A second run copies nothing and writes nothing but its audit entry.
