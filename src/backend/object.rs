@@ -654,6 +654,24 @@ impl Ctx {
     }
 }
 
+/// How many times a create-only PUT is sent again after a transport error.
+const CREATE_RETRIES: u32 = 5;
+
+/// Whether a request failed in transport (reset, timeout, cut-off body) rather than with an answer.
+fn is_transport_error(e: &object_store::Error) -> bool {
+    if !matches!(e, object_store::Error::Generic { .. }) {
+        return false;
+    }
+    let text = e.to_string();
+    !text.contains("Server returned")
+}
+
+/// Exponential backoff with full jitter: up to 200 ms, 400 ms, ... 6.4 s.
+fn backoff(attempt: u32) -> Duration {
+    let cap = 100u64 << attempt.min(6);
+    Duration::from_millis(rand::random::<u64>() % cap.max(1) + 1)
+}
+
 fn missing_container(text: &str) -> bool {
     text.contains("NoSuchBucket") || text.contains("ContainerNotFound")
 }
@@ -859,36 +877,47 @@ impl Backend for ObjectBackend {
         let (result, fell_back) = run_io(async move {
             let payload = PutPayload::from(data.clone());
             if conditional {
-                let opts = PutOptions {
-                    mode: PutMode::Create,
-                    ..PutOptions::default()
-                };
-                match store.put_opts(&key, payload.clone(), opts).await {
-                    Ok(_) => return Ok((Ok(()), false)),
-                    Err(
-                        object_store::Error::AlreadyExists { .. }
-                        | object_store::Error::Precondition { .. },
-                    ) => {
-                        // A retried PUT whose first attempt landed finds its own object: that is a
-                        // success. Different bytes under the name are a real conflict.
-                        let same = matches!(
-                            get_all(Arc::clone(&store), key.clone(), ctx.clone()).await,
-                            Ok(stored) if stored == data
-                        );
-                        return Ok((
-                            if same {
-                                Ok(())
-                            } else {
-                                Err(Error::AlreadyExists {
-                                    file_type: ctx.t,
-                                    name: ctx.name.clone(),
-                                })
-                            },
-                            false,
-                        ));
+                // object_store does not retry a create-only PUT after a transport error (it is not
+                // idempotent to it); for us it is, since a name only ever holds one content. So a
+                // reset or timeout is retried here, and an "already exists" after any retry is
+                // checked against what we meant to write: our own earlier attempt landed.
+                let mut attempt = 0u32;
+                loop {
+                    let opts = PutOptions {
+                        mode: PutMode::Create,
+                        ..PutOptions::default()
+                    };
+                    match store.put_opts(&key, payload.clone(), opts).await {
+                        Ok(_) => return Ok((Ok(()), false)),
+                        Err(
+                            e @ (object_store::Error::AlreadyExists { .. }
+                            | object_store::Error::Precondition { .. }),
+                        ) => {
+                            let retried = attempt > 0 || e.to_string().contains(" retries");
+                            let same = retried
+                                && matches!(
+                                    get_all(Arc::clone(&store), key.clone(), ctx.clone()).await,
+                                    Ok(stored) if stored == data
+                                );
+                            return Ok((
+                                if same {
+                                    Ok(())
+                                } else {
+                                    Err(Error::AlreadyExists {
+                                        file_type: ctx.t,
+                                        name: ctx.name.clone(),
+                                    })
+                                },
+                                false,
+                            ));
+                        }
+                        Err(object_store::Error::NotImplemented { .. }) => break,
+                        Err(e) if attempt < CREATE_RETRIES && is_transport_error(&e) => {
+                            attempt += 1;
+                            tokio::time::sleep(backoff(attempt)).await;
+                        }
+                        Err(e) => return Ok((Err(ctx.map("writing", e)), false)),
                     }
-                    Err(object_store::Error::NotImplemented { .. }) => {}
-                    Err(e) => return Ok((Err(ctx.map("writing", e)), false)),
                 }
             }
             // No conditional put: check, then write (not atomic against a racing writer of the same
