@@ -346,3 +346,109 @@ fn json_of_init_names_the_remote_location() {
     assert_ne!(out.status.code(), Some(code::OK), "{}", describe(&out));
     r.run_ok(["snapshots"]);
 }
+
+/// A loopback proxy in front of `upstream` that, for the first create-only PUT (`If-None-Match`)
+/// it sees, passes the request on and then drops the connection instead of answering: the write
+/// landed, but the client never heard so. Counts the create-only PUTs.
+struct DroppingProxy {
+    port: u16,
+    creates: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DroppingProxy {
+    fn start(upstream: u16) -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let creates = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&creates);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let counter = Arc::clone(&counter);
+                std::thread::spawn(move || -> std::io::Result<()> {
+                    let mut reader = BufReader::new(client.try_clone()?);
+                    let mut client = client;
+                    loop {
+                        // One request: head, then a Content-Length body.
+                        let mut head = Vec::new();
+                        let mut len = 0usize;
+                        let mut create = false;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line)? == 0 {
+                                return Ok(());
+                            }
+                            let lower = line.to_ascii_lowercase();
+                            if let Some(v) = lower.strip_prefix("content-length:") {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                            if lower.starts_with("if-none-match:") {
+                                create = true;
+                            }
+                            if lower.starts_with("connection:") {
+                                continue;
+                            }
+                            if line == "\r\n" {
+                                head.extend_from_slice(b"Connection: close\r\n\r\n");
+                                break;
+                            }
+                            head.extend_from_slice(line.as_bytes());
+                        }
+                        let mut body = vec![0u8; len];
+                        reader.read_exact(&mut body)?;
+                        let mut up = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
+                        up.write_all(&head)?;
+                        up.write_all(&body)?;
+                        let mut answer = Vec::new();
+                        up.read_to_end(&mut answer)?;
+                        if create && counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                            // Landed upstream; the client hears nothing.
+                            return client.shutdown(std::net::Shutdown::Both);
+                        }
+                        // Tell the client this connection ends with the answer.
+                        let text = String::from_utf8_lossy(&answer);
+                        let (h, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+                        let hlen = h.len() + 4;
+                        let mut out = Vec::new();
+                        for l in h.split("\r\n") {
+                            if !l.to_ascii_lowercase().starts_with("connection:") {
+                                out.extend_from_slice(l.as_bytes());
+                                out.extend_from_slice(b"\r\n");
+                            }
+                        }
+                        out.extend_from_slice(b"Connection: close\r\n\r\n");
+                        out.extend_from_slice(answer.get(hlen..).unwrap_or(&[]));
+                        client.write_all(&out)?;
+                        return client.shutdown(std::net::Shutdown::Both);
+                    }
+                });
+            }
+        });
+        Self { port, creates }
+    }
+}
+
+#[test]
+fn a_create_whose_answer_was_lost_is_sent_again_and_counts_as_done() {
+    let Some(store) = RemoteStore::s3() else {
+        return;
+    };
+    let bucket = store.new_bucket();
+    let proxy = DroppingProxy::start(store.svc.port);
+    let location = format!("s3:http://127.0.0.1:{}/{bucket}/r", proxy.port);
+    let b = backend::open(&location, &BackendOptions::default()).unwrap();
+    let name = "c3".repeat(32);
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    b.write(FileType::Pack, &name, &data)
+        .expect("the lost answer is recovered from");
+    assert!(
+        proxy.creates.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the PUT was sent again"
+    );
+    assert_eq!(b.read(FileType::Pack, &name).unwrap(), data);
+    // Other bytes under the same name are still a conflict, and leave the object alone.
+    let e = b.write(FileType::Pack, &name, b"other").unwrap_err();
+    assert!(matches!(e, Error::AlreadyExists { .. }), "{e:?}");
+    assert_eq!(b.read(FileType::Pack, &name).unwrap(), data);
+}
