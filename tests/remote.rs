@@ -369,59 +369,57 @@ impl DroppingProxy {
                 std::thread::spawn(move || -> std::io::Result<()> {
                     let mut reader = BufReader::new(client.try_clone()?);
                     let mut client = client;
+                    // One request per connection: head, then a Content-Length body.
+                    let mut head = Vec::new();
+                    let mut len = 0usize;
+                    let mut create = false;
                     loop {
-                        // One request: head, then a Content-Length body.
-                        let mut head = Vec::new();
-                        let mut len = 0usize;
-                        let mut create = false;
-                        loop {
-                            let mut line = String::new();
-                            if reader.read_line(&mut line)? == 0 {
-                                return Ok(());
-                            }
-                            let lower = line.to_ascii_lowercase();
-                            if let Some(v) = lower.strip_prefix("content-length:") {
-                                len = v.trim().parse().unwrap_or(0);
-                            }
-                            if lower.starts_with("if-none-match:") {
-                                create = true;
-                            }
-                            if lower.starts_with("connection:") {
-                                continue;
-                            }
-                            if line == "\r\n" {
-                                head.extend_from_slice(b"Connection: close\r\n\r\n");
-                                break;
-                            }
-                            head.extend_from_slice(line.as_bytes());
+                        let mut line = String::new();
+                        if reader.read_line(&mut line)? == 0 {
+                            return Ok(());
                         }
-                        let mut body = vec![0u8; len];
-                        reader.read_exact(&mut body)?;
-                        let mut up = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
-                        up.write_all(&head)?;
-                        up.write_all(&body)?;
-                        let mut answer = Vec::new();
-                        up.read_to_end(&mut answer)?;
-                        if create && counter.fetch_add(1, Ordering::SeqCst) == 0 {
-                            // Landed upstream; the client hears nothing.
-                            return client.shutdown(std::net::Shutdown::Both);
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
                         }
-                        // Tell the client this connection ends with the answer.
-                        let text = String::from_utf8_lossy(&answer);
-                        let (h, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-                        let hlen = h.len() + 4;
-                        let mut out = Vec::new();
-                        for l in h.split("\r\n") {
-                            if !l.to_ascii_lowercase().starts_with("connection:") {
-                                out.extend_from_slice(l.as_bytes());
-                                out.extend_from_slice(b"\r\n");
-                            }
+                        if lower.starts_with("if-none-match:") {
+                            create = true;
                         }
-                        out.extend_from_slice(b"Connection: close\r\n\r\n");
-                        out.extend_from_slice(answer.get(hlen..).unwrap_or(&[]));
-                        client.write_all(&out)?;
+                        if lower.starts_with("connection:") {
+                            continue;
+                        }
+                        if line == "\r\n" {
+                            head.extend_from_slice(b"Connection: close\r\n\r\n");
+                            break;
+                        }
+                        head.extend_from_slice(line.as_bytes());
+                    }
+                    let mut body = vec![0u8; len];
+                    reader.read_exact(&mut body)?;
+                    let mut up = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
+                    up.write_all(&head)?;
+                    up.write_all(&body)?;
+                    let mut answer = Vec::new();
+                    up.read_to_end(&mut answer)?;
+                    if create && counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                        // Landed upstream; the client hears nothing.
                         return client.shutdown(std::net::Shutdown::Both);
                     }
+                    // Tell the client this connection ends with the answer.
+                    let text = String::from_utf8_lossy(&answer);
+                    let (h, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+                    let hlen = h.len() + 4;
+                    let mut out = Vec::new();
+                    for l in h.split("\r\n") {
+                        if !l.to_ascii_lowercase().starts_with("connection:") {
+                            out.extend_from_slice(l.as_bytes());
+                            out.extend_from_slice(b"\r\n");
+                        }
+                    }
+                    out.extend_from_slice(b"Connection: close\r\n\r\n");
+                    out.extend_from_slice(answer.get(hlen..).unwrap_or(&[]));
+                    client.write_all(&out)?;
+                    client.shutdown(std::net::Shutdown::Both)
                 });
             }
         });
