@@ -203,7 +203,9 @@ fn missing_bucket(store: Option<RemoteStore>) {
     let out = r.run_code(code::FAILURE, ["init", "-q"]);
     let err = stderr(&out);
     assert!(
-        err.contains("does not exist") && err.contains("no-such-bucket-here"),
+        err.contains("cannot create a repository")
+            && err.contains("does not exist: create it first")
+            && err.contains("\"no-such-bucket-here\""),
         "{}",
         describe(&out)
     );

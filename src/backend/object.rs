@@ -635,11 +635,17 @@ impl Ctx {
         use object_store::Error as E;
         let text = e.to_string();
         match e {
-            E::NotFound { .. } if missing_container(&text) => Error::NoRepository {
+            // A listing reports a missing bucket as a generic error with the 404 body.
+            _ if missing_container(&text) => Error::NoRepository {
                 location: self.location.clone(),
                 reason: format!(
-                    "the {} does not exist: create it first (S3: `aws s3 mb s3://BUCKET`; Azure: `az storage container create --name CONTAINER`)",
-                    self.container
+                    "the {} does not exist: create it first ({})",
+                    self.container,
+                    if self.location.starts_with("s3:") {
+                        "for example `aws s3 mb s3://BUCKET`"
+                    } else {
+                        "for example `az storage container create --name CONTAINER`"
+                    }
                 ),
             },
             E::NotFound { .. } => not_found(self.t, &self.name),
