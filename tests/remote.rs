@@ -148,15 +148,21 @@ fn cycle(store: Option<RemoteStore>) {
     check_read_data(&r);
 
     // The metadata cache holds the snapshots, the index files and the key slot.
-    let cached = fs::read_dir(r.cache.join("remote"))
-        .map(|rd| rd.count())
-        .unwrap_or(0);
-    assert_eq!(cached, 1, "one cached location");
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(cached(&r, "snapshots"), want);
+    assert_eq!(cached(&r, "keys").len(), 1);
+    assert!(!cached(&r, "index").is_empty());
 
     // Forget the first snapshot and prune: the 3 MiB blob's packs go.
     let before = pack_count(&store, &r);
     r.run_ok(["forget", "--keep-last", "1", "--prune"]);
     assert_eq!(r.snapshot_ids(), vec![ids[1].clone()]);
+    assert_eq!(
+        cached(&r, "snapshots"),
+        vec![ids[1].clone()],
+        "the forgotten snapshot left the cache"
+    );
     let after = pack_count(&store, &r);
     assert!(after < before, "prune removed packs ({before} -> {after})");
     check_read_data(&r);
@@ -179,6 +185,24 @@ fn cycle(store: Option<RemoteStore>) {
         .output()
         .unwrap();
     assert_code(&out, code::WRONG_PASSWORD);
+}
+
+/// Names of the cached objects of one folder (`snapshots`, `index`, `keys`) of a repository's
+/// metadata cache, sorted.
+fn cached(r: &RemoteRepo, folder: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for loc in fs::read_dir(r.cache.join("remote")).unwrap().flatten() {
+        for repo in fs::read_dir(loc.path()).unwrap().flatten() {
+            if let Ok(rd) = fs::read_dir(repo.path().join(folder)) {
+                out.extend(
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned()),
+                );
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn pack_count(store: &RemoteStore, r: &RemoteRepo) -> usize {
