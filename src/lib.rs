@@ -17,6 +17,7 @@ pub mod backup;
 pub mod check;
 pub mod chunker;
 pub mod cli;
+pub mod copy;
 pub mod crypto;
 pub mod diff;
 pub mod erase;

@@ -5,6 +5,7 @@ mod audit;
 mod backup;
 mod cat;
 mod check;
+mod copy;
 mod diff;
 mod drill;
 mod dump;
@@ -176,6 +177,8 @@ enum Command {
     Rewrite(rewrite::RewriteArgs),
     /// Check the repository's structure and, optionally, re-read its data.
     Check(check::CheckArgs),
+    /// Copy snapshots from another repository (--from-repo) into this one, re-encrypted.
+    Copy(copy::CopyArgs),
     /// Manage key slots.
     #[command(subcommand)]
     Key(key::KeyCommand),
@@ -247,77 +250,29 @@ impl Global {
         !self.quiet && !self.json && std::io::stderr().is_terminal()
     }
 
+    /// Where this repository's secrets come from.
+    fn secrets(&self) -> SecretOptions<'_> {
+        SecretOptions {
+            password_file: self.password_file.as_deref(),
+            password_command: self.password_command.as_deref(),
+            key_file: self.key_file.as_deref(),
+            password_env: "GATEVAULT_PASSWORD",
+            what: "repository",
+            missing: "no password or key file: use --key-file, --password-file, --password-command or GATEVAULT_PASSWORD (or run on a terminal to be asked)",
+        }
+    }
+
     /// Reads the password from the first source given: file, command, `GATEVAULT_PASSWORD`, prompt.
     fn password(&self, confirm: bool) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {
-        if let Some(f) = &self.password_file {
-            let s = Zeroizing::new(
-                std::fs::read(f)
-                    .with_context(|| format!("reading password file {}", f.display()))?,
-            );
-            let line = s.split(|b| *b == b'\n').next().unwrap_or(&[]);
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            return Ok(Some(Zeroizing::new(line.to_vec())));
-        }
-        if let Some(c) = &self.password_command {
-            let out = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(c)
-                .output()
-                .with_context(|| format!("running password command {c:?}"))?;
-            if !out.status.success() {
-                anyhow::bail!(Error::NoCredentials(format!(
-                    "password command {c:?} failed with {}",
-                    out.status
-                )));
-            }
-            let s = Zeroizing::new(out.stdout);
-            let line = s.split(|b| *b == b'\n').next().unwrap_or(&[]);
-            return Ok(Some(Zeroizing::new(line.to_vec())));
-        }
-        if let Ok(p) = std::env::var("GATEVAULT_PASSWORD") {
-            return Ok(Some(Zeroizing::new(p.into_bytes())));
-        }
-        if self.key_file.is_some() || !std::io::stdin().is_terminal() {
-            return Ok(None);
-        }
-        let p = Zeroizing::new(
-            rpassword::prompt_password("enter password for repository: ")
-                .context("reading the password")?,
-        );
-        if confirm {
-            let again = Zeroizing::new(
-                rpassword::prompt_password("enter password again: ")
-                    .context("reading the password")?,
-            );
-            if *again != *p {
-                anyhow::bail!(Error::InvalidInput("the passwords do not match".into()));
-            }
-        }
-        Ok(Some(Zeroizing::new(p.as_bytes().to_vec())))
+        self.secrets().password(confirm)
     }
 
     fn read_key_file(&self) -> anyhow::Result<Option<Zeroizing<[u8; 32]>>> {
-        let Some(f) = &self.key_file else {
-            return Ok(None);
-        };
-        let b = Zeroizing::new(std::fs::read(f).map_err(|e| {
-            Error::NoCredentials(format!("cannot read key file {}: {e}", f.display()))
-        })?);
-        Ok(Some(crate::crypto::keyslot::parse_key_file(
-            &b,
-            &f.display().to_string(),
-        )?))
+        self.secrets().read_key_file()
     }
 
     fn credentials(&self) -> anyhow::Result<Credentials> {
-        let key_file = self.read_key_file()?;
-        let password = self.password(false)?;
-        if key_file.is_none() && password.is_none() {
-            anyhow::bail!(Error::NoCredentials(
-                "no password or key file: use --key-file, --password-file, --password-command or GATEVAULT_PASSWORD (or run on a terminal to be asked)".into()
-            ));
-        }
-        Ok(Credentials { password, key_file })
+        self.secrets().credentials()
     }
 
     /// Opens the repository named by the options; the first repository opened is the one whose audit
@@ -334,6 +289,103 @@ impl Global {
         let repo = Repository::open(backend, &creds, self.cache_dir())?;
         audit::attach(self, &repo);
         Ok((repo, creds))
+    }
+}
+
+/// Where the secrets of one repository come from: the global options for the repository a command
+/// works on, the `--from-*` options for the source of `copy`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SecretOptions<'a> {
+    /// File holding the password (first line).
+    pub(crate) password_file: Option<&'a std::path::Path>,
+    /// Command printing the password.
+    pub(crate) password_command: Option<&'a str>,
+    /// Key file.
+    pub(crate) key_file: Option<&'a std::path::Path>,
+    /// The environment variable that may hold the password itself.
+    pub(crate) password_env: &'static str,
+    /// How prompts and messages name the repository (`repository`, `source repository`).
+    pub(crate) what: &'static str,
+    /// The message when no secret is given, naming the options to use.
+    pub(crate) missing: &'static str,
+}
+
+impl SecretOptions<'_> {
+    /// Reads the password from the first source given: file, command, the environment variable, a
+    /// prompt on a terminal.
+    pub(crate) fn password(&self, confirm: bool) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {
+        if let Some(f) = self.password_file {
+            let s = Zeroizing::new(std::fs::read(f).with_context(|| {
+                format!("reading the {} password file {}", self.what, f.display())
+            })?);
+            let line = s.split(|b| *b == b'\n').next().unwrap_or(&[]);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            return Ok(Some(Zeroizing::new(line.to_vec())));
+        }
+        if let Some(c) = self.password_command {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(c)
+                .output()
+                .with_context(|| format!("running the {} password command {c:?}", self.what))?;
+            if !out.status.success() {
+                anyhow::bail!(Error::NoCredentials(format!(
+                    "{} password command {c:?} failed with {}",
+                    self.what, out.status
+                )));
+            }
+            let s = Zeroizing::new(out.stdout);
+            let line = s.split(|b| *b == b'\n').next().unwrap_or(&[]);
+            return Ok(Some(Zeroizing::new(line.to_vec())));
+        }
+        if let Ok(p) = std::env::var(self.password_env) {
+            return Ok(Some(Zeroizing::new(p.into_bytes())));
+        }
+        if self.key_file.is_some() || !std::io::stdin().is_terminal() {
+            return Ok(None);
+        }
+        let p = Zeroizing::new(
+            rpassword::prompt_password(format!("enter password for {}: ", self.what))
+                .context("reading the password")?,
+        );
+        if confirm {
+            let again = Zeroizing::new(
+                rpassword::prompt_password("enter password again: ")
+                    .context("reading the password")?,
+            );
+            if *again != *p {
+                anyhow::bail!(Error::InvalidInput("the passwords do not match".into()));
+            }
+        }
+        Ok(Some(Zeroizing::new(p.as_bytes().to_vec())))
+    }
+
+    /// Reads the key file, if one is given.
+    pub(crate) fn read_key_file(&self) -> anyhow::Result<Option<Zeroizing<[u8; 32]>>> {
+        let Some(f) = self.key_file else {
+            return Ok(None);
+        };
+        let b = Zeroizing::new(std::fs::read(f).map_err(|e| {
+            Error::NoCredentials(format!(
+                "cannot read the {} key file {}: {e}",
+                self.what,
+                f.display()
+            ))
+        })?);
+        Ok(Some(crate::crypto::keyslot::parse_key_file(
+            &b,
+            &f.display().to_string(),
+        )?))
+    }
+
+    /// The password and key file given; at least one is required.
+    pub(crate) fn credentials(&self) -> anyhow::Result<Credentials> {
+        let key_file = self.read_key_file()?;
+        let password = self.password(false)?;
+        if key_file.is_none() && password.is_none() {
+            anyhow::bail!(Error::NoCredentials(self.missing.to_string()));
+        }
+        Ok(Credentials { password, key_file })
     }
 }
 
@@ -475,6 +527,7 @@ pub fn main() -> ExitCode {
         Command::Erasures(a) => erase::run_list(g, a),
         Command::Rewrite(a) => rewrite::run(g, a),
         Command::Check(a) => check::run(g, a),
+        Command::Copy(a) => copy::run(g, a),
         Command::Key(a) => key::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),
         Command::Repair(a) => repair::run(g, a),
