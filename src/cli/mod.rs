@@ -229,7 +229,8 @@ impl Global {
     fn backend(&self) -> anyhow::Result<Arc<dyn Backend>> {
         let loc = self.location()?;
         let opts = crate::backend::BackendOptions::parse(&self.options)?;
-        let backend = crate::backend::open(&loc, &opts)?;
+        let cache = self.cache_dir();
+        let backend = crate::backend::open_cached(&loc, &opts, cache.as_deref())?;
         self.enforce_region(backend.as_ref())?;
         Ok(self.audit.wrap(backend))
     }
