@@ -390,10 +390,12 @@ impl<'a> Copier<'a> {
         let tree = self.src.load_tree(a)?;
         // The parent's version of this folder and its copy, to pair the children by name.
         let (before, copied) = match pair {
-            Some((pa, pb)) if pa != *a => match (self.src.load_tree(&pa), self.dst.load_tree(&pb)) {
-                (Ok(x), Ok(y)) => (Some(x), Some(y)),
-                _ => (None, None),
-            },
+            Some((pa, pb)) if pa != *a => {
+                match (self.src.load_tree(&pa), self.dst.load_tree(&pb)) {
+                    (Ok(x), Ok(y)) => (Some(x), Some(y)),
+                    _ => (None, None),
+                }
+            }
             _ => (None, None),
         };
         let find = |t: &Option<Tree>, name: &str| -> Option<Node> {
@@ -411,10 +413,15 @@ impl<'a> Copier<'a> {
                 match n.node_type {
                     NodeType::Dir => {
                         let sub = n.subtree.ok_or_else(|| {
-                            Error::integrity(format!("tree {a}"), format!("folder {:?} has no subtree", n.name))
+                            Error::integrity(
+                                format!("tree {a}"),
+                                format!("folder {:?} has no subtree", n.name),
+                            )
                         })?;
                         let child = match (p, c) {
-                            (Some(p), Some(c)) if p.node_type == NodeType::Dir && c.node_type == NodeType::Dir => {
+                            (Some(p), Some(c))
+                                if p.node_type == NodeType::Dir && c.node_type == NodeType::Dir =>
+                            {
                                 p.subtree.zip(c.subtree)
                             }
                             _ => None,

@@ -554,3 +554,188 @@ fn check_records_its_result_unless_the_key_may_not_write() {
     assert!(stderr(&out).contains("not recorded"), "{}", describe(&out));
     assert_eq!(r.objects("records").len(), records);
 }
+
+// ------------------------------------------------------------------------------ real stores
+
+/// A config file naming a local folder, an S3 bucket (moto) and an Azure container (Azurite),
+/// each initialised through `-r config:NAME`.
+struct RemoteSetup {
+    home: tempfile::TempDir,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+    src: PathBuf,
+}
+
+impl RemoteSetup {
+    fn gv(&self) -> Command {
+        let mut c = gatevault(self.home.path());
+        c.arg("--config")
+            .arg(&self.config)
+            .arg("--cache-dir")
+            .arg(self.home.path().join("cache"))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        c
+    }
+
+    fn json(&self, want: i32, args: &[&str]) -> Value {
+        let out = self.gv().arg("--json").args(args).output().unwrap();
+        assert_code(&out, want);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", describe(&out)))
+    }
+}
+
+fn toml_table(opts: &[String]) -> String {
+    let kv: Vec<String> = opts
+        .iter()
+        .map(|o| {
+            let (k, v) = o.split_once('=').unwrap();
+            format!("{k:?} = {v:?}")
+        })
+        .collect();
+    format!("{{ {} }}", kv.join(", "))
+}
+
+fn remote_setup(s3: &RemoteStore, azure: &RemoteStore, s3_region: &str) -> RemoteSetup {
+    let home = tempfile::tempdir().unwrap();
+    let root = home.path();
+    let (sb, ab) = (s3.new_bucket(), azure.new_bucket());
+    let toml = format!(
+        "[repositories.local]\nlocation = \"local-repo\"\nmedium = \"disk\"\nsite = \"onsite\"\nregion = \"eu-central-1\"\nkey_file = \"local.key\"\n\n\
+         [repositories.s3]\nlocation = {:?}\nsite = \"offsite\"\nkey_file = \"s3.key\"\noptions = {}\n\n\
+         [repositories.azure]\nlocation = {:?}\nsite = \"offsite\"\nregion = \"westeurope\"\nkey_file = \"azure.key\"\noptions = {}\n\n\
+         [profiles.prod]\nprimary = \"local\"\ncopies = [\"s3\", \"azure\"]\n",
+        s3.location(&sb, "gv"),
+        toml_table(&[format!("s3.region={s3_region}")]),
+        azure.location(&ab, "gv"),
+        toml_table(&azure.options()),
+    );
+    let config = root.join("config.toml");
+    fs::write(&config, toml).unwrap();
+    let src = root.join("src");
+    write(
+        &src.join("kong.yaml"),
+        "_format_version: \"3.0\"\nservices: []\n",
+    );
+    let mut env = s3.env();
+    env.extend(azure.env());
+    let st = RemoteSetup {
+        home,
+        config,
+        env,
+        src,
+    };
+    for name in ["local", "s3", "azure"] {
+        let out = st
+            .gv()
+            .args(["-r", &format!("config:{name}"), "init", "-q"])
+            .output()
+            .unwrap();
+        assert_code(&out, code::OK);
+    }
+    st
+}
+
+#[test]
+fn backup_profile_to_disk_s3_and_azure_is_3_2_1_compliant() {
+    let (Some(s3), Some(azure)) = (RemoteStore::s3(), RemoteStore::azure()) else {
+        return;
+    };
+    let st = remote_setup(&s3, &azure, "eu-central-1");
+    let b = st.json(code::OK, &["backup", "--profile", "prod", s(&st.src)]);
+    for c in b["copies"].as_array().unwrap() {
+        assert_eq!(c["status"], "copied", "{b}");
+    }
+    for name in ["local", "s3", "azure"] {
+        let out = st
+            .gv()
+            .args(["-r", &format!("config:{name}"), "check", "--read-data"])
+            .output()
+            .unwrap();
+        assert_code(&out, code::OK);
+    }
+    let v = st.json(code::OK, &["status", "--3-2-1"]);
+    let n = &v["profiles"][0]["sources"][0]["snapshots"][0];
+    assert_eq!(
+        (&n["copies"], &n["media"], &n["offsite"]),
+        (&Value::from(3), &Value::from(2), &Value::from(true)),
+        "{v}"
+    );
+    let out = st.gv().args(["status", "--3-2-1"]).output().unwrap();
+    assert_code(&out, code::OK);
+    println!("{}", stdout(&out));
+    // The S3 copy disappears: the rule is broken and the report says where.
+    let copy = b["copies"][0]["snapshot_id"].as_str().unwrap();
+    let out = st
+        .gv()
+        .args(["-r", "config:s3", "forget", copy])
+        .output()
+        .unwrap();
+    assert_code(&out, code::OK);
+    let v = st.json(3, &["status", "--3-2-1"]);
+    assert!(problems(&v).contains("missing from: s3"), "{v}");
+}
+
+#[test]
+fn an_s3_bucket_outside_the_required_region_receives_nothing() {
+    let Some(s3) = RemoteStore::s3() else { return };
+    let bucket = s3.new_bucket();
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config.toml");
+    fs::write(
+        &config,
+        format!(
+            "[repositories.local]\nlocation = \"repo\"\nregion = \"eu-west-1\"\nkey_file = \"k\"\n\
+             [repositories.s3]\nlocation = {:?}\nsite = \"offsite\"\nkey_file = \"k\"\noptions = {{ \"s3.region\" = \"us-east-1\" }}\n\
+             [profiles.prod]\nprimary = \"local\"\ncopies = [\"s3\"]\nrequire_region = \"eu-*\"\n",
+            s3.location(&bucket, "gv")
+        ),
+    )
+    .unwrap();
+    let src = home.path().join("src");
+    write(&src.join("f.json"), "{}\n");
+    let gv = || {
+        let mut c = gatevault(home.path());
+        c.arg("--config")
+            .arg(&config)
+            .arg("--cache-dir")
+            .arg(home.path().join("cache"))
+            .envs(s3.env());
+        c
+    };
+    assert_code(
+        &gv()
+            .args(["-r", "config:local", "init", "-q"])
+            .output()
+            .unwrap(),
+        code::OK,
+    );
+    // init into the bucket is refused, and so is a backup copying to it.
+    let out = gv().args(["-r", "config:s3", "init"]).output().unwrap();
+    assert_code(&out, code::FAILURE);
+    assert!(
+        stderr(&out).contains("us-east-1") && stderr(&out).contains("eu-*"),
+        "{}",
+        describe(&out)
+    );
+    let out = gv()
+        .args(["backup", "--profile", "prod", s(&src)])
+        .output()
+        .unwrap();
+    assert_code(&out, code::FAILURE);
+    assert!(stderr(&out).contains("repository s3"), "{}", describe(&out));
+    // Nothing in the bucket, nothing in the primary.
+    let opts =
+        gatevault::backend::BackendOptions::parse(&["s3.region=us-east-1".to_string()]).unwrap();
+    let b = gatevault::backend::open(&s3.location(&bucket, ""), &opts).unwrap();
+    for t in gatevault::backend::FileType::ALL {
+        assert_eq!(b.list(t).unwrap(), vec![], "{t} objects in the bucket");
+    }
+    assert!(!b.exists(gatevault::backend::FileType::Config, "").unwrap());
+    let out = gv()
+        .args(["-r", "config:local", "--json", "snapshots"])
+        .output()
+        .unwrap();
+    assert_code(&out, code::OK);
+    assert_eq!(stdout(&out).trim(), "[]");
+}

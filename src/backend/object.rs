@@ -392,7 +392,9 @@ impl ObjectBackend {
             .map(str::to_string)
             .or(loc.host_region.clone());
         let env_region = env_any(&["AWS_REGION", "AWS_DEFAULT_REGION"]);
-        let allow_http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"))
+        let allow_http = endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
             || env_any(&["AWS_ALLOW_HTTP"]).is_some_and(|v| v == "true");
         let (retry, client_options, connections) = retry_and_client(opts, "s3", allow_http)?;
 
@@ -460,7 +462,11 @@ impl ObjectBackend {
         };
         if let Some(e) = &endpoint {
             // object_store takes the endpoint as the bucket URL when virtual-hosted.
-            builder = builder.with_endpoint(if path_style { e.clone() } else { bucket_url.clone() });
+            builder = builder.with_endpoint(if path_style {
+                e.clone()
+            } else {
+                bucket_url.clone()
+            });
         }
         let store = Arc::new(builder.clone().build().map_err(|e| {
             Error::InvalidInput(format!(
@@ -519,7 +525,10 @@ impl ObjectBackend {
             })?;
             builder = builder.with_sas_authorization(pairs);
         }
-        let endpoint = match (opts.get("azure.endpoint"), opts.get("azure.endpoint-suffix")) {
+        let endpoint = match (
+            opts.get("azure.endpoint"),
+            opts.get("azure.endpoint-suffix"),
+        ) {
             (Some(e), _) => Some(e.trim_end_matches('/').to_string()),
             (None, Some(suffix)) => {
                 let Some(a) = &account else {
@@ -536,7 +545,9 @@ impl ObjectBackend {
                 "{location}: no Azure storage account given: set AZURE_STORAGE_ACCOUNT_NAME (or AZURE_ACCOUNT_NAME) or -o azure.account-name=NAME"
             )));
         }
-        let allow_http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
+        let allow_http = endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
         if let Some(e) = &endpoint {
             builder = builder.with_endpoint(e.clone());
             if account.is_none() {
@@ -686,7 +697,10 @@ async fn range_error(
     match store.head(key).await {
         Ok(m) if m.size < end => Error::integrity(
             ctx.object(),
-            format!("truncated: the object has {} bytes, wanted up to {end}", m.size),
+            format!(
+                "truncated: the object has {} bytes, wanted up to {end}",
+                m.size
+            ),
         ),
         Err(object_store::Error::NotFound { .. }) => not_found(ctx.t, &ctx.name),
         _ => e,
@@ -711,9 +725,9 @@ impl Backend for ObjectBackend {
             // A listing tells a missing bucket (404 with a body) from an empty one; a HEAD cannot.
             if let Err(e) = store.list_with_delimiter(dir.as_ref()).await {
                 return Err(match ctx.map("listing", e) {
-                    Error::NoRepository { location, reason } => {
-                        Error::InvalidInput(format!("cannot create a repository at {location}: {reason}"))
-                    }
+                    Error::NoRepository { location, reason } => Error::InvalidInput(format!(
+                        "cannot create a repository at {location}: {reason}"
+                    )),
                     Error::NotFound { .. } => Error::InvalidInput(format!(
                         "cannot create a repository at {}: the {} does not exist: create it first",
                         ctx.location, ctx.container
@@ -789,14 +803,14 @@ impl Backend for ObjectBackend {
                 .collect();
             let got = if wanted.is_empty() {
                 // Only empty ranges: the object must exist and be long enough.
-                let m = store
-                    .head(&key)
-                    .await
-                    .map_err(|e| ctx.map("reading", e))?;
+                let m = store.head(&key).await.map_err(|e| ctx.map("reading", e))?;
                 if m.size < end {
                     return Err(Error::integrity(
                         ctx.object(),
-                        format!("truncated: the object has {} bytes, wanted up to {end}", m.size),
+                        format!(
+                            "truncated: the object has {} bytes, wanted up to {end}",
+                            m.size
+                        ),
                     ));
                 }
                 Vec::new()

@@ -326,7 +326,6 @@ pub(crate) fn backup_profile(
 impl Global {
     /// A copy of these options with `-r config:NAME` resolved: for commands that open a second
     /// repository given by another option (`copy --from-repo config:NAME`).
-    #[allow(dead_code)]
     pub(crate) fn resolved(&self) -> anyhow::Result<Global> {
         let mut g = self.clone();
         g.resolve_configured()?;
