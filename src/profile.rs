@@ -213,12 +213,8 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let file = path.display().to_string();
         let bad = |msg: String| Error::InvalidInput(format!("config file {file}: {msg}"));
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            bad(format!(
-                "{}",
-                e.to_string().trim_end().replace('\n', "\n    ")
-            ))
-        })?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| bad(e.to_string().trim_end().replace('\n', "\n    ")))?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
         let mut repositories = BTreeMap::new();
@@ -826,6 +822,9 @@ fn verdict_of(c: Option<&CheckRecord>, now: DateTime<Utc>, rule: &Rule) -> Check
     }
 }
 
+/// One backup (by origin) with the time of its earliest snapshot and its copies.
+type Backup = (Origin, DateTime<Utc>, Vec<CopyState>);
+
 /// Evaluates the 3-2-1 rule for profile `profile` over its repositories (`repos`, the primary
 /// first): for each source, its newest `last` backups (by origin, across every readable repository)
 /// are counted in every repository holding a snapshot of that origin.
@@ -890,8 +889,7 @@ pub fn evaluate(
             }
         }
     }
-    let mut sources: BTreeMap<String, Vec<(Origin, DateTime<Utc>, Vec<CopyState>)>> =
-        BTreeMap::new();
+    let mut sources: BTreeMap<String, Vec<Backup>> = BTreeMap::new();
     for (origin, (source, time, copies)) in by_origin {
         sources
             .entry(source)

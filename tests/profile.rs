@@ -147,7 +147,7 @@ fn backup_profile_copies_everywhere_and_status_reports_3_2_1() {
     let id = b["snapshot_id"].as_str().unwrap().to_string();
     assert_eq!(b["profile"], "prod");
     assert_eq!(b["primary"]["repository"], "local");
-    assert_eq!(st.repo("local").snapshot_ids(), [id.clone()]);
+    assert_eq!(st.repo("local").snapshot_ids(), vec![id.clone()]);
     let copies = b["copies"].as_array().unwrap();
     assert_eq!(copies.len(), 2, "{b}");
     for (c, name) in copies.iter().zip(["nas", "vault"]) {
