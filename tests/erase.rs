@@ -385,7 +385,7 @@ fn erase_stopped_at_durable_steps_across_the_job_checks_and_finishes_on_rerun() 
             break;
         }
         points += 1;
-        let j = c.run_json(["check", "--no-record", "--no-record"]);
+        let j = c.run_json(["check", "--no-record"]);
         assert_eq!(j["status"], "Success", "after step {at}: {j}");
         // Every snapshot is there: as the original, its rewrite, or (stopped between storing the
         // rewrite and removing the original) both.

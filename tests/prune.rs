@@ -234,7 +234,7 @@ fn audit_entries(r: &Repo) -> usize {
 /// After a crash: `check` passes, the same snapshots are there, a re-run completes the job, and the
 /// result checks and restores.
 fn assert_recovers(c: &Repo, args: &[&str], ids: &[String], src: &Path, copies: &[PathBuf]) {
-    let j = c.run_json(["check", "--no-record", "--no-record"]);
+    let j = c.run_json(["check", "--no-record"]);
     assert_eq!(j["status"], "Success", "{j}");
     assert_eq!(c.snapshot_ids(), ids, "no snapshot was lost");
     c.run_ok(args);
