@@ -110,15 +110,14 @@ pub(crate) fn run(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
                 crate::util::bytes(r.bytes_read)
             );
         }
-        // The verdict is printed even with --quiet: scripts and scrub jobs grep for it.
+        if let (Ok(id), false) = (&recorded, g.quiet) {
+            println!("result recorded in the repository (record {})", &id[..8]);
+        }
+        // The verdict is printed even with --quiet, and last: scripts and scrub jobs grep for it.
         println!("status: {:?}", r.status);
     }
-    match &recorded {
-        Ok(id) if !g.quiet && !g.json => {
-            println!("result recorded in the repository (record {})", &id[..8])
-        }
-        Err(why) if !a.no_record => eprintln!("note: the result was not recorded: {why}"),
-        _ => {}
+    if let (Err(why), false) = (&recorded, a.no_record) {
+        eprintln!("note: the result was not recorded: {why}");
     }
     Ok(match r.status {
         Status::Success => exit::OK,
