@@ -88,6 +88,15 @@ pub enum Error {
     /// The operation was interrupted by the user.
     #[error("interrupted")]
     Interrupted,
+
+    /// A region policy (`require_region`) refuses to write to a repository outside its region.
+    #[error("refusing to write to repository {repository}: its region {region} does not match {pattern:?}: {reason}")]
+    RegionRefused {
+        repository: String,
+        region: String,
+        pattern: String,
+        reason: String,
+    },
 }
 
 impl Error {

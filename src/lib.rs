@@ -30,6 +30,7 @@ pub mod id;
 pub mod index;
 pub mod pack;
 pub mod probe;
+pub mod profile;
 pub mod prune;
 pub mod recovery;
 pub mod reencrypt;

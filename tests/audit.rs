@@ -166,7 +166,7 @@ fn read_only_commands_append_nothing() {
         vec!["ls", kept],
         vec!["cat", "config"],
         vec!["stats"],
-        vec!["check", "--read-data"],
+        vec!["check", "--no-record", "--read-data"],
         vec!["diff", kept, kept],
         vec!["key", "list"],
         vec!["restore", kept, "--target", s(&target)],
@@ -214,7 +214,7 @@ fn verify_passes_on_an_intact_chain_and_matches_audit_head() {
     );
     r.run_code(code::USAGE, ["audit", "verify", "--head", "nonsense"]);
     // check agrees and counts the entries.
-    let out = r.run_ok(["check"]);
+    let out = r.run_ok(["check", "--no-record"]);
     assert!(out.contains("5 audit entries"), "{out}");
 }
 
@@ -275,7 +275,7 @@ fn a_deleted_last_entry_is_detected_through_the_remembered_head() {
         "{out}"
     );
     // check reports it too.
-    let out = r.run_code(code::FAILURE, ["check"]);
+    let out = r.run_code(code::FAILURE, ["check", "--no-record"]);
     assert!(
         stdout(&out).contains("audit log broken at entry 4"),
         "{}",
@@ -481,9 +481,9 @@ fn concurrent_backups_never_fork_the_chain() {
 #[test]
 fn check_reports_a_broken_chain() {
     let (r, _) = repo_with_history();
-    r.run_ok(["check"]);
+    r.run_ok(["check", "--no-record"]);
     fs::remove_file(entry_file(&r, 2)).unwrap();
-    let out = r.run_code(code::FAILURE, ["check"]);
+    let out = r.run_code(code::FAILURE, ["check", "--no-record"]);
     let text = stdout(&out);
     assert!(
         text.contains("error: audit log broken at entry 2"),
@@ -491,7 +491,7 @@ fn check_reports_a_broken_chain() {
         describe(&out)
     );
     assert!(text.contains("status: Failed"), "{text}");
-    let v = r.run_json_code(code::FAILURE, ["check"]);
+    let v = r.run_json_code(code::FAILURE, ["check", "--no-record"]);
     assert_eq!(v["audit_entries"], 1);
 }
 
@@ -616,7 +616,7 @@ fn a_repository_made_before_the_log_starts_it_at_seq_1() {
     assert_eq!(e.len(), 1);
     assert_eq!(e[0]["seq"], 1);
     assert_eq!(e[0]["prev"], "0".repeat(64).as_str());
-    assert_code(&run(&["check"]), code::OK);
+    assert_code(&run(&["check", "--no-record"]), code::OK);
 }
 
 #[test]

@@ -226,7 +226,7 @@ fn one_consumer_is_erased_from_200_snapshots_and_every_other_stays() {
             .count(),
         20
     );
-    let j = r.run_json(["check", "--read-data"]);
+    let j = r.run_json(["check", "--no-record", "--read-data"]);
     assert_eq!(j["status"], "Success", "{j}");
 
     // Every other consumer and entity is intact: file for file, except the victim's entities, the raw
@@ -385,7 +385,7 @@ fn erase_stopped_at_durable_steps_across_the_job_checks_and_finishes_on_rerun() 
             break;
         }
         points += 1;
-        let j = c.run_json(["check"]);
+        let j = c.run_json(["check", "--no-record"]);
         assert_eq!(j["status"], "Success", "after step {at}: {j}");
         // Every snapshot is there: as the original, its rewrite, or (stopped between storing the
         // rewrite and removing the original) both.
@@ -410,7 +410,7 @@ fn erase_stopped_at_durable_steps_across_the_job_checks_and_finishes_on_rerun() 
                 "after step {at}: {v}"
             );
         }
-        let j = c.run_json(["check", "--read-data"]);
+        let j = c.run_json(["check", "--no-record", "--read-data"]);
         assert_eq!(j["status"], "Success", "after step {at}: {j}");
     }
     assert!(points >= 20, "only {points} crash points");

@@ -212,7 +212,7 @@ fn assert_restores(r: &Repo, src: &Path, versions: &BTreeMap<String, PathBuf>) {
 /// `check --read-data` reports Success.
 #[track_caller]
 fn assert_check_passes(r: &Repo) {
-    let j = r.run_json(["check", "--read-data"]);
+    let j = r.run_json(["check", "--no-record", "--read-data"]);
     assert_eq!(j["status"], "Success", "{j}");
 }
 
@@ -813,7 +813,7 @@ fn reencrypt_leaves_nothing_under_the_old_epoch_and_retire_makes_it_unreadable()
     fs::write(r.path.join("snapshots").join(&old_name), &old_bytes).unwrap();
     let out = r.run_code(code::FAILURE, ["cat", "snapshot", &old_name]);
     assert!(stderr(&out).contains("no such epoch"), "{}", describe(&out));
-    let j = r.run_json_code(code::FAILURE, ["check"]);
+    let j = r.run_json_code(code::FAILURE, ["check", "--no-record"]);
     assert_eq!(j["status"], "Failed", "{j}");
     let errors = j["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "{j}");
@@ -852,7 +852,7 @@ fn reencrypt_and_retire_stopped_at_every_durable_step_check_and_finish_on_rerun(
         }
         points += 1;
         // Interrupted: the repository checks and no snapshot is lost (one may be there twice).
-        let j = c.run_json(["check"]);
+        let j = c.run_json(["check", "--no-record"]);
         assert_eq!(j["status"], "Success", "after step {at}: {j}");
         let now: BTreeSet<String> = fingerprints(&c).into_iter().collect();
         assert_eq!(
@@ -978,7 +978,7 @@ fn rotate_stopped_at_every_durable_step_completes_on_rerun_without_losing_new_da
             break;
         }
         points += 1;
-        let j = c.run_json(["check"]);
+        let j = c.run_json(["check", "--no-record"]);
         assert_eq!(j["status"], "Success", "after step {at}: {j}");
         // Both keys still open; the other one backs up (under whichever master key it finds).
         let changed = c.root().join("src");

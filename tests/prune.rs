@@ -60,7 +60,7 @@ fn pack_bytes(r: &Repo) -> u64 {
 /// `check --read-data` must report Success.
 #[track_caller]
 fn assert_check_passes(r: &Repo) {
-    let j = r.run_json(["check", "--read-data"]);
+    let j = r.run_json(["check", "--no-record", "--read-data"]);
     assert_eq!(j["status"], "Success", "{j}");
 }
 
@@ -234,7 +234,7 @@ fn audit_entries(r: &Repo) -> usize {
 /// After a crash: `check` passes, the same snapshots are there, a re-run completes the job, and the
 /// result checks and restores.
 fn assert_recovers(c: &Repo, args: &[&str], ids: &[String], src: &Path, copies: &[PathBuf]) {
-    let j = c.run_json(["check"]);
+    let j = c.run_json(["check", "--no-record"]);
     assert_eq!(j["status"], "Success", "{j}");
     assert_eq!(c.snapshot_ids(), ids, "no snapshot was lost");
     c.run_ok(args);

@@ -42,6 +42,10 @@ pub(crate) struct BackupArgs {
     time: Option<String>,
     #[command(flatten)]
     gateway: GatewayArgs,
+    /// Back up to this profile's primary repository (from the config file, replacing -r), then copy
+    /// the new snapshot to each of its other repositories.
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
 }
 
 /// Which gateway to capture (`backup --gateway`); credentials come from the environment, never from
@@ -91,6 +95,21 @@ impl GatewayArgs {
 }
 
 pub(crate) fn run(g: &Global, a: BackupArgs) -> anyhow::Result<u8> {
+    match a.profile.clone() {
+        Some(p) => super::profiles::backup_profile(g, &p, a),
+        None => Ok(run_one(g, a, true)?.0),
+    }
+}
+
+/// What one backup made: exit code, the repository and the snapshot's id, and the JSON summary.
+pub(crate) type BackupDone = (u8, crate::repo::Repository, SnapshotId, serde_json::Value);
+
+/// Backs up to the repository of `g`; prints the summary (as JSON too when `print_summary_json`).
+pub(crate) fn run_one(
+    g: &Global,
+    a: BackupArgs,
+    print_summary_json: bool,
+) -> anyhow::Result<BackupDone> {
     if a.stdin && !a.paths.is_empty() {
         anyhow::bail!(crate::Error::InvalidInput("--stdin takes no paths".into()));
     }
@@ -142,16 +161,19 @@ pub(crate) fn run(g: &Global, a: BackupArgs) -> anyhow::Result<u8> {
         eprintln!("warning: {w}");
     }
     let s = &r.snapshot.summary;
+    let summary = serde_json::json!({
+        "message_type": "summary",
+        "snapshot_id": r.id,
+        "files_new": s.files_new, "files_changed": s.files_changed, "files_unchanged": s.files_unchanged,
+        "files_failed": s.files_failed, "dirs": s.dirs, "blobs_added": s.blobs_added,
+        "data_added": s.data_added, "data_added_packed": s.data_added_packed,
+        "total_files_processed": s.total_files, "total_bytes_processed": s.total_bytes,
+        "backup_start": s.backup_start, "backup_end": s.backup_end,
+    });
     if g.json {
-        print_json(&serde_json::json!({
-            "message_type": "summary",
-            "snapshot_id": r.id,
-            "files_new": s.files_new, "files_changed": s.files_changed, "files_unchanged": s.files_unchanged,
-            "files_failed": s.files_failed, "dirs": s.dirs, "blobs_added": s.blobs_added,
-            "data_added": s.data_added, "data_added_packed": s.data_added_packed,
-            "total_files_processed": s.total_files, "total_bytes_processed": s.total_bytes,
-            "backup_start": s.backup_start, "backup_end": s.backup_end,
-        }))?;
+        if print_summary_json {
+            print_json(&summary)?;
+        }
     } else if !g.quiet {
         println!(
             "Files:       {} new, {} changed, {} unchanged",
@@ -170,14 +192,15 @@ pub(crate) fn run(g: &Global, a: BackupArgs) -> anyhow::Result<u8> {
         );
         println!("snapshot {} saved", r.id.short());
     }
-    if r.warnings.is_empty() {
-        Ok(exit::OK)
+    let code = if r.warnings.is_empty() {
+        exit::OK
     } else {
         eprintln!(
             "warning: {} file(s) could not be read; snapshot {} is partial",
             r.warnings.len(),
             r.id.short()
         );
-        Ok(exit::PARTIAL)
-    }
+        exit::PARTIAL
+    };
+    Ok((code, repo, r.id, summary))
 }

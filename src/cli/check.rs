@@ -16,6 +16,9 @@ pub(crate) struct CheckArgs {
     /// Seed for the random share of X% (default: random).
     #[arg(long)]
     seed: Option<u64>,
+    /// Do not store the result as a check record in the repository (the check then writes nothing).
+    #[arg(long)]
+    no_record: bool,
 }
 
 pub(crate) fn run(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
@@ -41,9 +44,45 @@ pub(crate) fn run(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
             ReadData::Percent(p) => println!("reading {p}% of pack data (seed {seed})"),
         }
     }
+    let started = std::time::Instant::now();
     let r = check(&repo, read, seed, &Bar::new(g, "check"))?;
+    // The record feeds `status --3-2-1`; a key that may not write (restore) still gets its verdict.
+    let recorded = match (a.no_record, repo.role()) {
+        (true, _) => Err("--no-record".to_string()),
+        (false, crate::crypto::keyslot::Role::Restore) => {
+            Err("the key in use has role restore, which may not write".to_string())
+        }
+        (false, _) => {
+            let rec = crate::profile::CheckRecord {
+                kind: crate::profile::CHECK_RECORD.into(),
+                time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                hostname: crate::util::hostname(),
+                status: r.status,
+                read_data: match read {
+                    ReadData::None => "none".into(),
+                    ReadData::All => "all".into(),
+                    ReadData::Subset(n, m) => format!("subset {n}/{m}"),
+                    ReadData::Percent(p) => format!("{p}%"),
+                },
+                errors: r.errors.len() as u64,
+                incomplete: r.incomplete.len() as u64,
+                snapshots: r.snapshots as u64,
+                packs: r.packs as u64,
+                packs_read: r.packs_read as u64,
+                duration_ms: started.elapsed().as_millis() as u64,
+            };
+            serde_json::to_value(&rec)
+                .map_err(|e| e.to_string())
+                .and_then(|v| repo.save_record(&v).map_err(|e| e.to_string()))
+        }
+    };
     if g.json {
-        print_json(&r)?;
+        let mut j = serde_json::to_value(&r)?;
+        j["record"] = match &recorded {
+            Ok(id) => serde_json::json!(id),
+            Err(_) => serde_json::Value::Null,
+        };
+        print_json(&j)?;
     } else {
         for e in &r.errors {
             println!("error: {e}");
@@ -71,8 +110,14 @@ pub(crate) fn run(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
                 crate::util::bytes(r.bytes_read)
             );
         }
-        // The verdict is printed even with --quiet: scripts and scrub jobs grep for it.
+        if let (Ok(id), false) = (&recorded, g.quiet) {
+            println!("result recorded in the repository (record {})", &id[..8]);
+        }
+        // The verdict is printed even with --quiet, and last: scripts and scrub jobs grep for it.
         println!("status: {:?}", r.status);
+    }
+    if let (Err(why), false) = (&recorded, a.no_record) {
+        eprintln!("note: the result was not recorded: {why}");
     }
     Ok(match r.status {
         Status::Success => exit::OK,

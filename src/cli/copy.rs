@@ -78,6 +78,8 @@ pub(crate) fn run(g: &Global, a: CopyArgs) -> anyhow::Result<u8> {
         repo: Some(to.clone()),
         ..g.clone()
     };
+    // `--to-repo config:NAME` names a configured repository (docs/profiles.md).
+    let dst_global = dst_global.resolved()?;
     let dst = dst_global
         .open()
         .with_context(|| format!("opening the destination repository {to}"))?;
@@ -109,6 +111,16 @@ pub(crate) fn run(g: &Global, a: CopyArgs) -> anyhow::Result<u8> {
 /// Opens the source with the `--from-*` credentials and options; its backend is not wrapped for the
 /// audit log, which only records what the command changes (the source is only read).
 fn open_source(g: &Global, a: &CopyArgs, from: &str) -> anyhow::Result<Repository> {
+    if let Some(name) = from.strip_prefix(crate::profile::CONFIG_LOCATION_PREFIX) {
+        // A configured repository, with its own options and credentials; read only, so its session
+        // records nothing.
+        let config = g.load_config()?;
+        let rc = config.repository(name)?;
+        let sg = g.for_repository(rc, vec![], false, Default::default());
+        return sg
+            .open()
+            .with_context(|| format!("opening the source repository {from}"));
+    }
     let opts = crate::backend::BackendOptions::parse(&a.from_options)?;
     let backend = crate::backend::open(from, &opts)
         .with_context(|| format!("opening the source repository {from}"))?;

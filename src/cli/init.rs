@@ -66,6 +66,8 @@ pub(crate) fn create_key_file(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 pub(crate) fn run(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
+    // First: a region policy refuses the location before even a key file is made.
+    let backend = g.backend()?;
     let mut created_key_file = false;
     if let Some(k) = &g.key_file {
         if !k.exists() {
@@ -100,7 +102,7 @@ pub(crate) fn run(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
         pack_size: a.pack_size.unwrap_or(crate::repo::DEFAULT_PACK_SIZE),
     };
     let creds = Credentials { password, key_file };
-    let repo = Repository::init(g.backend()?, &opts, &creds, g.cache_dir())?;
+    let repo = Repository::init(backend, &opts, &creds, g.cache_dir())?;
     super::audit::attach(g, &repo);
     if g.json {
         print_json(

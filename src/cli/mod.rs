@@ -17,6 +17,7 @@ mod key;
 mod log;
 mod ls;
 mod probe;
+mod profiles;
 mod prune;
 mod repair;
 mod restore;
@@ -24,6 +25,7 @@ mod rewrite;
 mod rollback;
 mod snapshots;
 mod stats;
+mod status;
 mod unlock;
 
 use std::io::IsTerminal;
@@ -110,6 +112,20 @@ pub struct Global {
     /// Print more (repeat for debug output).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Config file naming repositories and profiles (default: $XDG_CONFIG_HOME/gatevault/config.toml).
+    #[arg(long, env = "GATEVAULT_CONFIG", global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Refuse to write to a repository whose region does not match this pattern (for example `eu-*`).
+    #[arg(
+        long,
+        env = "GATEVAULT_REQUIRE_REGION",
+        global = true,
+        value_name = "PATTERN"
+    )]
+    require_region: Option<String>,
+    /// The configured repository `-r config:NAME` named: its declared region and region policies.
+    #[arg(skip)]
+    configured: profiles::Configured,
     /// What this command changed and which repository records it in its audit log.
     #[arg(skip)]
     audit: Arc<crate::audit::session::Session>,
@@ -131,6 +147,8 @@ enum Command {
     Dump(dump::DumpArgs),
     /// Show sizes, dedup and compression ratios.
     Stats(stats::StatsArgs),
+    /// Report how many copies of each recent backup exist, on which media and sites (`--3-2-1`).
+    Status(status::StatusArgs),
     /// Restore a snapshot into a folder, or a gateway snapshot into a live gateway.
     Restore(restore::RestoreArgs),
     /// Return a gateway to the rollback point taken before the last restore into it.
@@ -212,9 +230,9 @@ impl Global {
         let loc = self.location()?;
         let opts = crate::backend::BackendOptions::parse(&self.options)?;
         let cache = self.cache_dir();
-        Ok(self
-            .audit
-            .wrap(crate::backend::open_cached(&loc, &opts, cache.as_deref())?))
+        let backend = crate::backend::open_cached(&loc, &opts, cache.as_deref())?;
+        self.enforce_region(backend.as_ref())?;
+        Ok(self.audit.wrap(backend))
     }
 
     fn cache_dir(&self) -> Option<PathBuf> {
@@ -461,7 +479,7 @@ pub fn main() -> ExitCode {
         Err(e) => return usage(e),
     };
     let invocation = audit::invocation(&command, &matches);
-    let cli = match Cli::from_arg_matches(&matches) {
+    let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => return usage(e.format(&mut command)),
     };
@@ -482,6 +500,10 @@ pub fn main() -> ExitCode {
         .without_time()
         .with_target(false)
         .try_init();
+    if let Err(e) = cli.global.resolve_configured() {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(exit_code(&e));
+    }
     let g = &cli.global;
     let result = match cli.command {
         Command::Init(a) => init::run(g, a),
@@ -491,6 +513,7 @@ pub fn main() -> ExitCode {
         Command::Cat(a) => cat::run(g, a),
         Command::Dump(a) => dump::run(g, a),
         Command::Stats(a) => stats::run(g, a),
+        Command::Status(a) => status::run(g, a),
         Command::Restore(a) => restore::run(g, a),
         Command::Rollback(a) => rollback::run(g, a),
         Command::Drill(a) => drill::run(g, a),
