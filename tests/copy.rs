@@ -116,7 +116,7 @@ fn other_repo() -> Repo {
 
 #[track_caller]
 fn assert_checks(r: &Repo, what: &str) {
-    let j = r.run_json(["check", "--read-data"]);
+    let j = r.run_json(["check", "--read-data", "--no-record"]);
     assert_eq!(j["status"], "Success", "{what}: {j}");
 }
 
@@ -479,7 +479,7 @@ fn interrupted_at_every_durable_step_the_destination_checks_and_a_rerun_finishes
             break;
         }
         points += 1;
-        let j = c.run_json(["check", "--read-data"]);
+        let j = c.run_json(["check", "--read-data", "--no-record"]);
         assert_eq!(j["status"], "Success", "after step {at}: {j}");
         let had_index = !c.objects("index").is_empty();
         let rerun = copy(&c, &a, &[]);
@@ -502,7 +502,7 @@ fn interrupted_at_every_durable_step_the_destination_checks_and_a_rerun_finishes
             .collect();
         assert_eq!(origins, a_ids.iter().cloned().collect(), "after step {at}");
         assert_eq!(c.snapshot_ids().len(), 2, "after step {at}: one copy each");
-        let j = c.run_json(["check", "--read-data"]);
+        let j = c.run_json(["check", "--read-data", "--no-record"]);
         assert_eq!(j["status"], "Success", "after step {at} and a rerun: {j}");
         let t = c.scratch("latest");
         c.restore("latest", &t, &[]);
