@@ -9,6 +9,7 @@ pub mod conformance;
 pub mod local;
 pub mod memory;
 pub mod recording;
+pub mod s3lock;
 
 use std::fmt;
 
