@@ -69,14 +69,20 @@ fn raw_lock_requests_follow_s3_semantics() {
 
         let s = store(moto.port, "locked");
         for k in ["a/held", "a/free"] {
-            s.put(&k.into(), PutPayload::from_static(b"data")).await.unwrap();
+            s.put(&k.into(), PutPayload::from_static(b"data"))
+                .await
+                .unwrap();
         }
         let until = Utc::now() + Duration::days(1);
         locked
             .put_retention("a/held", RetentionMode::Governance, until)
             .await
             .unwrap();
-        let got = locked.locked_until("a/held").await.unwrap().expect("locked");
+        let got = locked
+            .locked_until("a/held")
+            .await
+            .unwrap()
+            .expect("locked");
         assert!((got - until).num_seconds().abs() <= 1, "{got} vs {until}");
         assert_eq!(locked.locked_until("a/free").await.unwrap(), None);
         assert!(matches!(
@@ -111,7 +117,9 @@ fn raw_lock_requests_follow_s3_semantics() {
 
         // A retention on a bucket without Object Lock is refused.
         let ps = store(moto.port, "plain");
-        ps.put(&"k".into(), PutPayload::from_static(b"x")).await.unwrap();
+        ps.put(&"k".into(), PutPayload::from_static(b"x"))
+            .await
+            .unwrap();
         assert!(plain
             .put_retention("k", RetentionMode::Governance, until)
             .await

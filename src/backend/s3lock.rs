@@ -358,7 +358,9 @@ impl LockClient {
     fn unexpected(&self, what: &str, a: &Answer) -> Error {
         let permanent = a.status.is_client_error();
         let hint = match a.status.as_u16() {
-            403 => ": the storage credential lacks a permission this needs (see docs/object-lock.md)",
+            403 => {
+                ": the storage credential lacks a permission this needs (see docs/object-lock.md)"
+            }
             _ => "",
         };
         self.failure(what, format!("{}{hint}", a.describe()), permanent)
@@ -387,9 +389,7 @@ impl LockClient {
         } else {
             vec![]
         };
-        let a = self
-            .send(Method::PUT, "", "", &headers, body, what)
-            .await?;
+        let a = self.send(Method::PUT, "", "", &headers, body, what).await?;
         if !a.status.is_success() {
             return Err(self.unexpected(what, &a));
         }
@@ -557,7 +557,11 @@ impl LockClient {
             for (block, delete_marker) in blocks(&a.body, "Version")
                 .into_iter()
                 .map(|b| (b, false))
-                .chain(blocks(&a.body, "DeleteMarker").into_iter().map(|b| (b, true)))
+                .chain(
+                    blocks(&a.body, "DeleteMarker")
+                        .into_iter()
+                        .map(|b| (b, true)),
+                )
             {
                 if tag(block, "Key").map(unescape).as_deref() != Some(key) {
                     continue;
@@ -737,5 +741,102 @@ mod tests {
     fn keys_are_encoded_for_the_path_and_query() {
         assert_eq!(encode("p/data/ab/ab01", true), "p/data/ab/ab01");
         assert_eq!(encode("a b/c", false), "a%20b%2Fc");
+    }
+}
+
+/// A backend that simulates object lock over memory, for the tests of prune and erase: objects given
+/// a lock cannot be removed before its date, and [`Backend::locked_until`] answers like an S3 bucket
+/// with Object Lock.
+#[cfg(test)]
+pub(crate) mod simulated {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use chrono::{DateTime, Utc};
+
+    use crate::backend::memory::MemoryBackend;
+    use crate::backend::{Backend, Capabilities, FileType};
+    use crate::error::{Error, Result};
+
+    #[derive(Debug, Default)]
+    pub(crate) struct Retaining {
+        inner: MemoryBackend,
+        locks: Mutex<HashMap<(FileType, String), DateTime<Utc>>>,
+    }
+
+    impl Retaining {
+        pub(crate) fn new() -> Self {
+            Self::default()
+        }
+
+        /// Locks every object of type `t` there now until `until`.
+        pub(crate) fn lock_all(&self, t: FileType, until: DateTime<Utc>) -> Vec<String> {
+            let names: Vec<String> = self
+                .inner
+                .list(t)
+                .unwrap()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            let mut l = self.locks.lock().unwrap();
+            for n in &names {
+                l.insert((t, n.clone()), until);
+            }
+            names
+        }
+
+        /// Lets every lock expire.
+        pub(crate) fn expire_all(&self) {
+            self.locks.lock().unwrap().clear();
+        }
+    }
+
+    impl Backend for Retaining {
+        fn location(&self) -> String {
+            "memory with object lock".into()
+        }
+        fn create(&self) -> Result<()> {
+            self.inner.create()
+        }
+        fn list(&self, t: FileType) -> Result<Vec<(String, u64)>> {
+            self.inner.list(t)
+        }
+        fn read(&self, t: FileType, name: &str) -> Result<Vec<u8>> {
+            self.inner.read(t, name)
+        }
+        fn read_range(&self, t: FileType, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+            self.inner.read_range(t, name, offset, len)
+        }
+        fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()> {
+            self.inner.write(t, name, data)
+        }
+        fn remove(&self, t: FileType, name: &str) -> Result<()> {
+            if let Some(until) = self.locked_until(t, name)? {
+                return Err(Error::Retained {
+                    object: t.path_of(name),
+                    until,
+                });
+            }
+            self.inner.remove(t, name)
+        }
+        fn stat(&self, t: FileType, name: &str) -> Result<u64> {
+            self.inner.stat(t, name)
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                object_lock: true,
+                ..self.inner.capabilities()
+            }
+        }
+        fn locked_until(&self, t: FileType, name: &str) -> Result<Option<DateTime<Utc>>> {
+            self.inner.stat(t, name)?;
+            Ok(self
+                .locks
+                .lock()
+                .unwrap()
+                .get(&(t, name.to_string()))
+                .copied()
+                .filter(|u| *u > Utc::now()))
+        }
     }
 }
