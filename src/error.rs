@@ -88,6 +88,10 @@ pub enum Error {
         until: chrono::DateTime<chrono::Utc>,
     },
 
+    /// The storage service refused the credentials or the permission (HTTP 401 or 403).
+    #[error("access denied by {location}: {detail}; check the storage credentials and that they may list, read and write there (see docs/backends.md)")]
+    AccessDenied { location: String, detail: String },
+
     /// The operation was interrupted by the user.
     #[error("interrupted")]
     Interrupted,

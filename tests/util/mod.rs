@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 use assert_cmd::Command;
 use serde_json::Value;
 
+pub mod remote;
+pub use remote::*;
+
 /// Variables that would change how gatevault runs; removed from every command.
 const SCRUBBED_ENV: &[&str] = &[
     "GATEVAULT_REPOSITORY",
