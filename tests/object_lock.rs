@@ -12,7 +12,7 @@ use chrono::{Duration, Utc};
 use gatevault::backend::s3lock::{LockClient, RetentionMode};
 use gatevault::Error;
 use object_store::aws::{AmazonS3Builder, AwsCredential};
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use util::*;
 
@@ -125,4 +125,121 @@ fn raw_lock_requests_follow_s3_semantics() {
             .await
             .is_err());
     });
+}
+
+/// Every key under `prefix` in `bucket` (current versions only, as a plain listing shows them).
+fn keys(port: u16, bucket: &str, prefix: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    let s = store(port, bucket);
+    runtime().block_on(async {
+        s.list(Some(&prefix.into()))
+            .map_ok(|m| m.location.to_string())
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+    })
+}
+
+#[test]
+fn a_locked_repository_prunes_around_retained_packs_and_refuses_a_bucket_without_lock() {
+    let Some(s3) = RemoteStore::s3() else {
+        return;
+    };
+    let port = s3.svc.port;
+    let bucket = "gv-locked";
+    let raw = client(port, bucket);
+    let rt = runtime();
+    rt.block_on(raw.create_bucket(true)).unwrap();
+    let mut repo = s3.repo_at(bucket, "repo");
+    repo.options.push("s3.object-lock=governance:1d".into());
+    repo.init();
+
+    let data = repo.root().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut rng = Rng::new(7);
+    std::fs::write(data.join("old.bin"), rng.bytes(600_000)).unwrap();
+    std::fs::write(data.join("keep.json"), gateway_route(&mut rng, 1)).unwrap();
+    repo.backup(&[&data], &[]);
+    let first_packs = keys(port, bucket, "repo/data");
+    assert!(!first_packs.is_empty());
+    // Packs, index files and snapshots are retained; the config and keys are not.
+    for k in first_packs
+        .iter()
+        .chain(&keys(port, bucket, "repo/index"))
+        .chain(&keys(port, bucket, "repo/snapshots"))
+    {
+        let until = rt.block_on(raw.locked_until(k)).unwrap();
+        assert!(
+            until.is_some_and(|u| u > Utc::now() + Duration::hours(23)),
+            "{k}: {until:?}"
+        );
+    }
+    assert_eq!(rt.block_on(raw.locked_until("repo/config")).unwrap(), None);
+
+    std::fs::remove_file(data.join("old.bin")).unwrap();
+    std::fs::write(data.join("new.bin"), rng.bytes(600_000)).unwrap();
+    repo.backup(&[&data], &[]);
+
+    // forget + prune: the forgotten snapshot goes, its packs are retained and reported.
+    let out = repo.run_code(code::OK, ["forget", "--keep-last", "1", "--prune"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("kept: object lock until")
+            && text.contains("a prune after that removes them"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(repo.snapshot_ids().len(), 1);
+    let now = keys(port, bucket, "repo/data");
+    for p in &first_packs {
+        assert!(now.contains(p), "retained pack {p} was deleted");
+    }
+    let dry = repo.run_json(["prune", "--dry-run"]);
+    assert!(dry["locked_packs"].as_u64().unwrap() >= 1, "{dry}");
+    assert!(dry["locked_until_latest"].is_string(), "{dry}");
+    assert_eq!(dry["packs_deleted"], 0, "{dry}");
+
+    let check = repo.run_ok(["check", "--read-data"]);
+    assert!(
+        check.contains("Success") || check.contains("no errors"),
+        "{check}"
+    );
+    let target = repo.root().join("restored");
+    repo.run_ok(["restore", "latest", "--target", s(&target)]);
+    assert_eq!(
+        std::fs::read(restored(&target, &data).join("new.bin")).unwrap(),
+        std::fs::read(data.join("new.bin")).unwrap()
+    );
+
+    // Lock files are never retained: a lock written and removed leaves no version behind.
+    let opts = gatevault::backend::BackendOptions::parse(&repo.options).unwrap();
+    let b = gatevault::backend::open(&repo.location, &opts).unwrap();
+    assert!(b.capabilities().object_lock);
+    b.write(gatevault::backend::FileType::Lock, "ab12", b"{}")
+        .unwrap();
+    assert_eq!(
+        rt.block_on(raw.versions("repo/locks/ab12")).unwrap().len(),
+        1
+    );
+    b.remove(gatevault::backend::FileType::Lock, "ab12")
+        .unwrap();
+    assert!(rt
+        .block_on(raw.versions("repo/locks/ab12"))
+        .unwrap()
+        .is_empty());
+    repo.run_ok(["unlock", "--remove-all"]);
+    assert!(keys(port, bucket, "repo/locks").is_empty());
+
+    // A bucket without Object Lock is refused at init, before anything is written.
+    let plain = s3.new_bucket();
+    let mut refused = s3.repo_at(&plain, "repo");
+    refused.options.push("s3.object-lock=governance:1d".into());
+    let out = refused.run_code(code::FAILURE, ["init", "-q"]);
+    assert!(
+        stderr(&out).contains("Object Lock")
+            && stderr(&out).contains("object-lock-enabled-for-bucket"),
+        "{}",
+        describe(&out)
+    );
+    assert!(keys(port, &plain, "").is_empty());
 }

@@ -219,7 +219,11 @@ fn missing_bucket(store: Option<RemoteStore>) {
     let r = store.repo();
     fs::write(&r.key, [1u8; 32]).unwrap();
     let out = r.run_code(code::NO_REPOSITORY, ["snapshots"]);
-    assert!(stderr(&out).contains("no config object"), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("no config object"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]
@@ -266,7 +270,8 @@ fn refused_credentials_azure() {
     };
     let r = store.repo();
     r.init();
-    let wrong_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==";
+    let wrong_key =
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==";
     let mut c = r.cmd();
     c.args(["-o", &format!("azure.account-key={wrong_key}"), "snapshots"]);
     let out = c.output().unwrap();

@@ -45,6 +45,7 @@ pub const S3_OPTIONS: &[&str] = &[
     "s3.retry-timeout",
     "s3.conditional-put",
     "s3.unsigned-payload",
+    "s3.object-lock",
 ];
 
 /// Option keys an Azure location accepts.
@@ -161,6 +162,8 @@ pub struct ObjectBackend {
     connections: usize,
     /// Whether create-only writes are atomic (a conditional put); false after the store refused one.
     conditional_put: AtomicBool,
+    /// S3 Object Lock and versions (see [`super::s3lock`]); `None` for Azure.
+    lock: Option<super::s3lock::S3ObjectLock>,
 }
 
 impl fmt::Debug for ObjectBackend {
@@ -392,7 +395,9 @@ impl ObjectBackend {
             .map(str::to_string)
             .or(loc.host_region.clone());
         let env_region = env_any(&["AWS_REGION", "AWS_DEFAULT_REGION"]);
-        let allow_http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"))
+        let allow_http = endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
             || env_any(&["AWS_ALLOW_HTTP"]).is_some_and(|v| v == "true");
         let (retry, client_options, connections) = retry_and_client(opts, "s3", allow_http)?;
 
@@ -460,7 +465,11 @@ impl ObjectBackend {
         };
         if let Some(e) = &endpoint {
             // object_store takes the endpoint as the bucket URL when virtual-hosted.
-            builder = builder.with_endpoint(if path_style { e.clone() } else { bucket_url.clone() });
+            builder = builder.with_endpoint(if path_style {
+                e.clone()
+            } else {
+                bucket_url.clone()
+            });
         }
         let store = Arc::new(builder.clone().build().map_err(|e| {
             Error::InvalidInput(format!(
@@ -469,7 +478,16 @@ impl ObjectBackend {
         })?);
         let limited: Arc<dyn ObjectStore> =
             Arc::new(LimitStore::new(Arc::clone(&store), connections));
+        let lock = super::s3lock::S3ObjectLock::open(
+            &loc.bucket,
+            &bucket_url,
+            &region,
+            Arc::clone(store.credentials()),
+            opts.get("s3.object-lock"),
+            location,
+        )?;
         Ok(Self {
+            lock: Some(lock),
             store: limited,
             prefix: loc.prefix.clone(),
             location: location.to_string(),
@@ -519,7 +537,10 @@ impl ObjectBackend {
             })?;
             builder = builder.with_sas_authorization(pairs);
         }
-        let endpoint = match (opts.get("azure.endpoint"), opts.get("azure.endpoint-suffix")) {
+        let endpoint = match (
+            opts.get("azure.endpoint"),
+            opts.get("azure.endpoint-suffix"),
+        ) {
             (Some(e), _) => Some(e.trim_end_matches('/').to_string()),
             (None, Some(suffix)) => {
                 let Some(a) = &account else {
@@ -536,7 +557,9 @@ impl ObjectBackend {
                 "{location}: no Azure storage account given: set AZURE_STORAGE_ACCOUNT_NAME (or AZURE_ACCOUNT_NAME) or -o azure.account-name=NAME"
             )));
         }
-        let allow_http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
+        let allow_http = endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
         if let Some(e) = &endpoint {
             builder = builder.with_endpoint(e.clone());
             if account.is_none() {
@@ -557,6 +580,7 @@ impl ObjectBackend {
         })?;
         let limited: Arc<dyn ObjectStore> = Arc::new(LimitStore::new(store, connections));
         Ok(Self {
+            lock: None,
             store: limited,
             prefix,
             location: location.to_string(),
@@ -704,7 +728,10 @@ async fn range_error(
     match store.head(key).await {
         Ok(m) if m.size < end => Error::integrity(
             ctx.object(),
-            format!("truncated: the object has {} bytes, wanted up to {end}", m.size),
+            format!(
+                "truncated: the object has {} bytes, wanted up to {end}",
+                m.size
+            ),
         ),
         Err(object_store::Error::NotFound { .. }) => not_found(ctx.t, &ctx.name),
         _ => e,
@@ -729,9 +756,9 @@ impl Backend for ObjectBackend {
             // A listing tells a missing bucket (404 with a body) from an empty one; a HEAD cannot.
             if let Err(e) = store.list_with_delimiter(dir.as_ref()).await {
                 return Err(match ctx.map("listing", e) {
-                    Error::NoRepository { location, reason } => {
-                        Error::InvalidInput(format!("cannot create a repository at {location}: {reason}"))
-                    }
+                    Error::NoRepository { location, reason } => Error::InvalidInput(format!(
+                        "cannot create a repository at {location}: {reason}"
+                    )),
                     Error::NotFound { .. } => Error::InvalidInput(format!(
                         "cannot create a repository at {}: the {} does not exist: create it first",
                         ctx.location, ctx.container
@@ -807,14 +834,14 @@ impl Backend for ObjectBackend {
                 .collect();
             let got = if wanted.is_empty() {
                 // Only empty ranges: the object must exist and be long enough.
-                let m = store
-                    .head(&key)
-                    .await
-                    .map_err(|e| ctx.map("reading", e))?;
+                let m = store.head(&key).await.map_err(|e| ctx.map("reading", e))?;
                 if m.size < end {
                     return Err(Error::integrity(
                         ctx.object(),
-                        format!("truncated: the object has {} bytes, wanted up to {end}", m.size),
+                        format!(
+                            "truncated: the object has {} bytes, wanted up to {end}",
+                            m.size
+                        ),
                     ));
                 }
                 Vec::new()
@@ -950,11 +977,23 @@ impl Backend for ObjectBackend {
             self.conditional_put.store(false, Ordering::Relaxed);
         }
         result?;
+        if let Some(l) = &self.lock {
+            l.after_write(t, name, self.key(t, name).to_string())?;
+        }
         super::crash_point(t);
         Ok(())
     }
 
     fn remove(&self, t: FileType, name: &str) -> Result<()> {
+        if let Some(r) = self
+            .lock
+            .as_ref()
+            .and_then(|l| l.remove(t, name, self.key(t, name).to_string()))
+        {
+            r?;
+            super::crash_point(t);
+            return Ok(());
+        }
         let store = Arc::clone(&self.store);
         let key = self.key(t, name);
         let ctx = self.ctx(t, name);
@@ -990,7 +1029,18 @@ impl Backend for ObjectBackend {
             durable_writes: true,
             atomic_create: self.conditional_put.load(Ordering::Relaxed),
             concurrency: self.connections,
-            object_lock: false,
+            object_lock: self.lock.as_ref().is_some_and(|l| l.active()),
+        }
+    }
+
+    fn locked_until(
+        &self,
+        t: FileType,
+        name: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        match &self.lock {
+            Some(l) => l.locked_until(t, name, self.key(t, name).to_string()),
+            None => Ok(None),
         }
     }
 

@@ -587,6 +587,21 @@ impl LockClient {
         }
     }
 
+    /// Hides `key` behind a delete marker (a plain DELETE on a versioned bucket): its versions stay.
+    ///
+    /// # Errors
+    /// Errors of the store.
+    pub async fn hide(&self, key: &str) -> Result<()> {
+        let what = format!("deleting {key}");
+        let a = self
+            .send(Method::DELETE, key, "", &[], vec![], &what)
+            .await?;
+        if a.status.is_success() || a.status == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        Err(self.unexpected(&what, &a))
+    }
+
     /// Deletes one version of `key` (`DELETE ?versionId=`); one already gone is fine.
     ///
     /// # Errors
@@ -838,5 +853,168 @@ pub(crate) mod simulated {
                 .copied()
                 .filter(|u| *u > Utc::now()))
         }
+    }
+}
+
+/// What the S3 backend keeps about Object Lock on its bucket: the client for the raw requests, the
+/// retention to put on new packs, index files and snapshots (`s3.object-lock`), and the bucket's
+/// state, read once.
+pub(crate) struct S3ObjectLock {
+    client: Arc<LockClient>,
+    policy: Option<LockPolicy>,
+    state: std::sync::OnceLock<(bool, bool)>,
+    location: String,
+}
+
+impl fmt::Debug for S3ObjectLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3ObjectLock")
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+/// The objects that get a retention: those whose loss loses backups. Locks must stay removable (a
+/// retained lock would block the repository until its date); keys, the config, records and audit
+/// entries are replaced or removed by key management, erase and rotation, which a retention would
+/// block for its whole length.
+pub fn retained_type(t: FileType) -> bool {
+    matches!(t, FileType::Pack | FileType::Index | FileType::Snapshot)
+}
+
+use crate::backend::FileType;
+
+impl S3ObjectLock {
+    /// Sets up Object Lock handling for a bucket; with `option` (`s3.object-lock=MODE:DAYSd`) the
+    /// bucket must have Object Lock enabled, which is checked now, before anything is written.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad option or a bucket without Object Lock; errors of the store.
+    pub(crate) fn open(
+        bucket: &str,
+        bucket_url: &str,
+        region: &str,
+        credentials: AwsCredentialProvider,
+        option: Option<&str>,
+        location: &str,
+    ) -> Result<Self> {
+        let policy = option.map(str::parse::<LockPolicy>).transpose()?;
+        let s = Self {
+            client: Arc::new(LockClient::new(bucket, bucket_url, region, credentials)?),
+            policy,
+            state: std::sync::OnceLock::new(),
+            location: location.to_string(),
+        };
+        if let Some(p) = policy {
+            let (enabled, _) = s.state()?;
+            if !enabled {
+                return Err(Error::InvalidInput(format!(
+                    "{location}: -o s3.object-lock={p} needs a bucket with Object Lock enabled, and \
+                     bucket {bucket:?} has none (Object Lock can only be chosen when a bucket is \
+                     created: `aws s3api create-bucket --bucket NAME --object-lock-enabled-for-bucket`; \
+                     see docs/object-lock.md); nothing was written"
+                )));
+            }
+        }
+        Ok(s)
+    }
+
+    /// (Object Lock enabled, versioned), asked once.
+    fn state(&self) -> Result<(bool, bool)> {
+        if let Some(s) = self.state.get() {
+            return Ok(*s);
+        }
+        let c = Arc::clone(&self.client);
+        let s = super::object::run_io(async move {
+            let lock = c.bucket_lock().await?;
+            let versioned = lock.enabled || c.versioned().await?;
+            Ok((lock.enabled, versioned))
+        })?;
+        Ok(*self.state.get_or_init(|| s))
+    }
+
+    /// Whether objects may be retained or kept as versions: callers must ask before removing. When
+    /// the bucket cannot be asked, the answer is yes (asking each object will report the error).
+    pub(crate) fn active(&self) -> bool {
+        self.state().map(|(e, v)| e || v).unwrap_or(true)
+    }
+
+    /// Puts the retention on object `key` of type `t` just written, when `s3.object-lock` asks for it.
+    ///
+    /// # Errors
+    /// Errors of the store: the write fails, since the object would be unprotected.
+    pub(crate) fn after_write(&self, t: FileType, name: &str, key: String) -> Result<()> {
+        let Some(p) = self.policy.filter(|_| retained_type(t)) else {
+            return Ok(());
+        };
+        let c = Arc::clone(&self.client);
+        let until = Utc::now() + chrono::Duration::days(i64::from(p.days));
+        super::object::run_io(async move { c.put_retention(&key, p.mode, until).await }).map_err(
+            |e| match e {
+                Error::NotFound { .. } => super::not_found(t, name),
+                e => Error::io(
+                    format!(
+                        "{}: {t} {name} was written but could not be locked",
+                        self.location
+                    ),
+                    std::io::Error::other(e.to_string()),
+                ),
+            },
+        )
+    }
+
+    /// The end of the retention of object `name` (at `key`), if one holds it now.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; errors of the store.
+    pub(crate) fn locked_until(
+        &self,
+        t: FileType,
+        name: &str,
+        key: String,
+    ) -> Result<Option<DateTime<Utc>>> {
+        if !self.state()?.1 {
+            return Ok(None);
+        }
+        let c = Arc::clone(&self.client);
+        super::object::run_io(async move { c.locked_until(&key).await }).map_err(|e| match e {
+            Error::NotFound { .. } => super::not_found(t, name),
+            e => e,
+        })
+    }
+
+    /// Removes object `name` (at `key`) on a versioned bucket: every version, so that the data is
+    /// physically gone. A retained pack or index file is left untouched ([`Error::Retained`]);
+    /// any other retained object is hidden behind a delete marker (its retained version stays until
+    /// its date: a lifecycle rule for noncurrent versions removes it then). `None` on a bucket
+    /// without versions, where a plain DELETE is the removal.
+    pub(crate) fn remove(&self, t: FileType, name: &str, key: String) -> Option<Result<()>> {
+        match self.state() {
+            Ok((_, false)) => return None,
+            Ok(_) => {}
+            Err(e) => return Some(Err(e)),
+        }
+        let c = Arc::clone(&self.client);
+        let object = format!("{t} {name}");
+        Some(
+            super::object::run_io(async move {
+                match c.remove_all_versions(&key).await {
+                    Err(Error::Retained { until, .. })
+                        if !matches!(t, FileType::Pack | FileType::Index) =>
+                    {
+                        tracing::info!(
+                            "{object} is retained until {until}: hidden behind a delete marker"
+                        );
+                        c.hide(&key).await
+                    }
+                    Err(Error::Retained { until, .. }) => Err(Error::Retained { object, until }),
+                    r => r,
+                }
+            })
+            .map_err(|e| match e {
+                Error::NotFound { .. } => super::not_found(t, name),
+                e => e,
+            }),
+        )
     }
 }
