@@ -1109,3 +1109,90 @@ pub fn records(repo: &Repository) -> Result<Vec<Value>> {
     v.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
     Ok(v)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::s3lock::simulated::Retaining;
+    use crate::backend::Backend;
+    use crate::backup::{BackupOptions, NoProgress};
+    use crate::repo::{Credentials, InitOptions};
+
+    #[test]
+    fn a_locked_pack_holding_the_subject_leaves_the_erasure_pending_until_a_rerun_after_expiry() {
+        let b = Arc::new(Retaining::new());
+        let creds = Credentials {
+            password: None,
+            key_file: Some(zeroize::Zeroizing::new([9u8; 32])),
+        };
+        let repo = Repository::init(b.clone(), &InitOptions::default(), &creds, None).unwrap();
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/gateways/kong/kong.yaml");
+        let c = crate::gateway::capture(&crate::gateway::GatewayOptions {
+            kind: "kong".into(),
+            file: Some(fixture),
+            ..Default::default()
+        })
+        .unwrap();
+        crate::backup::backup(
+            &repo,
+            BackupOptions {
+                documents: Some(c.documents().unwrap()),
+                source: Some(c.source.clone()),
+                ..BackupOptions::default()
+            },
+            None,
+            &NoProgress,
+        )
+        .unwrap();
+        let until = chrono::Utc::now() + chrono::Duration::days(2);
+        let locked = b.lock_all(FileType::Pack, until);
+        let opts = EraseOptions {
+            subjects: vec!["kong:consumer=alice".into()],
+            ..EraseOptions::default()
+        };
+        let r = erase(&repo, &opts, &NoProgress).unwrap();
+        let scan = r.scan.as_ref().unwrap();
+        assert_eq!(scan.status, "retained", "{scan:?}");
+        assert!(
+            scan.found.iter().any(|f| f.contains("object lock until")),
+            "{scan:?}"
+        );
+        assert!(r.prune.as_ref().unwrap().locked_packs > 0);
+        let packs: HashSet<String> = b
+            .list(FileType::Pack)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert!(
+            locked.iter().all(|p| packs.contains(p)),
+            "a locked pack went"
+        );
+        assert_eq!(repo.records_named(Some(PENDING)).unwrap().len(), 1);
+        let record = records(&repo).unwrap();
+        assert_eq!(record.last().unwrap()["scan"]["status"], "retained");
+
+        // After the locks end, the same erase removes the packs and proves the subject gone.
+        b.expire_all();
+        let again = erase(&repo, &opts, &NoProgress).unwrap();
+        let scan = again.scan.as_ref().unwrap();
+        assert_eq!(scan.status, "clean", "{scan:?}");
+        let packs: HashSet<String> = b
+            .list(FileType::Pack)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert!(
+            locked.iter().any(|p| !packs.contains(p)),
+            "no retained pack was removed"
+        );
+        assert!(repo.records_named(Some(PENDING)).unwrap().is_empty());
+        let check =
+            crate::check::check(&repo, crate::check::ReadData::All, 1, &NoProgress).unwrap();
+        assert_eq!(check.status, crate::check::Status::Success, "{check:?}");
+    }
+}

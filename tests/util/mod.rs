@@ -23,6 +23,7 @@ use assert_cmd::Command;
 use serde_json::Value;
 
 pub mod remote;
+#[allow(unused_imports)]
 pub use remote::*;
 
 /// Variables that would change how gatevault runs; removed from every command.
