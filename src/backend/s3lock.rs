@@ -26,6 +26,7 @@ use object_store::client::HttpRequest;
 use reqwest::header::HeaderValue;
 use reqwest::{Method, StatusCode};
 
+use crate::backend::FileType;
 use crate::error::{Error, Result};
 
 /// The two retention modes of S3 Object Lock.
@@ -881,8 +882,6 @@ impl fmt::Debug for S3ObjectLock {
 pub fn retained_type(t: FileType) -> bool {
     matches!(t, FileType::Pack | FileType::Index | FileType::Snapshot)
 }
-
-use crate::backend::FileType;
 
 impl S3ObjectLock {
     /// Sets up Object Lock handling for a bucket; with `option` (`s3.object-lock=MODE:DAYSd`) the
