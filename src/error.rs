@@ -81,6 +81,13 @@ pub enum Error {
     #[error("the key in use has role {role}, which may not {action}: open the repository with an admin key (`gatevault key list` shows the roles)")]
     NotAllowed { role: String, action: String },
 
+    /// An object cannot be removed yet: a retention lock (S3 Object Lock) keeps it until `until`.
+    #[error("{object} is under an object lock until {until}: it stays until then, and a prune after that date removes it")]
+    Retained {
+        object: String,
+        until: chrono::DateTime<chrono::Utc>,
+    },
+
     /// The storage service refused the credentials or the permission (HTTP 401 or 403).
     #[error("access denied by {location}: {detail}; check the storage credentials and that they may list, read and write there (see docs/backends.md)")]
     AccessDenied { location: String, detail: String },

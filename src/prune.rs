@@ -13,6 +13,15 @@
 //! the new packs are merely unreferenced; after it, every old index file still present names only packs
 //! that still exist (packs are deleted last), and leftover packs are unreferenced. Running it again
 //! finishes the job.
+//!
+//! On a store with object lock ([`crate::backend::Capabilities::object_lock`]) prune asks
+//! [`crate::backend::Backend::locked_until`] about every pack it would delete or repack and every old
+//! index file before changing anything. A locked pack is not deleted: one that would only have been
+//! deleted or repacked to save space stays as it is, indexed like a kept pack (so nothing it holds is
+//! lost); one that `erase` or `rewrite` forces to be repacked is still copied out, and then stays in
+//! place unreferenced. Either way a later prune removes it once its lock has expired. Locked old index
+//! files stay too: the new index file supersedes them, and readers ignore superseded files. The report
+//! lists what was kept and until when (see `docs/object-lock.md`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -118,6 +127,20 @@ pub struct Forced {
     pub index: bool,
 }
 
+/// A pack prune would have deleted but an object lock keeps for now.
+#[derive(Clone, Debug, Serialize)]
+pub struct LockedPack {
+    /// The pack.
+    pub pack: PackId,
+    /// Its size.
+    pub bytes: u64,
+    /// The end of its lock.
+    pub until: chrono::DateTime<chrono::Utc>,
+    /// Its needed blobs were copied to new packs (a repack `erase` or `rewrite` forced), so it is no
+    /// longer indexed; otherwise it stays indexed as it was.
+    pub copied: bool,
+}
+
 /// What a prune found and did (or would do, for a dry run).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PruneReport {
@@ -165,6 +188,69 @@ pub struct PruneReport {
     pub pack_bytes_after: u64,
     /// Index files replaced by the new one.
     pub index_files_replaced: usize,
+    /// Packs kept in place because an object lock forbids deleting them yet (not counted as
+    /// deleted or unreferenced above).
+    pub locked_packs: usize,
+    /// Their bytes.
+    pub locked_bytes: u64,
+    /// The earliest end of their locks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_until_earliest: Option<chrono::DateTime<chrono::Utc>>,
+    /// The latest end of their locks: a prune after it can remove them all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_until_latest: Option<chrono::DateTime<chrono::Utc>>,
+    /// Each of them, by id.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub locked: Vec<LockedPack>,
+    /// Old index files kept because they are locked (superseded by the new one, so ignored).
+    pub locked_index_files: usize,
+}
+
+impl PruneReport {
+    fn add_locked(
+        &mut self,
+        pack: PackId,
+        bytes: u64,
+        until: chrono::DateTime<chrono::Utc>,
+        copied: bool,
+    ) {
+        self.locked_packs += 1;
+        self.locked_bytes += bytes;
+        self.locked_until_earliest =
+            Some(self.locked_until_earliest.map_or(until, |e| e.min(until)));
+        self.locked_until_latest = Some(self.locked_until_latest.map_or(until, |e| e.max(until)));
+        self.locked.push(LockedPack {
+            pack,
+            bytes,
+            until,
+            copied,
+        });
+    }
+}
+
+/// The end of the lock on each object of type `t` in `names` that is locked, asked in parallel
+/// (nothing is asked unless the backend has object lock). An object already gone is not locked.
+///
+/// # Errors
+/// Errors of the store: prune stops before changing anything.
+fn locks<'a>(
+    backend: &dyn crate::backend::Backend,
+    t: FileType,
+    names: impl IntoIterator<Item = &'a String>,
+) -> Result<HashMap<String, chrono::DateTime<chrono::Utc>>> {
+    if !backend.capabilities().object_lock {
+        return Ok(HashMap::new());
+    }
+    let names: Vec<&String> = names.into_iter().collect();
+    let found: Vec<Option<(String, chrono::DateTime<chrono::Utc>)>> = names
+        .par_iter()
+        .map(|n| match backend.locked_until(t, n) {
+            Ok(Some(u)) => Ok(Some(((*n).clone(), u))),
+            Ok(None) | Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        })
+        .collect::<Result<_>>()?;
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// Prunes the repository under an exclusive lock.
@@ -402,6 +488,28 @@ pub fn prune_locked(
         };
         fate.insert(*pid, f);
     }
+    // Object lock: packs that would go but may not be deleted yet. Those that would only be deleted
+    // stay as kept packs; those forced to be repacked are still copied out, then stay unreferenced.
+    let mut locked: HashMap<PackId, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    let ask = |ids: &[PackId]| -> Result<HashMap<PackId, chrono::DateTime<chrono::Utc>>> {
+        let names: Vec<String> = ids.iter().map(PackId::to_hex).collect();
+        Ok(locks(backend, FileType::Pack, &names)?
+            .into_iter()
+            .filter_map(|(n, u)| PackId::from_hex(&n).ok().map(|p| (p, u)))
+            .collect())
+    };
+    let doomed_now: Vec<PackId> = fate
+        .iter()
+        .filter(|(_, f)| **f != Fate::Keep)
+        .map(|(p, _)| *p)
+        .collect();
+    for (pid, until) in ask(&doomed_now)? {
+        if fate[&pid] == Fate::Delete {
+            fate.insert(pid, Fate::Keep);
+            unused_left += info[&pid].unused;
+        }
+        locked.insert(pid, until);
+    }
     let kept_used: u64 = r.used_bytes;
     let limit = match opts.max_unused {
         MaxUnused::Unlimited => u64::MAX,
@@ -416,17 +524,32 @@ pub fn prune_locked(
             .then(b.1.unused.cmp(&a.1.unused))
             .then(a.0.cmp(b.0))
     });
-    let mut repack_budget = opts.max_repack_bytes.unwrap_or(u64::MAX);
-    for (pid, p) in candidates {
-        if unused_left <= limit {
+    // Choose, then ask the chosen packs' locks; a locked one stays as it is and the choice is made
+    // again without it, until no chosen pack is locked.
+    let (unused_base, fate_base) = (unused_left, fate.clone());
+    loop {
+        let (mut left, mut f) = (unused_base, fate_base.clone());
+        let mut repack_budget = opts.max_repack_bytes.unwrap_or(u64::MAX);
+        let mut chosen = Vec::new();
+        for (pid, p) in candidates.iter().filter(|(p, _)| !locked.contains_key(*p)) {
+            if left <= limit {
+                break;
+            }
+            if p.size > repack_budget {
+                continue;
+            }
+            repack_budget -= p.size;
+            left -= p.unused;
+            f.insert(**pid, Fate::Repack { forced: false });
+            chosen.push(**pid);
+        }
+        let found = ask(&chosen)?;
+        if found.is_empty() {
+            (unused_left, fate) = (left, f);
             break;
         }
-        if p.size > repack_budget {
-            continue;
-        }
-        repack_budget -= p.size;
-        unused_left -= p.unused;
-        fate.insert(*pid, Fate::Repack { forced: false });
+        // Locked for waste only: not worth copying, since the pack cannot go anyway.
+        locked.extend(found);
     }
     for (pid, f) in &fate {
         let p = &info[pid];
@@ -450,6 +573,31 @@ pub fn prune_locked(
         }
     }
     r.unused_after = unused_left;
+    // Unreferenced packs that are locked stay; so do locked old index files.
+    let unreferenced: Vec<PackId> = stored
+        .keys()
+        .filter(|p| !state.packs.contains_key(p))
+        .copied()
+        .collect();
+    locked.extend(ask(&unreferenced)?);
+    let mut locked_ids: Vec<&PackId> = locked.keys().collect();
+    locked_ids.sort();
+    for pid in locked_ids {
+        let until = locked[pid];
+        match (fate.get(pid), info.get(pid)) {
+            (Some(Fate::Repack { .. }), Some(p)) => r.add_locked(*pid, p.size, until, true),
+            (Some(_), Some(p)) => r.add_locked(*pid, p.size, until, false),
+            _ => {
+                let size = stored.get(pid).copied().unwrap_or(0);
+                r.unreferenced_packs -= 1;
+                r.unreferenced_bytes -= size;
+                r.add_locked(*pid, size, until, true);
+            }
+        }
+    }
+    let index_names: Vec<String> = state.files.iter().map(|i| i.to_hex()).collect();
+    let locked_index = locks(backend, FileType::Index, &index_names)?;
+    r.locked_index_files = locked_index.len();
     let nothing_to_do = !forced.index
         && r.packs_deleted == 0
         && r.packs_repacked == 0
@@ -571,22 +719,34 @@ pub fn prune_locked(
     crate::index::save_index_file(backend, keys, &file)?;
     r.index_files_replaced = state.files.len();
     for id in &state.files {
-        remove(backend, FileType::Index, &id.to_hex())?;
+        let name = id.to_hex();
+        if locked_index.contains_key(&name) {
+            continue;
+        }
+        match remove(backend, FileType::Index, &name) {
+            // Locked since it was asked: superseded, so it stays harmlessly.
+            Err(Error::Retained { .. }) => r.locked_index_files += 1,
+            other => other?,
+        }
     }
     let mut doomed: Vec<PackId> = fate
         .iter()
         .filter(|(_, f)| **f != Fate::Keep)
         .map(|(p, _)| *p)
-        .chain(
-            stored
-                .keys()
-                .filter(|p| !state.packs.contains_key(p))
-                .copied(),
-        )
+        .chain(unreferenced)
+        .filter(|p| !locked.contains_key(p))
         .collect();
     doomed.sort();
     for pid in doomed {
-        remove(backend, FileType::Pack, &pid.to_hex())?;
+        match remove(backend, FileType::Pack, &pid.to_hex()) {
+            // Locked since it was asked (the new index no longer names it): it stays unreferenced
+            // until a later prune.
+            Err(Error::Retained { until, .. }) => {
+                let size = stored.get(&pid).copied().unwrap_or(0);
+                r.add_locked(pid, size, until, true);
+            }
+            other => other?,
+        }
     }
     Ok(r)
 }
@@ -596,5 +756,178 @@ pub(crate) fn remove(backend: &dyn crate::backend::Backend, t: FileType, name: &
     match backend.remove(t, name) {
         Err(Error::NotFound { .. }) => Ok(()),
         r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::s3lock::simulated::Retaining;
+    use crate::backend::Backend;
+    use crate::backup::{BackupOptions, NoProgress};
+    use crate::repo::{Credentials, InitOptions};
+
+    /// A repository over a simulated object-lock store.
+    fn repo() -> (Arc<Retaining>, Repository) {
+        let b = Arc::new(Retaining::new());
+        let creds = Credentials {
+            password: None,
+            key_file: Some(zeroize::Zeroizing::new([7u8; 32])),
+        };
+        let opts = InitOptions {
+            pack_size: 64 << 10,
+            ..InitOptions::default()
+        };
+        let r = Repository::init(b.clone(), &opts, &creds, None).unwrap();
+        (b, r)
+    }
+
+    fn docs(seed: u8, n: usize) -> BTreeMap<String, Vec<u8>> {
+        (0..n)
+            .map(|i| {
+                let body: Vec<u8> = (0..40_000u32)
+                    .map(|j| {
+                        (j.wrapping_mul(2654435761).wrapping_add(i as u32 * 97) >> 7) as u8 ^ seed
+                    })
+                    .collect();
+                (format!("doc{i}.bin"), body)
+            })
+            .collect()
+    }
+
+    fn backup(r: &Repository, d: BTreeMap<String, Vec<u8>>) -> crate::id::SnapshotId {
+        crate::backup::backup(
+            r,
+            BackupOptions {
+                documents: Some(d),
+                ..BackupOptions::default()
+            },
+            None,
+            &NoProgress,
+        )
+        .unwrap()
+        .id
+    }
+
+    fn packs(b: &Retaining) -> HashSet<String> {
+        b.list(FileType::Pack)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    #[test]
+    fn locked_packs_and_index_files_stay_until_the_lock_ends_and_nothing_is_lost() {
+        let (b, r) = repo();
+        let first = backup(&r, docs(1, 6));
+        let until = chrono::Utc::now() + chrono::Duration::days(3);
+        let locked = b.lock_all(FileType::Pack, until);
+        let locked_index = b.lock_all(FileType::Index, until);
+        assert!(!locked.is_empty() && !locked_index.is_empty());
+        let second = backup(&r, docs(2, 6));
+        b.remove(FileType::Snapshot, &first.to_hex()).unwrap();
+
+        let opts = PruneOptions {
+            max_unused: MaxUnused::Percent(0.0),
+            ..PruneOptions::default()
+        };
+        let dry = prune_locked_for_test(
+            &r,
+            &PruneOptions {
+                dry_run: true,
+                ..opts.clone()
+            },
+        );
+        assert_eq!(dry.locked_packs, locked.len(), "{dry:?}");
+        assert_eq!(dry.packs_deleted, 0, "{dry:?}");
+        let rep = prune(&r, &opts, &NoProgress).unwrap();
+        assert_eq!(rep.locked_packs, locked.len(), "{rep:?}");
+        assert_eq!(rep.locked_bytes, dry.locked_bytes);
+        assert_eq!(rep.locked_until_latest, Some(until));
+        assert_eq!(rep.locked_index_files, locked_index.len());
+        // Every locked pack is still there; the snapshot left restores.
+        let now = packs(&b);
+        assert!(
+            locked.iter().all(|p| now.contains(p)),
+            "a locked pack was deleted"
+        );
+        let check = crate::check::check(&r, crate::check::ReadData::All, 1, &NoProgress).unwrap();
+        assert_eq!(check.status, crate::check::Status::Success, "{check:?}");
+        assert!(r.load_snapshot(&second).is_ok());
+
+        // A second prune while locked changes nothing and says the same.
+        let again = prune(&r, &opts, &NoProgress).unwrap();
+        assert_eq!(again.locked_packs, locked.len(), "{again:?}");
+        assert_eq!(packs(&b), now);
+
+        // Once the locks end, prune removes the packs only the forgotten snapshot needed.
+        b.expire_all();
+        let after = prune(&r, &opts, &NoProgress).unwrap();
+        assert_eq!(after.locked_packs, 0, "{after:?}");
+        assert!(after.packs_deleted + after.packs_repacked > 0, "{after:?}");
+        let gone = locked.iter().filter(|p| !packs(&b).contains(*p)).count();
+        assert!(gone > 0, "no locked pack was removed after expiry");
+        assert_eq!(b.list(FileType::Index).unwrap().len(), 1);
+        let check = crate::check::check(&r, crate::check::ReadData::All, 1, &NoProgress).unwrap();
+        assert_eq!(check.status, crate::check::Status::Success, "{check:?}");
+    }
+
+    #[test]
+    fn locked_old_index_files_naming_deleted_packs_are_superseded_and_ignored() {
+        let (b, r) = repo();
+        let first = backup(&r, docs(3, 6));
+        let old_packs = packs(&b);
+        let second = backup(&r, docs(4, 6));
+        let until = chrono::Utc::now() + chrono::Duration::days(1);
+        let locked_index = b.lock_all(FileType::Index, until);
+        assert_eq!(locked_index.len(), 2);
+        // The local index has absorbed both files before the prune.
+        r.index().unwrap();
+        b.remove(FileType::Snapshot, &first.to_hex()).unwrap();
+        let rep = prune(&r, &PruneOptions::default(), &NoProgress).unwrap();
+        assert_eq!(rep.locked_index_files, 2, "{rep:?}");
+        assert_eq!(rep.locked_packs, 0, "{rep:?}");
+        // The first backup's packs are gone, but the locked index files naming them stay.
+        assert!(old_packs.iter().all(|p| !packs(&b).contains(p)));
+        assert_eq!(b.list(FileType::Index).unwrap().len(), 3);
+        let state = IndexState::read(&*b, r.keys()).unwrap();
+        assert_eq!(state.superseded.len(), 2);
+        assert!(state.packs.keys().all(|p| packs(&b).contains(&p.to_hex())));
+        let check = crate::check::check(&r, crate::check::ReadData::All, 1, &NoProgress).unwrap();
+        assert_eq!(check.status, crate::check::Status::Success, "{check:?}");
+        // A repository opened afresh (its local index synced with the superseded files present)
+        // reads the snapshot left and backs up again.
+        let creds = Credentials {
+            password: None,
+            key_file: Some(zeroize::Zeroizing::new([7u8; 32])),
+        };
+        let r2 = Repository::open(b.clone(), &creds, None).unwrap();
+        let s = r2.load_snapshot(&second).unwrap();
+        for n in &r2.load_tree(&s.tree).unwrap().nodes {
+            for blob in &n.content {
+                assert!(r2
+                    .index()
+                    .unwrap()
+                    .lookup(BlobType::Data, blob)
+                    .unwrap()
+                    .is_some());
+            }
+        }
+        for p in &old_packs {
+            let id = PackId::from_hex(p).unwrap();
+            assert!(!r2.index().unwrap().packs().unwrap().contains_key(&id));
+        }
+        backup(&r2, docs(5, 2));
+        let check = crate::check::check(&r2, crate::check::ReadData::All, 1, &NoProgress).unwrap();
+        assert_eq!(check.status, crate::check::Status::Success, "{check:?}");
+    }
+
+    fn prune_locked_for_test(r: &Repository, opts: &PruneOptions) -> PruneReport {
+        let lock = LockGuard::acquire(r.backend_arc(), r.keys().clone(), false, "test").unwrap();
+        prune_locked(r, &lock, opts, &Forced::default(), &NoProgress).unwrap()
     }
 }

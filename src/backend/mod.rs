@@ -11,6 +11,7 @@ pub mod local;
 pub mod memory;
 pub mod object;
 pub mod recording;
+pub mod s3lock;
 
 use std::fmt;
 

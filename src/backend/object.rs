@@ -45,6 +45,7 @@ pub const S3_OPTIONS: &[&str] = &[
     "s3.retry-timeout",
     "s3.conditional-put",
     "s3.unsigned-payload",
+    "s3.object-lock",
 ];
 
 /// Option keys an Azure location accepts.
@@ -161,6 +162,8 @@ pub struct ObjectBackend {
     connections: usize,
     /// Whether create-only writes are atomic (a conditional put); false after the store refused one.
     conditional_put: AtomicBool,
+    /// S3 Object Lock and versions (see [`super::s3lock`]); `None` for Azure.
+    lock: Option<super::s3lock::S3ObjectLock>,
 }
 
 impl fmt::Debug for ObjectBackend {
@@ -475,7 +478,16 @@ impl ObjectBackend {
         })?);
         let limited: Arc<dyn ObjectStore> =
             Arc::new(LimitStore::new(Arc::clone(&store), connections));
+        let lock = super::s3lock::S3ObjectLock::open(
+            &loc.bucket,
+            &bucket_url,
+            &region,
+            Arc::clone(store.credentials()),
+            opts.get("s3.object-lock"),
+            location,
+        )?;
         Ok(Self {
+            lock: Some(lock),
             store: limited,
             prefix: loc.prefix.clone(),
             location: location.to_string(),
@@ -568,6 +580,7 @@ impl ObjectBackend {
         })?;
         let limited: Arc<dyn ObjectStore> = Arc::new(LimitStore::new(store, connections));
         Ok(Self {
+            lock: None,
             store: limited,
             prefix,
             location: location.to_string(),
@@ -970,11 +983,23 @@ impl Backend for ObjectBackend {
             self.conditional_put.store(false, Ordering::Relaxed);
         }
         result?;
+        if let Some(l) = &self.lock {
+            l.after_write(t, name, self.key(t, name).to_string())?;
+        }
         super::crash_point(t);
         Ok(())
     }
 
     fn remove(&self, t: FileType, name: &str) -> Result<()> {
+        if let Some(r) = self
+            .lock
+            .as_ref()
+            .and_then(|l| l.remove(t, name, self.key(t, name).to_string()))
+        {
+            r?;
+            super::crash_point(t);
+            return Ok(());
+        }
         let store = Arc::clone(&self.store);
         let key = self.key(t, name);
         let ctx = self.ctx(t, name);
@@ -1010,7 +1035,18 @@ impl Backend for ObjectBackend {
             durable_writes: true,
             atomic_create: self.conditional_put.load(Ordering::Relaxed),
             concurrency: self.connections,
-            object_lock: false,
+            object_lock: self.lock.as_ref().is_some_and(|l| l.active()),
+        }
+    }
+
+    fn locked_until(
+        &self,
+        t: FileType,
+        name: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        match &self.lock {
+            Some(l) => l.locked_until(t, name, self.key(t, name).to_string()),
+            None => Ok(None),
         }
     }
 

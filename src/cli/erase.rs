@@ -55,6 +55,14 @@ pub(crate) fn run(g: &Global, a: EraseArgs) -> anyhow::Result<u8> {
     } else if !g.quiet {
         print_report(&report);
     }
+    if report.scan.as_ref().is_some_and(|s| s.status == "retained") {
+        eprintln!(
+            "erasure pending: packs holding the subject's values are under an object lock (listed \
+             above); no snapshot needs them any more, and running the same erase again after the \
+             date removes them and completes the proof"
+        );
+        return Ok(exit::PARTIAL);
+    }
     if !clean {
         eprintln!(
             "error: the scan still found the subject's values (listed above); the repository was \

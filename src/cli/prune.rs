@@ -139,6 +139,25 @@ pub(crate) fn print_report(r: &PruneReport) {
             r.missing_packs_dropped
         );
     }
+    if let (Some(first), Some(last)) = (r.locked_until_earliest, r.locked_until_latest) {
+        let day = |d: chrono::DateTime<chrono::Utc>| d.format("%Y-%m-%d %H:%M UTC").to_string();
+        let until = if day(first) == day(last) {
+            day(first)
+        } else {
+            format!("{} (earliest) .. {} (latest)", day(first), day(last))
+        };
+        println!(
+            "{} packs ({}) kept: object lock until {until}; a prune after that removes them",
+            r.locked_packs,
+            bytes(r.locked_bytes)
+        );
+    }
+    if r.locked_index_files > 0 {
+        println!(
+            "{} old index files kept: object lock (superseded by the new one, so ignored)",
+            r.locked_index_files
+        );
+    }
     println!(
         "unused afterwards: {} ({:.1}%); pack data afterwards: {}{}",
         bytes(r.unused_after),

@@ -744,6 +744,30 @@ fn pending_records(
         .collect())
 }
 
+/// Packs that interrupted or retained erases of any of `subject_ids` could not remove (object lock).
+fn retained_packs(repo: &Repository, subject_ids: &[String]) -> Result<HashSet<PackId>> {
+    Ok(repo
+        .records_named(Some(PENDING))?
+        .into_iter()
+        .filter_map(|(_, r)| r.ok())
+        .filter(|v| {
+            v["subject_ids"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|i| subject_ids.iter().any(|s| i == s)))
+        })
+        .flat_map(|v| {
+            v["retained_packs"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| p.as_str().and_then(|p| PackId::from_hex(p).ok()))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .collect())
+}
+
 /// Stores again, with the values masked, every record that mentions one; returns how many.
 fn rewrite_records(repo: &Repository, t: &Tokens) -> Result<usize> {
     let mut n = 0;
@@ -953,8 +977,12 @@ pub fn erase(
     let state = IndexState::read(repo.backend(), repo.keys())?;
     let tainted = scan_blobs(repo, &state, &t, progress)?.found;
     report.blobs_with_values = tainted.len();
+    // Packs an earlier run could not remove because of an object lock still hold values.
+    let earlier_locked: HashSet<PackId> = retained_packs(repo, &subject_ids)?;
+    let mut forced_packs: HashSet<PackId> = tainted.iter().map(|(_, p)| *p).collect();
+    forced_packs.extend(earlier_locked.iter().copied());
     let forced = Forced {
-        packs: tainted.iter().map(|(_, p)| *p).collect(),
+        packs: forced_packs.clone(),
         blobs: tainted.iter().map(|(k, _)| *k).collect(),
         index: false,
     };
@@ -977,7 +1005,29 @@ pub fn erase(
         .map(|(id, _)| id.as_str())
         .chain([pending_id.as_str()])
         .collect();
-    let scan = final_scan(repo, &t, &pending_ids, progress)?;
+    let mut scan = final_scan(repo, &t, &pending_ids, progress)?;
+    // A pack holding values that an object lock keeps: the proof waits for its date.
+    let locked: Vec<crate::prune::LockedPack> = report
+        .prune
+        .as_ref()
+        .map(|p| {
+            p.locked
+                .iter()
+                .filter(|l| forced_packs.contains(&l.pack))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    for l in &locked {
+        scan.found.push(format!(
+            "pack {} (object lock until {}: erase again after that date)",
+            l.pack,
+            l.until.to_rfc3339()
+        ));
+    }
+    if !locked.is_empty() {
+        scan.status = "retained".into();
+    }
     report.scan = Some(scan);
     let mut record = serde_json::to_value(&report).expect("a report serializes");
     if let Value::Object(m) = &mut record {
@@ -992,6 +1042,17 @@ pub fn erase(
     }
     // Paths and pointers are masked already; this makes sure no value slips into the record.
     report.record = Some(repo.save_record(&mask_value(&record, &t))?);
+    if !locked.is_empty() {
+        // The values stay (encrypted) with the locked packs' names, so that a run after the locks'
+        // end finds them and finishes the erasure.
+        repo.save_record(&serde_json::json!({
+            "type": PENDING,
+            "subject_ids": subject_ids,
+            "values": t.values(),
+            "retained_packs": locked.iter().map(|l| l.pack.to_hex()).collect::<Vec<_>>(),
+            "retained_until": locked.iter().map(|l| l.until).max(),
+        }))?;
+    }
     for id in pending_ids {
         crate::prune::remove(repo.backend(), FileType::Record, id)?;
     }
@@ -1047,4 +1108,91 @@ pub fn records(repo: &Repository) -> Result<Vec<Value>> {
         .collect();
     v.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::s3lock::simulated::Retaining;
+    use crate::backend::Backend;
+    use crate::backup::{BackupOptions, NoProgress};
+    use crate::repo::{Credentials, InitOptions};
+
+    #[test]
+    fn a_locked_pack_holding_the_subject_leaves_the_erasure_pending_until_a_rerun_after_expiry() {
+        let b = Arc::new(Retaining::new());
+        let creds = Credentials {
+            password: None,
+            key_file: Some(zeroize::Zeroizing::new([9u8; 32])),
+        };
+        let repo = Repository::init(b.clone(), &InitOptions::default(), &creds, None).unwrap();
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/gateways/kong/kong.yaml");
+        let c = crate::gateway::capture(&crate::gateway::GatewayOptions {
+            kind: "kong".into(),
+            file: Some(fixture),
+            ..Default::default()
+        })
+        .unwrap();
+        crate::backup::backup(
+            &repo,
+            BackupOptions {
+                documents: Some(c.documents().unwrap()),
+                source: Some(c.source.clone()),
+                ..BackupOptions::default()
+            },
+            None,
+            &NoProgress,
+        )
+        .unwrap();
+        let until = chrono::Utc::now() + chrono::Duration::days(2);
+        let locked = b.lock_all(FileType::Pack, until);
+        let opts = EraseOptions {
+            subjects: vec!["kong:consumer=alice".into()],
+            ..EraseOptions::default()
+        };
+        let r = erase(&repo, &opts, &NoProgress).unwrap();
+        let scan = r.scan.as_ref().unwrap();
+        assert_eq!(scan.status, "retained", "{scan:?}");
+        assert!(
+            scan.found.iter().any(|f| f.contains("object lock until")),
+            "{scan:?}"
+        );
+        assert!(r.prune.as_ref().unwrap().locked_packs > 0);
+        let packs: HashSet<String> = b
+            .list(FileType::Pack)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert!(
+            locked.iter().all(|p| packs.contains(p)),
+            "a locked pack went"
+        );
+        assert_eq!(repo.records_named(Some(PENDING)).unwrap().len(), 1);
+        let record = records(&repo).unwrap();
+        assert_eq!(record.last().unwrap()["scan"]["status"], "retained");
+
+        // After the locks end, the same erase removes the packs and proves the subject gone.
+        b.expire_all();
+        let again = erase(&repo, &opts, &NoProgress).unwrap();
+        let scan = again.scan.as_ref().unwrap();
+        assert_eq!(scan.status, "clean", "{scan:?}");
+        let packs: HashSet<String> = b
+            .list(FileType::Pack)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert!(
+            locked.iter().any(|p| !packs.contains(p)),
+            "no retained pack was removed"
+        );
+        assert!(repo.records_named(Some(PENDING)).unwrap().is_empty());
+        let check =
+            crate::check::check(&repo, crate::check::ReadData::All, 1, &NoProgress).unwrap();
+        assert_eq!(check.status, crate::check::Status::Success, "{check:?}");
+    }
 }

@@ -40,6 +40,13 @@ fn index_key(id: &IndexId) -> [u8; 33] {
     k
 }
 
+fn superseded_key(id: &IndexId) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = b's';
+    k[1..].copy_from_slice(&id.0);
+    k
+}
+
 fn pack_key(id: &PackId) -> [u8; 33] {
     let mut k = [0u8; 33];
     k[0] = b'p';
@@ -244,7 +251,28 @@ impl LocalIndex {
             .collect())
     }
 
+    /// Index files some absorbed index file supersedes.
+    fn superseded(&self) -> Result<HashSet<IndexId>> {
+        Ok(self
+            .ids_with_prefix(b's')?
+            .into_iter()
+            .map(IndexId)
+            .collect())
+    }
+
+    /// Empties the database and marks it as belonging to this repository.
+    fn reset(&self, keys: &RepoKeys) -> Result<()> {
+        self.clear()?;
+        let mut b = WriteBatch::default();
+        b.put(META_REPO, keys.repo_id().0);
+        b.put(META_LAYOUT, CACHE_LAYOUT);
+        self.db.write(b).map_err(|e| cache_err(&self.path, e))
+    }
+
     /// Brings the database in line with the repository's index files.
+    ///
+    /// An index file that another one present supersedes is absorbed without its entries: it only
+    /// stays because it could not be deleted yet (an object lock), and the packs it names may be gone.
     ///
     /// # Errors
     /// Backend errors listing `index/`; [`Error::Cache`] on database errors. Unreadable index files are
@@ -257,40 +285,83 @@ impl LocalIndex {
             .filter_map(|(n, _)| IndexId::from_hex(&n).ok())
             .collect();
         let absorbed = self.absorbed()?;
+        let mut superseded = self.superseded()?;
         let gone = absorbed.difference(&listed).count();
-        let todo: Vec<IndexId> = if gone > 0 {
+        let (todo, mut with_entries): (Vec<IndexId>, HashSet<IndexId>) = if gone > 0 {
             report.rebuilt = Some(format!(
                 "{gone} index file(s) it had absorbed are gone from the repository"
             ));
-            self.clear()?;
-            let mut b = WriteBatch::default();
-            b.put(META_REPO, keys.repo_id().0);
-            b.put(META_LAYOUT, CACHE_LAYOUT);
-            self.db.write(b).map_err(|e| cache_err(&self.path, e))?;
-            listed.into_iter().collect()
+            self.reset(keys)?;
+            superseded.clear();
+            (listed.iter().copied().collect(), HashSet::new())
         } else {
-            listed.difference(&absorbed).copied().collect()
+            (
+                listed.difference(&absorbed).copied().collect(),
+                absorbed.difference(&superseded).copied().collect(),
+            )
         };
-        // Download and decrypt in parallel, in bounded groups; write each file's entries as one batch.
+        with_entries.extend(self.absorb(backend, keys, &todo, &mut superseded, &mut report)?);
+        if with_entries.iter().any(|id| superseded.contains(id)) {
+            // A file was absorbed with its entries before the file superseding it was seen: start
+            // over, now knowing what every file supersedes.
+            report.rebuilt = Some("an absorbed index file turned out superseded".into());
+            report.added = 0;
+            report.unreadable.clear();
+            self.reset(keys)?;
+            let all: Vec<IndexId> = listed.into_iter().collect();
+            self.absorb(backend, keys, &all, &mut superseded, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    /// Downloads and absorbs index files `todo` in parallel, in bounded groups, each file's entries as
+    /// one batch; files in `superseded` (which grows with what the files read supersede) are recorded
+    /// without their entries. Returns the files absorbed with their entries.
+    fn absorb(
+        &self,
+        backend: &dyn Backend,
+        keys: &RepoKeys,
+        todo: &[IndexId],
+        superseded: &mut HashSet<IndexId>,
+        report: &mut SyncReport,
+    ) -> Result<HashSet<IndexId>> {
+        let mut added = HashSet::new();
         for group in todo.chunks(32) {
             let loaded: Vec<(IndexId, Result<IndexFile>)> = group
                 .par_iter()
                 .map(|id| (*id, load_index_file(backend, keys, id)))
                 .collect();
+            let mut b = WriteBatch::default();
+            for (_, f) in &loaded {
+                if let Ok(f) = f {
+                    for s in &f.supersedes {
+                        superseded.insert(*s);
+                        b.put(superseded_key(s), []);
+                    }
+                }
+            }
+            self.db.write(b).map_err(|e| cache_err(&self.path, e))?;
             for (id, r) in loaded {
                 match r {
+                    _ if superseded.contains(&id) => {
+                        self.db
+                            .put(index_key(&id), [])
+                            .map_err(|e| cache_err(&self.path, e))?;
+                    }
                     Ok(f) => {
                         self.add_index_file(&id, &f)?;
+                        added.insert(id);
                         report.added += 1;
                     }
                     Err(e) => report.unreadable.push((id, e.to_string())),
                 }
             }
         }
-        Ok(report)
+        Ok(added)
     }
 
-    /// Records the entries of index file `id`.
+    /// Records the entries of index file `id` (one that supersedes nothing, as backups write them;
+    /// superseding files come in through [`LocalIndex::sync`]).
     ///
     /// # Errors
     /// [`Error::Cache`] on a database error.
@@ -401,7 +472,7 @@ pub fn save_index_file(backend: &dyn Backend, keys: &RepoKeys, f: &IndexFile) ->
 /// `prune` and `erase` never trust): every blob's location, and every pack with the entries listed for it.
 #[derive(Debug, Default)]
 pub struct IndexState {
-    /// The index files read.
+    /// The index files listed (superseded ones included: a new superseding file must name them all).
     pub files: Vec<IndexId>,
     /// Blob to the first location an index file gives it.
     pub blobs: HashMap<(BlobType, BlobId), (PackId, PackEntry)>,
@@ -409,6 +480,8 @@ pub struct IndexState {
     pub packs: HashMap<PackId, (u64, Vec<PackEntry>)>,
     /// Index files that could not be read, with the error.
     pub unreadable: Vec<(IndexId, Error)>,
+    /// Index files ignored because another one present supersedes them.
+    pub superseded: Vec<IndexId>,
 }
 
 impl IndexState {
@@ -430,8 +503,16 @@ impl IndexState {
             files,
             ..Self::default()
         };
+        // A file another one supersedes is ignored: it is still there only because it could not be
+        // deleted yet (an object lock), and the packs it names may be gone.
+        let superseded: HashSet<IndexId> = loaded
+            .iter()
+            .filter_map(|(_, f)| f.as_ref().ok())
+            .flat_map(|f| f.supersedes.iter().copied())
+            .collect();
         for (id, f) in loaded {
             match f {
+                _ if superseded.contains(&id) => s.superseded.push(id),
                 Ok(f) => {
                     for p in f.packs {
                         for e in &p.blobs {
