@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use assert_cmd::Command;
 use serde_json::Value;
 
+pub mod faultproxy;
+
 /// Variables that would change how gatevault runs; removed from every command.
 const SCRUBBED_ENV: &[&str] = &[
     "GATEVAULT_REPOSITORY",
