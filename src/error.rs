@@ -81,6 +81,10 @@ pub enum Error {
     #[error("the key in use has role {role}, which may not {action}: open the repository with an admin key (`gatevault key list` shows the roles)")]
     NotAllowed { role: String, action: String },
 
+    /// The storage service refused the credentials or the permission (HTTP 401 or 403).
+    #[error("access denied by {location}: {detail}; check the storage credentials and that they may list, read and write there (see docs/backends.md)")]
+    AccessDenied { location: String, detail: String },
+
     /// The operation was interrupted by the user.
     #[error("interrupted")]
     Interrupted,

@@ -5,9 +5,11 @@
 //! object, so that a crashed or concurrent writer can never damage what is stored. Every backend runs
 //! the same [`conformance`] suite.
 
+pub mod cache;
 pub mod conformance;
 pub mod local;
 pub mod memory;
+pub mod object;
 pub mod recording;
 
 use std::fmt;
@@ -169,17 +171,20 @@ impl BackendOptions {
     }
 }
 
-/// Opens the backend of a repository location: a folder (optionally `local:PATH`), or a remote
-/// location (`s3:...`, `azure:...`) once those backends are built in.
+/// Opens the backend of a repository location: a folder (optionally `local:PATH`), an S3 bucket
+/// (`s3:https://host/bucket/prefix`, `s3:bucket/prefix`) or an Azure Blob container
+/// (`azure:container/prefix`); see `docs/backends.md`.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for a location or option this build cannot serve.
 pub fn open(location: &str, opts: &BackendOptions) -> Result<std::sync::Arc<dyn Backend>> {
     if let Some((scheme, _)) = location.split_once(':') {
-        if matches!(
-            scheme,
-            "s3" | "azure" | "gs" | "sftp" | "rest" | "b2" | "swift"
-        ) {
+        if matches!(scheme, "s3" | "azure") {
+            return Ok(std::sync::Arc::new(object::ObjectBackend::open(
+                location, opts,
+            )?));
+        }
+        if matches!(scheme, "gs" | "sftp" | "rest" | "b2" | "swift") {
             return Err(Error::InvalidInput(format!(
                 "repository location {location:?}: backend {scheme:?} is not supported by this build"
             )));
@@ -192,6 +197,28 @@ pub fn open(location: &str, opts: &BackendOptions) -> Result<std::sync::Arc<dyn 
     }
     let path = location.strip_prefix("local:").unwrap_or(location);
     Ok(std::sync::Arc::new(local::LocalBackend::new(path)))
+}
+
+/// Whether a location names a remote store (whose metadata is worth caching locally).
+pub fn is_remote(location: &str) -> bool {
+    location.starts_with("s3:") || location.starts_with("azure:")
+}
+
+/// [`open`], with the metadata of a remote repository cached under `cache_dir` (see [`cache`]);
+/// `None` (as with `--no-cache`) or a local location opens it bare.
+///
+/// # Errors
+/// As [`open`].
+pub fn open_cached(
+    location: &str,
+    opts: &BackendOptions,
+    cache_dir: Option<&std::path::Path>,
+) -> Result<std::sync::Arc<dyn Backend>> {
+    let b = open(location, opts)?;
+    Ok(match cache_dir {
+        Some(dir) if is_remote(location) => std::sync::Arc::new(cache::CachedBackend::new(b, dir)),
+        _ => b,
+    })
 }
 
 /// An object store holding opaque bytes by file type and name.

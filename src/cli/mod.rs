@@ -208,7 +208,12 @@ impl Global {
     fn backend(&self) -> anyhow::Result<Arc<dyn Backend>> {
         let loc = self.location()?;
         let opts = crate::backend::BackendOptions::parse(&self.options)?;
-        Ok(self.audit.wrap(crate::backend::open(&loc, &opts)?))
+        let cache = self.cache_dir();
+        Ok(self.audit.wrap(crate::backend::open_cached(
+            &loc,
+            &opts,
+            cache.as_deref(),
+        )?))
     }
 
     fn cache_dir(&self) -> Option<PathBuf> {
