@@ -17,6 +17,7 @@ use gatevault::backend::{self, Backend, BackendOptions, FileType};
 use gatevault::error::Error;
 use serde_json::Value;
 
+use util::remote::*;
 use util::*;
 
 fn backend_of(store: &RemoteStore, bucket: &str, prefix: &str) -> Arc<dyn Backend> {
@@ -219,7 +220,11 @@ fn missing_bucket(store: Option<RemoteStore>) {
     let r = store.repo();
     fs::write(&r.key, [1u8; 32]).unwrap();
     let out = r.run_code(code::NO_REPOSITORY, ["snapshots"]);
-    assert!(stderr(&out).contains("no config object"), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("no config object"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]
@@ -266,7 +271,8 @@ fn refused_credentials_azure() {
     };
     let r = store.repo();
     r.init();
-    let wrong_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==";
+    let wrong_key =
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==";
     let mut c = r.cmd();
     c.args(["-o", &format!("azure.account-key={wrong_key}"), "snapshots"]);
     let out = c.output().unwrap();

@@ -293,10 +293,14 @@ mod tests {
 
         // Removed and created again with another size: the listing drops the stale copy.
         mem.remove(FileType::Snapshot, &n).unwrap();
-        mem.write(FileType::Snapshot, &n, b"a longer snapshot").unwrap();
+        mem.write(FileType::Snapshot, &n, b"a longer snapshot")
+            .unwrap();
         c.list(FileType::Snapshot).unwrap();
         assert!(!file.exists(), "a size mismatch drops the entry");
-        assert_eq!(c.read(FileType::Snapshot, &n).unwrap(), b"a longer snapshot");
+        assert_eq!(
+            c.read(FileType::Snapshot, &n).unwrap(),
+            b"a longer snapshot"
+        );
 
         // Gone from the store: the listing drops it, and the read is NotFound.
         mem.remove(FileType::Snapshot, &n).unwrap();
@@ -318,7 +322,11 @@ mod tests {
         // A new process (no listing yet) whose store lost the object.
         let c2 = CachedBackend::new(Arc::new(mem.clone()), d.path());
         c2.read(FileType::Config, "").unwrap();
-        assert_eq!(c2.folder(), c.folder(), "same location and config, same folder");
+        assert_eq!(
+            c2.folder(),
+            c.folder(),
+            "same location and config, same folder"
+        );
         mem.remove(FileType::Index, &n).unwrap();
         assert!(matches!(
             c2.read(FileType::Index, &n),
@@ -358,7 +366,11 @@ mod tests {
         let p = "9e".repeat(32);
         c.write(FileType::Pack, &p, b"pack").unwrap();
         c.read(FileType::Pack, &p).unwrap();
-        assert_eq!(counted.reads(), before + 1, "packs always come from the store");
+        assert_eq!(
+            counted.reads(),
+            before + 1,
+            "packs always come from the store"
+        );
     }
 
     /// Counts whole-object reads.

@@ -392,7 +392,9 @@ impl ObjectBackend {
             .map(str::to_string)
             .or(loc.host_region.clone());
         let env_region = env_any(&["AWS_REGION", "AWS_DEFAULT_REGION"]);
-        let allow_http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"))
+        let allow_http = endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
             || env_any(&["AWS_ALLOW_HTTP"]).is_some_and(|v| v == "true");
         let (retry, client_options, connections) = retry_and_client(opts, "s3", allow_http)?;
 
@@ -460,7 +462,11 @@ impl ObjectBackend {
         };
         if let Some(e) = &endpoint {
             // object_store takes the endpoint as the bucket URL when virtual-hosted.
-            builder = builder.with_endpoint(if path_style { e.clone() } else { bucket_url.clone() });
+            builder = builder.with_endpoint(if path_style {
+                e.clone()
+            } else {
+                bucket_url.clone()
+            });
         }
         let store = Arc::new(builder.clone().build().map_err(|e| {
             Error::InvalidInput(format!(
@@ -519,7 +525,10 @@ impl ObjectBackend {
             })?;
             builder = builder.with_sas_authorization(pairs);
         }
-        let endpoint = match (opts.get("azure.endpoint"), opts.get("azure.endpoint-suffix")) {
+        let endpoint = match (
+            opts.get("azure.endpoint"),
+            opts.get("azure.endpoint-suffix"),
+        ) {
             (Some(e), _) => Some(e.trim_end_matches('/').to_string()),
             (None, Some(suffix)) => {
                 let Some(a) = &account else {
@@ -536,7 +545,9 @@ impl ObjectBackend {
                 "{location}: no Azure storage account given: set AZURE_STORAGE_ACCOUNT_NAME (or AZURE_ACCOUNT_NAME) or -o azure.account-name=NAME"
             )));
         }
-        let allow_http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
+        let allow_http = endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
         if let Some(e) = &endpoint {
             builder = builder.with_endpoint(e.clone());
             if account.is_none() {
@@ -654,6 +665,24 @@ impl Ctx {
     }
 }
 
+/// How many times a create-only PUT is sent again after a transport error.
+const CREATE_RETRIES: u32 = 5;
+
+/// Whether a request failed in transport (reset, timeout, cut-off body) rather than with an answer.
+fn is_transport_error(e: &object_store::Error) -> bool {
+    if !matches!(e, object_store::Error::Generic { .. }) {
+        return false;
+    }
+    let text = e.to_string();
+    !text.contains("Server returned")
+}
+
+/// Exponential backoff with full jitter: up to 200 ms, 400 ms, ... 6.4 s.
+fn backoff(attempt: u32) -> Duration {
+    let cap = 100u64 << attempt.min(6);
+    Duration::from_millis(rand::random::<u64>() % cap.max(1) + 1)
+}
+
 fn missing_container(text: &str) -> bool {
     text.contains("NoSuchBucket") || text.contains("ContainerNotFound")
 }
@@ -686,7 +715,10 @@ async fn range_error(
     match store.head(key).await {
         Ok(m) if m.size < end => Error::integrity(
             ctx.object(),
-            format!("truncated: the object has {} bytes, wanted up to {end}", m.size),
+            format!(
+                "truncated: the object has {} bytes, wanted up to {end}",
+                m.size
+            ),
         ),
         Err(object_store::Error::NotFound { .. }) => not_found(ctx.t, &ctx.name),
         _ => e,
@@ -711,9 +743,9 @@ impl Backend for ObjectBackend {
             // A listing tells a missing bucket (404 with a body) from an empty one; a HEAD cannot.
             if let Err(e) = store.list_with_delimiter(dir.as_ref()).await {
                 return Err(match ctx.map("listing", e) {
-                    Error::NoRepository { location, reason } => {
-                        Error::InvalidInput(format!("cannot create a repository at {location}: {reason}"))
-                    }
+                    Error::NoRepository { location, reason } => Error::InvalidInput(format!(
+                        "cannot create a repository at {location}: {reason}"
+                    )),
                     Error::NotFound { .. } => Error::InvalidInput(format!(
                         "cannot create a repository at {}: the {} does not exist: create it first",
                         ctx.location, ctx.container
@@ -789,14 +821,14 @@ impl Backend for ObjectBackend {
                 .collect();
             let got = if wanted.is_empty() {
                 // Only empty ranges: the object must exist and be long enough.
-                let m = store
-                    .head(&key)
-                    .await
-                    .map_err(|e| ctx.map("reading", e))?;
+                let m = store.head(&key).await.map_err(|e| ctx.map("reading", e))?;
                 if m.size < end {
                     return Err(Error::integrity(
                         ctx.object(),
-                        format!("truncated: the object has {} bytes, wanted up to {end}", m.size),
+                        format!(
+                            "truncated: the object has {} bytes, wanted up to {end}",
+                            m.size
+                        ),
                     ));
                 }
                 Vec::new()
@@ -859,36 +891,47 @@ impl Backend for ObjectBackend {
         let (result, fell_back) = run_io(async move {
             let payload = PutPayload::from(data.clone());
             if conditional {
-                let opts = PutOptions {
-                    mode: PutMode::Create,
-                    ..PutOptions::default()
-                };
-                match store.put_opts(&key, payload.clone(), opts).await {
-                    Ok(_) => return Ok((Ok(()), false)),
-                    Err(
-                        object_store::Error::AlreadyExists { .. }
-                        | object_store::Error::Precondition { .. },
-                    ) => {
-                        // A retried PUT whose first attempt landed finds its own object: that is a
-                        // success. Different bytes under the name are a real conflict.
-                        let same = matches!(
-                            get_all(Arc::clone(&store), key.clone(), ctx.clone()).await,
-                            Ok(stored) if stored == data
-                        );
-                        return Ok((
-                            if same {
-                                Ok(())
-                            } else {
-                                Err(Error::AlreadyExists {
-                                    file_type: ctx.t,
-                                    name: ctx.name.clone(),
-                                })
-                            },
-                            false,
-                        ));
+                // object_store does not retry a create-only PUT after a transport error (it is not
+                // idempotent to it); for us it is, since a name only ever holds one content. So a
+                // reset or timeout is retried here, and an "already exists" after any retry is
+                // checked against what we meant to write: our own earlier attempt landed.
+                let mut attempt = 0u32;
+                loop {
+                    let opts = PutOptions {
+                        mode: PutMode::Create,
+                        ..PutOptions::default()
+                    };
+                    match store.put_opts(&key, payload.clone(), opts).await {
+                        Ok(_) => return Ok((Ok(()), false)),
+                        Err(
+                            e @ (object_store::Error::AlreadyExists { .. }
+                            | object_store::Error::Precondition { .. }),
+                        ) => {
+                            let retried = attempt > 0 || e.to_string().contains(" retries");
+                            let same = retried
+                                && matches!(
+                                    get_all(Arc::clone(&store), key.clone(), ctx.clone()).await,
+                                    Ok(stored) if stored == data
+                                );
+                            return Ok((
+                                if same {
+                                    Ok(())
+                                } else {
+                                    Err(Error::AlreadyExists {
+                                        file_type: ctx.t,
+                                        name: ctx.name.clone(),
+                                    })
+                                },
+                                false,
+                            ));
+                        }
+                        Err(object_store::Error::NotImplemented { .. }) => break,
+                        Err(e) if attempt < CREATE_RETRIES && is_transport_error(&e) => {
+                            attempt += 1;
+                            tokio::time::sleep(backoff(attempt)).await;
+                        }
+                        Err(e) => return Ok((Err(ctx.map("writing", e)), false)),
                     }
-                    Err(object_store::Error::NotImplemented { .. }) => {}
-                    Err(e) => return Ok((Err(ctx.map("writing", e)), false)),
                 }
             }
             // No conditional put: check, then write (not atomic against a racing writer of the same

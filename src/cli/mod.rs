@@ -209,11 +209,9 @@ impl Global {
         let loc = self.location()?;
         let opts = crate::backend::BackendOptions::parse(&self.options)?;
         let cache = self.cache_dir();
-        Ok(self.audit.wrap(crate::backend::open_cached(
-            &loc,
-            &opts,
-            cache.as_deref(),
-        )?))
+        Ok(self
+            .audit
+            .wrap(crate::backend::open_cached(&loc, &opts, cache.as_deref())?))
     }
 
     fn cache_dir(&self) -> Option<PathBuf> {

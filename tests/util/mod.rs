@@ -24,7 +24,6 @@ use serde_json::Value;
 
 pub mod faultproxy;
 pub mod remote;
-pub use remote::*;
 
 /// Variables that would change how gatevault runs; removed from every command.
 const SCRUBBED_ENV: &[&str] = &[

@@ -19,8 +19,8 @@ use assert_cmd::Command;
 use serde_json::Value;
 
 use super::{
-    assert_code, aws_test_env, code, describe, find_tool, free_port, gatevault_std, have_all,
-    moto, stdout, Service,
+    assert_code, aws_test_env, code, describe, find_tool, free_port, gatevault_std, have_all, moto,
+    stdout, Service,
 };
 
 /// Azurite's published development account.
@@ -254,7 +254,10 @@ pub fn azurite_request(endpoint: &str, method: &str, container: &str, key: &str)
     let r = ureq::request(method, &url)
         .set("x-ms-date", &date)
         .set("x-ms-version", version)
-        .set("Authorization", &format!("SharedKey {AZURITE_ACCOUNT}:{sig}"))
+        .set(
+            "Authorization",
+            &format!("SharedKey {AZURITE_ACCOUNT}:{sig}"),
+        )
         .call();
     match r {
         Ok(resp) => (resp.status(), resp.into_string().unwrap_or_default()),
@@ -274,7 +277,10 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     }
     let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
     let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    let inner = Sha256::new().chain_update(&ipad).chain_update(msg).finalize();
+    let inner = Sha256::new()
+        .chain_update(&ipad)
+        .chain_update(msg)
+        .finalize();
     Sha256::new()
         .chain_update(&opad)
         .chain_update(inner)
