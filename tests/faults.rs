@@ -11,8 +11,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use util::faultproxy::{exchange, FaultProxy, Faults, Flavor, Forbid, Injected};
+use util::remote::{RemoteRepo, RemoteStore};
 use util::{assert_code, assert_tree_eq, code, copy_dir, describe, restored, s, stderr};
-use util::{write_gateway_tree, RemoteRepo, RemoteStore, Rng};
+use util::{write_gateway_tree, Rng};
 
 /// moto checks no signatures, but treats a request without credentials as anonymous (which may not
 /// overwrite): every raw request carries a well-formed, unverified SigV4 header.

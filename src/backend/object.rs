@@ -741,7 +741,18 @@ impl Backend for ObjectBackend {
         let config = self.key(FileType::Config, "");
         run_io(async move {
             // A listing tells a missing bucket (404 with a body) from an empty one; a HEAD cannot.
-            if let Err(e) = store.list_with_delimiter(dir.as_ref()).await {
+            // A listing cut short on the way is repeated, as in `list`.
+            let mut attempt = 0u32;
+            let listed = loop {
+                match store.list_with_delimiter(dir.as_ref()).await {
+                    Err(e) if attempt < CREATE_RETRIES && is_transport_error(&e) => {
+                        attempt += 1;
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                    r => break r,
+                }
+            };
+            if let Err(e) = listed {
                 return Err(match ctx.map("listing", e) {
                     Error::NoRepository { location, reason } => Error::InvalidInput(format!(
                         "cannot create a repository at {location}: {reason}"
@@ -779,11 +790,19 @@ impl Backend for ObjectBackend {
         let depth = dir.parts().count() + if t == FileType::Pack { 2 } else { 1 };
         run_io(async move {
             // object_store's list follows continuation tokens: every page, 1000 keys at a time on S3.
-            let metas: Vec<object_store::ObjectMeta> = store
-                .list(Some(&dir))
-                .try_collect()
-                .await
-                .map_err(|e| ctx.map("listing", e))?;
+            // It retries a failed request but not a page body cut short on the way: the whole listing
+            // is repeated then (it changes nothing, so repeating is safe).
+            let mut attempt = 0u32;
+            let metas: Vec<object_store::ObjectMeta> = loop {
+                match store.list(Some(&dir)).try_collect().await {
+                    Ok(m) => break m,
+                    Err(e) if attempt < CREATE_RETRIES && is_transport_error(&e) => {
+                        attempt += 1;
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                    Err(e) => return Err(ctx.map("listing", e)),
+                }
+            };
             Ok(metas
                 .into_iter()
                 .filter(|m| m.location.parts().count() == depth)
@@ -976,9 +995,18 @@ impl Backend for ObjectBackend {
             // S3 answers a DELETE of a missing key with success: ask first, so that a caller learns
             // the object was already gone, as on a local disk.
             store.head(&key).await.map_err(|e| ctx.map("removing", e))?;
-            match store.delete(&key).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(ctx.map("removing", e)),
+            // Deletes go out as bulk-delete POSTs, which object_store does not repeat after a reset
+            // or a cut answer; deleting twice is harmless, so they are repeated here.
+            let mut attempt = 0u32;
+            loop {
+                match store.delete(&key).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => return Ok(()),
+                    Err(e) if attempt < CREATE_RETRIES && is_transport_error(&e) => {
+                        attempt += 1;
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                    Err(e) => return Err(ctx.map("removing", e)),
+                }
             }
         })?;
         super::crash_point(t);
