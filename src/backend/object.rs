@@ -683,18 +683,38 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(rand::random::<u64>() % cap.max(1) + 1)
 }
 
+/// Whether `stored` holds exactly the bytes of `payload`.
+fn same_bytes(payload: &PutPayload, stored: &[u8]) -> bool {
+    payload.content_length() == stored.len()
+        && payload.iter().flat_map(|b| b.iter()).eq(stored.iter())
+}
+
 fn missing_container(text: &str) -> bool {
     text.contains("NoSuchBucket") || text.contains("ContainerNotFound")
 }
 
 /// Reads a whole object.
 async fn get_all(store: Arc<dyn ObjectStore>, key: ObjPath, ctx: Ctx) -> Result<Vec<u8>> {
-    let r = store
-        .get_opts(&key, GetOptions::default())
-        .await
-        .map_err(|e| ctx.map("reading", e))?;
-    let want = r.meta.size;
-    let b = r.bytes().await.map_err(|e| ctx.map("reading", e))?;
+    // The client resumes a body cut short when it can; when it cannot (it gave up, or the store sent
+    // no ETag to resume against), the whole read is repeated: reading twice is harmless.
+    let mut attempt = 0u32;
+    let (want, b) = loop {
+        let got = match store.get_opts(&key, GetOptions::default()).await {
+            Ok(r) => {
+                let want = r.meta.size;
+                r.bytes().await.map(|b| (want, b))
+            }
+            Err(e) => Err(e),
+        };
+        match got {
+            Ok(x) => break x,
+            Err(e) if attempt < CREATE_RETRIES && is_transport_error(&e) => {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            Err(e) => return Err(ctx.map("reading", e)),
+        }
+    };
     if b.len() as u64 != want {
         return Err(Error::integrity(
             ctx.object(),
@@ -857,9 +877,20 @@ impl Backend for ObjectBackend {
                     range: Some(GetRange::Bounded(r.clone())),
                     ..GetOptions::default()
                 };
-                let res = match store.get_opts(&key, opts).await {
-                    Ok(res) => res.bytes().await,
-                    Err(e) => Err(e),
+                // A body cut short that the client could not resume is read again, as in `get_all`.
+                let mut attempt = 0u32;
+                let res = loop {
+                    let res = match store.get_opts(&key, opts.clone()).await {
+                        Ok(res) => res.bytes().await,
+                        Err(e) => Err(e),
+                    };
+                    match res {
+                        Err(e) if attempt < CREATE_RETRIES && is_transport_error(&e) => {
+                            attempt += 1;
+                            tokio::time::sleep(backoff(attempt)).await;
+                        }
+                        r => break r,
+                    }
                 };
                 match res {
                     Ok(b) => vec![b],
@@ -869,7 +900,17 @@ impl Backend for ObjectBackend {
                     }
                 }
             } else {
-                match store.get_ranges(&key, &wanted).await {
+                let mut attempt = 0u32;
+                let res = loop {
+                    match store.get_ranges(&key, &wanted).await {
+                        Err(e) if attempt < CREATE_RETRIES && is_transport_error(&e) => {
+                            attempt += 1;
+                            tokio::time::sleep(backoff(attempt)).await;
+                        }
+                        r => break r,
+                    }
+                };
+                match res {
                     Ok(v) => v,
                     Err(e) => {
                         let e = ctx.map("reading", e);
@@ -905,10 +946,11 @@ impl Backend for ObjectBackend {
         let store = Arc::clone(&self.store);
         let key = self.key(t, name);
         let ctx = self.ctx(t, name);
-        let data = data.to_vec();
+        // One copy of the bytes for the request task (the PUT and any retry share it): with several
+        // packs in flight, a second copy would double the memory they hold.
+        let payload = PutPayload::from(data.to_vec());
         let conditional = self.conditional_put.load(Ordering::Relaxed);
         let (result, fell_back) = run_io(async move {
-            let payload = PutPayload::from(data.clone());
             if conditional {
                 // object_store does not retry a create-only PUT after a transport error (it is not
                 // idempotent to it); for us it is, since a name only ever holds one content. So a
@@ -930,7 +972,7 @@ impl Backend for ObjectBackend {
                             let same = retried
                                 && matches!(
                                     get_all(Arc::clone(&store), key.clone(), ctx.clone()).await,
-                                    Ok(stored) if stored == data
+                                    Ok(stored) if same_bytes(&payload, &stored)
                                 );
                             return Ok((
                                 if same {
