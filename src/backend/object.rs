@@ -702,18 +702,38 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(rand::random::<u64>() % cap.max(1) + 1)
 }
 
+/// Whether `stored` holds exactly the bytes of `payload`.
+fn same_bytes(payload: &PutPayload, stored: &[u8]) -> bool {
+    payload.content_length() == stored.len()
+        && payload.iter().flat_map(|b| b.iter()).eq(stored.iter())
+}
+
 fn missing_container(text: &str) -> bool {
     text.contains("NoSuchBucket") || text.contains("ContainerNotFound")
 }
 
 /// Reads a whole object.
 async fn get_all(store: Arc<dyn ObjectStore>, key: ObjPath, ctx: Ctx) -> Result<Vec<u8>> {
-    let r = store
-        .get_opts(&key, GetOptions::default())
-        .await
-        .map_err(|e| ctx.map("reading", e))?;
-    let want = r.meta.size;
-    let b = r.bytes().await.map_err(|e| ctx.map("reading", e))?;
+    // The client resumes a body cut short when it can; when it cannot (it gave up, or the store sent
+    // no ETag to resume against), the whole read is repeated: reading twice is harmless.
+    let mut attempt = 0u32;
+    let (want, b) = loop {
+        let got = match store.get_opts(&key, GetOptions::default()).await {
+            Ok(r) => {
+                let want = r.meta.size;
+                r.bytes().await.map(|b| (want, b))
+            }
+            Err(e) => Err(e),
+        };
+        match got {
+            Ok(x) => break x,
+            Err(e) if attempt < CREATE_RETRIES && is_transport_error(&e) => {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            Err(e) => return Err(ctx.map("reading", e)),
+        }
+    };
     if b.len() as u64 != want {
         return Err(Error::integrity(
             ctx.object(),
@@ -760,7 +780,18 @@ impl Backend for ObjectBackend {
         let config = self.key(FileType::Config, "");
         run_io(async move {
             // A listing tells a missing bucket (404 with a body) from an empty one; a HEAD cannot.
-            if let Err(e) = store.list_with_delimiter(dir.as_ref()).await {
+            // A listing cut short on the way is repeated, as in `list`.
+            let mut attempt = 0u32;
+            let listed = loop {
+                match store.list_with_delimiter(dir.as_ref()).await {
+                    Err(e) if attempt < CREATE_RETRIES && is_transport_error(&e) => {
+                        attempt += 1;
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                    r => break r,
+                }
+            };
+            if let Err(e) = listed {
                 return Err(match ctx.map("listing", e) {
                     Error::NoRepository { location, reason } => Error::InvalidInput(format!(
                         "cannot create a repository at {location}: {reason}"
@@ -798,11 +829,19 @@ impl Backend for ObjectBackend {
         let depth = dir.parts().count() + if t == FileType::Pack { 2 } else { 1 };
         run_io(async move {
             // object_store's list follows continuation tokens: every page, 1000 keys at a time on S3.
-            let metas: Vec<object_store::ObjectMeta> = store
-                .list(Some(&dir))
-                .try_collect()
-                .await
-                .map_err(|e| ctx.map("listing", e))?;
+            // It retries a failed request but not a page body cut short on the way: the whole listing
+            // is repeated then (it changes nothing, so repeating is safe).
+            let mut attempt = 0u32;
+            let metas: Vec<object_store::ObjectMeta> = loop {
+                match store.list(Some(&dir)).try_collect().await {
+                    Ok(m) => break m,
+                    Err(e) if attempt < CREATE_RETRIES && is_transport_error(&e) => {
+                        attempt += 1;
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                    Err(e) => return Err(ctx.map("listing", e)),
+                }
+            };
             Ok(metas
                 .into_iter()
                 .filter(|m| m.location.parts().count() == depth)
@@ -857,9 +896,20 @@ impl Backend for ObjectBackend {
                     range: Some(GetRange::Bounded(r.clone())),
                     ..GetOptions::default()
                 };
-                let res = match store.get_opts(&key, opts).await {
-                    Ok(res) => res.bytes().await,
-                    Err(e) => Err(e),
+                // A body cut short that the client could not resume is read again, as in `get_all`.
+                let mut attempt = 0u32;
+                let res = loop {
+                    let res = match store.get_opts(&key, opts.clone()).await {
+                        Ok(res) => res.bytes().await,
+                        Err(e) => Err(e),
+                    };
+                    match res {
+                        Err(e) if attempt < CREATE_RETRIES && is_transport_error(&e) => {
+                            attempt += 1;
+                            tokio::time::sleep(backoff(attempt)).await;
+                        }
+                        r => break r,
+                    }
                 };
                 match res {
                     Ok(b) => vec![b],
@@ -869,7 +919,17 @@ impl Backend for ObjectBackend {
                     }
                 }
             } else {
-                match store.get_ranges(&key, &wanted).await {
+                let mut attempt = 0u32;
+                let res = loop {
+                    match store.get_ranges(&key, &wanted).await {
+                        Err(e) if attempt < CREATE_RETRIES && is_transport_error(&e) => {
+                            attempt += 1;
+                            tokio::time::sleep(backoff(attempt)).await;
+                        }
+                        r => break r,
+                    }
+                };
+                match res {
                     Ok(v) => v,
                     Err(e) => {
                         let e = ctx.map("reading", e);
@@ -905,10 +965,11 @@ impl Backend for ObjectBackend {
         let store = Arc::clone(&self.store);
         let key = self.key(t, name);
         let ctx = self.ctx(t, name);
-        let data = data.to_vec();
+        // One copy of the bytes for the request task (the PUT and any retry share it): with several
+        // packs in flight, a second copy would double the memory they hold.
+        let payload = PutPayload::from(data.to_vec());
         let conditional = self.conditional_put.load(Ordering::Relaxed);
         let (result, fell_back) = run_io(async move {
-            let payload = PutPayload::from(data.clone());
             if conditional {
                 // object_store does not retry a create-only PUT after a transport error (it is not
                 // idempotent to it); for us it is, since a name only ever holds one content. So a
@@ -930,7 +991,7 @@ impl Backend for ObjectBackend {
                             let same = retried
                                 && matches!(
                                     get_all(Arc::clone(&store), key.clone(), ctx.clone()).await,
-                                    Ok(stored) if stored == data
+                                    Ok(stored) if same_bytes(&payload, &stored)
                                 );
                             return Ok((
                                 if same {
@@ -1007,9 +1068,18 @@ impl Backend for ObjectBackend {
             // S3 answers a DELETE of a missing key with success: ask first, so that a caller learns
             // the object was already gone, as on a local disk.
             store.head(&key).await.map_err(|e| ctx.map("removing", e))?;
-            match store.delete(&key).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(ctx.map("removing", e)),
+            // Deletes go out as bulk-delete POSTs, which object_store does not repeat after a reset
+            // or a cut answer; deleting twice is harmless, so they are repeated here.
+            let mut attempt = 0u32;
+            loop {
+                match store.delete(&key).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => return Ok(()),
+                    Err(e) if attempt < CREATE_RETRIES && is_transport_error(&e) => {
+                        attempt += 1;
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                    Err(e) => return Err(ctx.map("removing", e)),
+                }
             }
         })?;
         super::crash_point(t);

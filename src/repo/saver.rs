@@ -2,8 +2,9 @@
 //!
 //! Workers call [`BlobSaver::save`] concurrently. Hashing and compression run on the calling thread;
 //! a full pack is taken out of the shared builder and sealed by the worker that filled it, then handed
-//! to a writer thread, so sealing, writing and the next packs' CPU work overlap while memory stays
-//! bounded by about one pack per worker plus two in the writer.
+//! to a writer thread (one, or as many as the backend's concurrency for an object store), so sealing,
+//! writing and the next packs' CPU work overlap while memory stays bounded by about one pack per worker
+//! plus one per writer thread.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,9 @@ use crate::format::{BlobType, IndexFile, IndexPack};
 use crate::id::{BlobId, IndexId};
 use crate::pack::{encode_blob, FinishedPack, PackBuilder};
 use crate::repo::Repository;
+
+/// The most writer threads a saver starts, whatever a backend asks for: each holds a whole pack.
+const MAX_WRITERS: usize = 32;
 
 /// Counters of what a saver added.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -39,12 +43,14 @@ pub struct BlobSaver<'a> {
     writer: PackWriter,
 }
 
-/// Writes finished packs on a thread of its own, so that waiting for the disk (each pack is fsynced)
-/// overlaps with the CPU work of the next packs. The hand-over is a rendezvous: at most one pack is
-/// being written and one waits with the worker that finished it, so memory stays bounded.
+/// Writes finished packs on threads of their own, so that waiting for the store (a local pack is
+/// fsynced; a remote one waits on round trips) overlaps with the CPU work of the next packs. There are
+/// as many writer threads as the backend's [`crate::backend::Capabilities::concurrency`] (one for a
+/// local disk). The hand-over is a rendezvous: at most `concurrency` packs are being written and one
+/// waits with each worker that finished one, so memory stays bounded.
 struct PackWriter {
     tx: Mutex<Option<SyncSender<FinishedPack>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     written: Arc<Mutex<Vec<IndexPack>>>,
     error: Arc<Mutex<Option<Error>>>,
     packed: Arc<AtomicU64>,
@@ -53,31 +59,44 @@ struct PackWriter {
 impl PackWriter {
     fn start(backend: Arc<dyn Backend>) -> Self {
         let (tx, rx) = sync_channel::<FinishedPack>(0);
+        let rx = Arc::new(Mutex::new(rx));
         let written = Arc::new(Mutex::new(Vec::new()));
         let error: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
         let packed = Arc::new(AtomicU64::new(0));
-        let (w, e, n) = (written.clone(), error.clone(), packed.clone());
-        let thread = std::thread::spawn(move || {
-            for fp in rx {
-                if e.lock().unwrap_or_else(|x| x.into_inner()).is_some() {
-                    continue; // a write failed: drain the queue without writing more
-                }
-                match backend.write(FileType::Pack, &fp.id.to_hex(), &fp.bytes) {
-                    Ok(()) => {
-                        n.fetch_add(fp.bytes.len() as u64, Ordering::Relaxed);
-                        w.lock().unwrap_or_else(|x| x.into_inner()).push(IndexPack {
-                            id: fp.id,
-                            size: fp.bytes.len() as u64,
-                            blobs: fp.entries,
-                        });
+        let writers = backend.capabilities().concurrency.clamp(1, MAX_WRITERS);
+        let threads = (0..writers)
+            .map(|_| {
+                let (backend, rx) = (backend.clone(), rx.clone());
+                let (w, e, n) = (written.clone(), error.clone(), packed.clone());
+                std::thread::spawn(move || loop {
+                    // One thread at a time waits for the next pack; the others are writing.
+                    let next = rx.lock().unwrap_or_else(|x| x.into_inner()).recv();
+                    let Ok(fp) = next else { break };
+                    if e.lock().unwrap_or_else(|x| x.into_inner()).is_some() {
+                        continue; // a write failed: drain the queue without writing more
                     }
-                    Err(err) => *e.lock().unwrap_or_else(|x| x.into_inner()) = Some(err),
-                }
-            }
-        });
+                    match backend.write(FileType::Pack, &fp.id.to_hex(), &fp.bytes) {
+                        Ok(()) => {
+                            n.fetch_add(fp.bytes.len() as u64, Ordering::Relaxed);
+                            w.lock().unwrap_or_else(|x| x.into_inner()).push(IndexPack {
+                                id: fp.id,
+                                size: fp.bytes.len() as u64,
+                                blobs: fp.entries,
+                            });
+                        }
+                        Err(err) => {
+                            // The first failure is the one to report; later ones follow from it.
+                            e.lock()
+                                .unwrap_or_else(|x| x.into_inner())
+                                .get_or_insert(err);
+                        }
+                    }
+                })
+            })
+            .collect();
         Self {
             tx: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
+            threads: Mutex::new(threads),
             written,
             error,
             packed,
@@ -99,12 +118,16 @@ impl PackWriter {
         }
     }
 
-    /// Waits until every queued pack is written; returns them.
+    /// Waits until every queued pack is written (by all writer threads); returns them.
     fn finish(&self) -> Result<Vec<IndexPack>> {
         drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
-        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            t.join()
-                .map_err(|_| Error::InvalidInput("the pack writer thread panicked".into()))?;
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut panicked = false;
+        for t in threads {
+            panicked |= t.join().is_err();
+        }
+        if panicked {
+            return Err(Error::InvalidInput("a pack writer thread panicked".into()));
         }
         if let Some(e) = self.take_error() {
             return Err(e);
@@ -325,5 +348,170 @@ impl<'a> BlobSaver<'a> {
             data_added: self.data_added.load(Ordering::Relaxed),
             data_added_packed: self.writer.packed.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::backend::memory::MemoryBackend;
+    use crate::backend::Capabilities;
+    use crate::repo::{Credentials, InitOptions};
+
+    /// A memory store that reports `concurrency`, takes a while for each pack write, records how many
+    /// overlapped, and fails the `fail_at`-th pack write.
+    #[derive(Debug)]
+    struct SlowStore {
+        inner: MemoryBackend,
+        concurrency: usize,
+        fail_at: Option<usize>,
+        pack_writes: AtomicUsize,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+    }
+
+    impl SlowStore {
+        fn new(concurrency: usize, fail_at: Option<usize>) -> Arc<Self> {
+            Arc::new(Self {
+                inner: MemoryBackend::new(),
+                concurrency,
+                fail_at,
+                pack_writes: AtomicUsize::new(0),
+                in_flight: AtomicUsize::new(0),
+                max_in_flight: AtomicUsize::new(0),
+            })
+        }
+    }
+
+    impl Backend for SlowStore {
+        fn location(&self) -> String {
+            "slow-memory".into()
+        }
+        fn create(&self) -> Result<()> {
+            self.inner.create()
+        }
+        fn list(&self, t: FileType) -> Result<Vec<(String, u64)>> {
+            self.inner.list(t)
+        }
+        fn read(&self, t: FileType, name: &str) -> Result<Vec<u8>> {
+            self.inner.read(t, name)
+        }
+        fn read_range(&self, t: FileType, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+            self.inner.read_range(t, name, offset, len)
+        }
+        fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()> {
+            if t != FileType::Pack {
+                return self.inner.write(t, name, data);
+            }
+            let n = self.pack_writes.fetch_add(1, Ordering::SeqCst) + 1;
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(40));
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if Some(n) == self.fail_at {
+                return Err(Error::io(
+                    format!("writing pack {name}"),
+                    std::io::Error::other("injected failure"),
+                ));
+            }
+            self.inner.write(t, name, data)
+        }
+        fn remove(&self, t: FileType, name: &str) -> Result<()> {
+            self.inner.remove(t, name)
+        }
+        fn stat(&self, t: FileType, name: &str) -> Result<u64> {
+            self.inner.stat(t, name)
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                concurrency: self.concurrency,
+                ..self.inner.capabilities()
+            }
+        }
+    }
+
+    fn repo(store: Arc<SlowStore>, cache: &std::path::Path) -> Repository {
+        let creds = Credentials {
+            password: None,
+            key_file: Some(zeroize::Zeroizing::new([7u8; 32])),
+        };
+        let opts = InitOptions {
+            compression: 0,
+            pack_size: 64 * 1024,
+            ..InitOptions::default()
+        };
+        Repository::init(store, &opts, &creds, Some(cache.to_path_buf())).expect("init")
+    }
+
+    /// Incompressible, distinct blobs of 16 KiB: four make a pack.
+    fn blob(i: u64) -> Vec<u8> {
+        let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..16 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn save_all(saver: &BlobSaver<'_>, n: u64) -> Result<()> {
+        (0..n).try_for_each(|i| saver.save(BlobType::Data, &blob(i)).map(|_| ()))
+    }
+
+    #[test]
+    fn packs_are_written_concurrently_and_all_indexed() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = SlowStore::new(4, None);
+        let repo = repo(store.clone(), cache.path());
+        let saver = BlobSaver::new(&repo);
+        save_all(&saver, 64).unwrap();
+        let packs = saver.flush().unwrap();
+        let writes = store.pack_writes.load(Ordering::SeqCst);
+        assert!(writes >= 10, "{writes} pack writes");
+        assert_eq!(packs.len(), writes, "every written pack is returned");
+        assert_eq!(store.inner.list(FileType::Pack).unwrap().len(), writes);
+        let blobs: usize = packs.iter().map(|p| p.blobs.len()).sum();
+        assert_eq!(blobs, 64);
+        let max = store.max_in_flight.load(Ordering::SeqCst);
+        assert!(
+            (2..=4).contains(&max),
+            "{max} pack writes overlapped at most"
+        );
+        assert_eq!(store.in_flight.load(Ordering::SeqCst), 0, "flush waited");
+    }
+
+    #[test]
+    fn one_writer_for_a_backend_without_concurrency() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = SlowStore::new(1, None);
+        let repo = repo(store.clone(), cache.path());
+        let saver = BlobSaver::new(&repo);
+        save_all(&saver, 24).unwrap();
+        let packs = saver.flush().unwrap();
+        assert_eq!(packs.len(), store.pack_writes.load(Ordering::SeqCst));
+        assert_eq!(store.max_in_flight.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn an_error_from_any_writer_fails_the_save() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = SlowStore::new(4, Some(3));
+        let repo = repo(store.clone(), cache.path());
+        let saver = BlobSaver::new(&repo);
+        let saved = save_all(&saver, 64);
+        let flushed = saver.flush();
+        let err = saved.and(flushed.map(|_| ())).unwrap_err();
+        assert!(
+            err.to_string().contains("injected failure"),
+            "unexpected error: {err}"
+        );
+        assert_eq!(store.in_flight.load(Ordering::SeqCst), 0, "writers stopped");
+        // Saving stopped soon after the failure instead of writing every pack.
+        assert!(store.pack_writes.load(Ordering::SeqCst) < 16);
     }
 }
