@@ -7,7 +7,9 @@ mod util;
 use std::path::Path;
 
 use serde_json::Value;
-use util::{assert_code, assert_tree_eq, code, s, stderr, write, write_gateway_tree, Repo, Rng};
+use util::{
+    assert_code, assert_tree_eq, code, s, stderr, write, write_gateway_tree, Repo, Rng, Runner,
+};
 
 /// `copy --json` from `src` into `dst` (with `dst` as `-r`), which must succeed.
 #[track_caller]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use util::faultproxy::{exchange, FaultProxy, Faults, Flavor, Forbid, Injected};
 use util::remote::{RemoteRepo, RemoteStore};
+use util::Runner;
 use util::{assert_code, assert_tree_eq, code, copy_dir, describe, restored, s, stderr};
 use util::{write_gateway_tree, Rng};
 

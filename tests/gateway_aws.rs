@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use util::Service;
+use util::{Runner, Service};
 
 use gatevault::gateway::{self, Capture, GatewayOptions};
 use gatevault::Error;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use gatevault::gateway::{self, canonical, GatewayOptions};
 use gatevault::Error;
 use serde_json::{json, Value};
-use util::{fake_kong, Repo};
+use util::{fake_kong, Repo, Runner};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gateways/kong/kong.yaml")

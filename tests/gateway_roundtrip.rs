@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use gatevault::gateway::{self, canonical, GatewayOptions};
 use serde_json::Value;
-use util::Repo;
+use util::{Repo, Runner};
 
 fn example(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

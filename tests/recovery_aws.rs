@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use util::{code, Repo, Service};
+use util::{code, Repo, Runner, Service};
 
 use gatevault::gateway::{self, Capture, GatewayOptions};
 use serde_json::Value;

@@ -10,7 +10,7 @@ mod util;
 use std::path::Path;
 
 use serde_json::{json, Value};
-use util::{code, http, Repo};
+use util::{code, http, Repo, Runner};
 
 /// A bcrypt hash of `example-password`.
 const HASH: &str = "$2a$14$ONYr17eYnLWun3vh7rSn0umSVvie9cSWZu0E5s3AWio/9tTX9W2ky";

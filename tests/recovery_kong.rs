@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::{json, Value};
-use util::{fake_kong, Repo, Service};
+use util::{fake_kong, Repo, Runner, Service};
 
 const ALICE_KEY_ID: &str = "0b6f2f1c-5d7c-4f6e-9a51-3b2f8f5a0001";
 const ALICE_KEY_PATH: &str =

@@ -55,7 +55,7 @@ pub(crate) fn run(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
         (false, _) => {
             let rec = crate::profile::CheckRecord {
                 kind: crate::profile::CHECK_RECORD.into(),
-                time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 hostname: crate::util::hostname(),
                 status: r.status,
                 read_data: match read {

@@ -112,6 +112,108 @@ pub struct Repo {
     pub cache: PathBuf,
 }
 
+/// Running gatevault against one repository: an implementor gives the command that opens it; the
+/// rest follows.
+pub trait Runner {
+    /// `gatevault` with the repository's location, options and credentials.
+    fn cmd(&self) -> Command;
+
+    /// Runs a command and returns its output, whatever its exit code.
+    fn run<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.cmd().args(args).output().expect("run gatevault")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    #[track_caller]
+    fn run_ok<I, S>(&self, args: I) -> String
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let out = self.run(args);
+        assert_code(&out, code::OK);
+        stdout(&out)
+    }
+
+    /// Runs a command that must exit with `want`; returns its output.
+    #[track_caller]
+    fn run_code<I, S>(&self, want: i32, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let out = self.run(args);
+        assert_code(&out, want);
+        out
+    }
+
+    /// Runs a command with `--json` that must succeed; parses its stdout.
+    #[track_caller]
+    fn run_json<I, S>(&self, args: I) -> Value
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.run_json_code(code::OK, args)
+    }
+
+    /// Runs a command with `--json` that must exit with `want`; parses its stdout.
+    #[track_caller]
+    fn run_json_code<I, S>(&self, want: i32, args: I) -> Value
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let out = self
+            .cmd()
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run gatevault");
+        assert_code(&out, want);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{}", describe(&out)))
+    }
+
+    /// `backup --json` of `paths` (plus `extra` options); returns the summary.
+    #[track_caller]
+    fn backup(&self, paths: &[&Path], extra: &[&str]) -> Value {
+        let mut args: Vec<&str> = vec!["backup"];
+        args.extend_from_slice(extra);
+        args.extend(paths.iter().map(|p| s(p)));
+        let v = self.run_json(&args);
+        assert_eq!(v["message_type"], "summary", "{v}");
+        v
+    }
+
+    /// Every snapshot as `snapshots --json` prints it, oldest first.
+    fn snapshots(&self) -> Vec<Value> {
+        match self.run_json(["snapshots"]) {
+            Value::Array(a) => a,
+            v => panic!("snapshots --json is not an array: {v}"),
+        }
+    }
+
+    /// Ids of every snapshot, oldest first.
+    fn snapshot_ids(&self) -> Vec<String> {
+        self.snapshots()
+            .iter()
+            .map(|s| s["id"].as_str().expect("snapshot id").to_string())
+            .collect()
+    }
+}
+
+impl Runner for Repo {
+    /// `gatevault -r <repo> [--key-file K] [--password-file P] --cache-dir <cache>`.
+    fn cmd(&self) -> Command {
+        Command::from_std(self.cmd_std())
+    }
+}
+
 impl Repo {
     /// A temporary folder with a key file path (not created) and no repository yet.
     pub fn new() -> Self {
@@ -230,11 +332,6 @@ impl Repo {
         gatevault(self.root())
     }
 
-    /// `gatevault -r <repo> [--key-file K] [--password-file P] --cache-dir <cache>`.
-    pub fn cmd(&self) -> Command {
-        Command::from_std(self.cmd_std())
-    }
-
     /// [`Repo::cmd`] as a `std::process::Command` (for children that get killed).
     fn cmd_std(&self) -> std::process::Command {
         let mut c = gatevault_std(self.root());
@@ -257,94 +354,6 @@ impl Repo {
             .arg("--cache-dir")
             .arg(&self.cache);
         c
-    }
-
-    /// Runs a command and returns its output, whatever its exit code.
-    pub fn run<I, S>(&self, args: I) -> Output
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        self.cmd().args(args).output().expect("run gatevault")
-    }
-
-    /// Runs a command that must succeed; returns its stdout.
-    #[track_caller]
-    pub fn run_ok<I, S>(&self, args: I) -> String
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let out = self.run(args);
-        assert_code(&out, code::OK);
-        stdout(&out)
-    }
-
-    /// Runs a command that must fail with exit code `want`; returns its output.
-    #[track_caller]
-    pub fn run_code<I, S>(&self, want: i32, args: I) -> Output
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let out = self.run(args);
-        assert_code(&out, want);
-        out
-    }
-
-    /// Runs a command with `--json` that must succeed; parses its stdout.
-    #[track_caller]
-    pub fn run_json<I, S>(&self, args: I) -> Value
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        self.run_json_code(code::OK, args)
-    }
-
-    /// Runs a command with `--json` that must exit with `want`; parses its stdout.
-    #[track_caller]
-    pub fn run_json_code<I, S>(&self, want: i32, args: I) -> Value
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let out = self
-            .cmd()
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("run gatevault");
-        assert_code(&out, want);
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{}", describe(&out)))
-    }
-
-    /// `backup --json` of `paths` (plus `extra` options); returns the summary.
-    #[track_caller]
-    pub fn backup(&self, paths: &[&Path], extra: &[&str]) -> Value {
-        let mut args: Vec<&str> = vec!["backup"];
-        args.extend_from_slice(extra);
-        args.extend(paths.iter().map(|p| s(p)));
-        let v = self.run_json(&args);
-        assert_eq!(v["message_type"], "summary", "{v}");
-        v
-    }
-
-    /// Every snapshot as `snapshots --json` prints it, oldest first.
-    pub fn snapshots(&self) -> Vec<Value> {
-        match self.run_json(["snapshots"]) {
-            Value::Array(a) => a,
-            v => panic!("snapshots --json is not an array: {v}"),
-        }
-    }
-
-    /// Ids of every snapshot, oldest first.
-    pub fn snapshot_ids(&self) -> Vec<String> {
-        self.snapshots()
-            .iter()
-            .map(|s| s["id"].as_str().expect("snapshot id").to_string())
-            .collect()
     }
 
     /// The repository id (from `cat config`).

@@ -10,18 +10,12 @@
 
 #![allow(dead_code)]
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use assert_cmd::Command;
-use serde_json::Value;
 
-use super::{
-    assert_code, aws_test_env, code, describe, find_tool, free_port, gatevault_std, have_all, moto,
-    stdout, Service,
-};
+use super::{aws_test_env, find_tool, free_port, gatevault_std, have_all, moto, Runner, Service};
 
 /// Azurite's published development account.
 pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
@@ -322,90 +316,19 @@ impl RemoteRepo {
         Command::from_std(c)
     }
 
-    /// `gatevault` opening this repository with its key file.
-    pub fn cmd(&self) -> Command {
-        let mut c = self.cmd_no_creds();
-        c.arg("--key-file").arg(&self.key);
-        c
-    }
-
-    /// Runs a command and returns its output, whatever its exit code.
-    pub fn run<I, S>(&self, args: I) -> Output
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        self.cmd().args(args).output().expect("run gatevault")
-    }
-
-    /// Runs a command that must succeed; returns its stdout.
-    #[track_caller]
-    pub fn run_ok<I, S>(&self, args: I) -> String
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let out = self.run(args);
-        assert_code(&out, code::OK);
-        stdout(&out)
-    }
-
-    /// Runs a command that must exit with `want`.
-    #[track_caller]
-    pub fn run_code<I, S>(&self, want: i32, args: I) -> Output
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let out = self.run(args);
-        assert_code(&out, want);
-        out
-    }
-
-    /// Runs a command with `--json` that must succeed; parses its stdout.
-    #[track_caller]
-    pub fn run_json<I, S>(&self, args: I) -> Value
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let out = self
-            .cmd()
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("run gatevault");
-        assert_code(&out, code::OK);
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{}", describe(&out)))
-    }
-
     /// `init` (creating the key file).
     #[track_caller]
     pub fn init(&self) {
         self.run_ok(["init", "-q"]);
         assert!(self.key.is_file(), "init created the key file");
     }
+}
 
-    /// `backup --json` of `paths`; returns the summary.
-    #[track_caller]
-    pub fn backup(&self, paths: &[&Path], extra: &[&str]) -> Value {
-        let mut args: Vec<&str> = vec!["backup"];
-        args.extend_from_slice(extra);
-        args.extend(paths.iter().map(|p| super::s(p)));
-        let v = self.run_json(&args);
-        assert_eq!(v["message_type"], "summary", "{v}");
-        v
-    }
-
-    /// Ids of every snapshot, oldest first.
-    pub fn snapshot_ids(&self) -> Vec<String> {
-        match self.run_json(["snapshots"]) {
-            Value::Array(a) => a
-                .iter()
-                .map(|s| s["id"].as_str().expect("snapshot id").to_string())
-                .collect(),
-            v => panic!("snapshots --json is not an array: {v}"),
-        }
+impl Runner for RemoteRepo {
+    /// `gatevault` opening this repository with its key file.
+    fn cmd(&self) -> Command {
+        let mut c = self.cmd_no_creds();
+        c.arg("--key-file").arg(&self.key);
+        c
     }
 }
