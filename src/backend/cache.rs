@@ -194,6 +194,18 @@ impl Backend for CachedBackend {
             .collect()
     }
 
+    fn write_owned(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<()> {
+        if Self::caches(t) || t == FileType::Config {
+            return self.write(t, name, &data); // kept in the cache too
+        }
+        let len = data.len() as u64;
+        self.inner.write_owned(t, name, data)?;
+        if let Some(names) = lock(&self.listed).get_mut(&t) {
+            names.insert(name.to_string(), len);
+        }
+        Ok(())
+    }
+
     fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()> {
         self.inner.write(t, name, data)?;
         if t == FileType::Config {

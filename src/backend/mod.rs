@@ -289,6 +289,16 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// [`Error::AlreadyExists`] when the name is taken; I/O errors (a full disk among them).
     fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()>;
 
+    /// [`Backend::write`] taking the bytes by value, so that a backend which hands them to another
+    /// task (an object store upload) need not copy them: with several packs in flight a copy each
+    /// would double the memory they hold. Wrappers forward it.
+    ///
+    /// # Errors
+    /// As [`Backend::write`].
+    fn write_owned(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<()> {
+        self.write(t, name, &data)
+    }
+
     /// Removes an object.
     ///
     /// # Errors

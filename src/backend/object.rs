@@ -962,12 +962,15 @@ impl Backend for ObjectBackend {
     }
 
     fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()> {
+        self.write_owned(t, name, data.to_vec())
+    }
+
+    fn write_owned(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<()> {
         let store = Arc::clone(&self.store);
         let key = self.key(t, name);
         let ctx = self.ctx(t, name);
-        // One copy of the bytes for the request task (the PUT and any retry share it): with several
-        // packs in flight, a second copy would double the memory they hold.
-        let payload = PutPayload::from(data.to_vec());
+        // The request task owns the bytes (the PUT and any retry share them).
+        let payload = PutPayload::from(data);
         let conditional = self.conditional_put.load(Ordering::Relaxed);
         let (result, fell_back) = run_io(async move {
             if conditional {

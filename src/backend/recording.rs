@@ -118,6 +118,12 @@ impl Backend for RecordingBackend {
         Ok(())
     }
 
+    fn write_owned(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<()> {
+        self.inner.write_owned(t, name, data)?;
+        self.log.note(t, name, true);
+        Ok(())
+    }
+
     fn remove(&self, t: FileType, name: &str) -> Result<()> {
         self.inner.remove(t, name)?;
         self.log.note(t, name, false);

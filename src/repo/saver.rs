@@ -75,12 +75,13 @@ impl PackWriter {
                     if e.lock().unwrap_or_else(|x| x.into_inner()).is_some() {
                         continue; // a write failed: drain the queue without writing more
                     }
-                    match backend.write(FileType::Pack, &fp.id.to_hex(), &fp.bytes) {
+                    let size = fp.bytes.len() as u64;
+                    match backend.write_owned(FileType::Pack, &fp.id.to_hex(), fp.bytes) {
                         Ok(()) => {
-                            n.fetch_add(fp.bytes.len() as u64, Ordering::Relaxed);
+                            n.fetch_add(size, Ordering::Relaxed);
                             w.lock().unwrap_or_else(|x| x.into_inner()).push(IndexPack {
                                 id: fp.id,
-                                size: fp.bytes.len() as u64,
+                                size,
                                 blobs: fp.entries,
                             });
                         }
