@@ -323,6 +323,58 @@ pub struct ReencryptReport {
     pub retired: Option<MasterChangeReport>,
 }
 
+/// Re-encryption writes a new copy of every old object and then removes the old one. On a bucket with
+/// S3 Object Lock a retained old object cannot be removed and would stay next to its new copy (two
+/// snapshots for one, say), so the retention of every object to be replaced is checked first and
+/// nothing is rewritten while any is retained.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming how many objects are retained and until when; errors of the store.
+fn refuse_retained(backend: &dyn Backend, census: &Census) -> Result<()> {
+    if !backend.capabilities().object_lock {
+        return Ok(());
+    }
+    let old = |e: u32| e != census.current;
+    let mut names: Vec<(FileType, String)> = census
+        .old_packs()
+        .iter()
+        .map(|p| (FileType::Pack, p.to_hex()))
+        .collect();
+    names.extend(
+        (census.index_files.iter())
+            .filter(|(_, e)| old(*e))
+            .map(|(id, _)| (FileType::Index, id.to_hex())),
+    );
+    names.extend(
+        (census.objects.iter())
+            .filter(|(_, _, e)| old(*e))
+            .map(|(t, n, _)| (*t, n.clone())),
+    );
+    names.extend(
+        (census.audit.iter())
+            .filter(|(_, e)| old(*e))
+            .map(|(seq, _)| (FileType::Audit, crate::audit::entry_name(*seq))),
+    );
+    let retained: Vec<chrono::DateTime<chrono::Utc>> = names
+        .par_iter()
+        .map(|(t, n)| match backend.locked_until(*t, n) {
+            Err(Error::NotFound { .. }) => Ok(None),
+            r => r,
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    match retained.iter().max() {
+        None => Ok(()),
+        Some(until) => Err(Error::InvalidInput(format!(
+            "{} of the {} objects sealed under an older key epoch are under an S3 Object Lock, the last until {until}: re-encryption cannot remove them and would leave their old copies next to the new ones. Nothing was rewritten; run `rewrite --reencrypt` after that date (until then the old key epoch stays needed to read them)",
+            retained.len(),
+            names.len()
+        ))),
+    }
+}
+
 /// Re-seals every object sealed under an old epoch under the current one, with the exclusive lock
 /// `lock` held (or a shared one for a dry run). With `retire`, a plan made beforehand (so that a
 /// refusal comes before anything changed), the old epochs are then retired.
@@ -331,7 +383,8 @@ pub struct ReencryptReport {
 /// [`Error::NotAllowed`] for a key that is not admin (a dry run is allowed to any key);
 /// [`Error::IntegrityMismatch`] when an object or a needed blob cannot be read (the packs' part stops
 /// before changing anything, as prune does); [`Error::InvalidInput`] when `retire` is asked and
-/// something is still sealed under an old epoch; backend errors.
+/// something is still sealed under an old epoch, or when objects to replace are under an S3 Object
+/// Lock; backend errors.
 pub fn reencrypt(
     repo: &Repository,
     lock: &LockGuard,
@@ -354,6 +407,7 @@ pub fn reencrypt(
         return Ok(r);
     }
 
+    refuse_retained(repo.backend(), &census)?;
     let old_packs = census.old_packs();
     let old_index = census
         .index_files

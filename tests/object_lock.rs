@@ -211,6 +211,27 @@ fn a_locked_repository_prunes_around_retained_packs_and_refuses_a_bucket_without
         std::fs::read(data.join("new.bin")).unwrap()
     );
 
+    // Re-encryption would replace retained objects: refused before anything is rewritten.
+    repo.run_ok(["key", "rotate"]);
+    let before = repo.snapshot_ids();
+    let objects = keys(port, bucket, "repo");
+    let out = repo.run_code(code::FAILURE, ["rewrite", "--reencrypt"]);
+    assert!(
+        stderr(&out).contains("Object Lock") && stderr(&out).contains("Nothing was rewritten"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(repo.snapshot_ids(), before);
+    let after: Vec<String> = keys(port, bucket, "repo")
+        .into_iter()
+        .filter(|k| !k.starts_with("repo/audit/") && !k.starts_with("repo/locks/"))
+        .collect();
+    let objects: Vec<String> = objects
+        .into_iter()
+        .filter(|k| !k.starts_with("repo/audit/") && !k.starts_with("repo/locks/"))
+        .collect();
+    assert_eq!(after, objects, "nothing written or removed");
+
     // Lock files are never retained: a lock written and removed leaves no version behind.
     let opts = gatevault::backend::BackendOptions::parse(&repo.options).unwrap();
     let b = gatevault::backend::open(&repo.location, &opts).unwrap();

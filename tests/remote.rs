@@ -476,3 +476,111 @@ fn a_create_whose_answer_was_lost_is_sent_again_and_counts_as_done() {
     assert!(matches!(e, Error::AlreadyExists { .. }), "{e:?}");
     assert_eq!(b.read(FileType::Pack, &name).unwrap(), data);
 }
+
+/// Starts a listener that answers every request with 403 and returns the `Authorization` header
+/// of the first one (through the receiver): which key a client signed with.
+fn signer_of_first_request() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut auth = String::new();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                if line.to_ascii_lowercase().starts_with("authorization:") {
+                    auth = line.trim().to_string();
+                }
+                line.clear();
+            }
+            let _ = tx.send(auth);
+            let _ = conn.write_all(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn s3_credentials_come_from_an_aws_profile() {
+    let Some(store) = RemoteStore::s3() else {
+        return;
+    };
+    let mut r = store.repo();
+    let files = r.tmp.path().join("aws");
+    fs::create_dir_all(&files).unwrap();
+    fs::write(
+        files.join("credentials"),
+        "[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = d\n\n\
+         [backup]\naws_access_key_id = AKIDBACKUP\naws_secret_access_key = b\n",
+    )
+    .unwrap();
+    fs::write(
+        files.join("config"),
+        "[profile backup]\nregion = us-east-1\n",
+    )
+    .unwrap();
+    // No key in the environment: without the shared files nothing would sign the requests.
+    r.env.retain(|(k, _)| !k.starts_with("AWS_"));
+    for k in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+    ] {
+        r.env.push((k.into(), REMOVED.into()));
+    }
+    for (k, v) in [
+        ("AWS_SHARED_CREDENTIALS_FILE", files.join("credentials")),
+        ("AWS_CONFIG_FILE", files.join("config")),
+    ] {
+        r.env.push((k.into(), v.to_string_lossy().into_owned()));
+    }
+    r.env
+        .push(("AWS_EC2_METADATA_DISABLED".into(), "true".into()));
+    r.env.push(("AWS_PROFILE".into(), "backup".into()));
+    r.init();
+    let src = r.tmp.path().join("src");
+    source_tree(&src, 7);
+    r.backup(&[&src], &[]);
+    check_read_data(&r);
+
+    // Which key signs: the named profile's, `-o s3.profile` over AWS_PROFILE, the default profile
+    // without a name, and keys in the environment over AWS_PROFILE (as in the AWS CLI).
+    let signer = |r: &mut RemoteRepo, extra: &[&str]| {
+        let (port, rx) = signer_of_first_request();
+        let real = std::mem::replace(
+            &mut r.location,
+            format!("s3:http://127.0.0.1:{port}/b/repo"),
+        );
+        let mut c = r.cmd();
+        c.args(["-o", "s3.retries=0"]).args(extra).arg("snapshots");
+        let out = c.output().unwrap();
+        r.location = real;
+        assert_code(&out, code::FAILURE);
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no request reached the listener\n{}", describe(&out)))
+    };
+    assert!(signer(&mut r, &[]).contains("Credential=AKIDBACKUP/"));
+    r.env.retain(|(k, _)| k != "AWS_PROFILE");
+    assert!(signer(&mut r, &[]).contains("Credential=AKIDDEFAULT/"));
+    assert!(signer(&mut r, &["-o", "s3.profile=backup"]).contains("Credential=AKIDBACKUP/"));
+    r.env.push(("AWS_PROFILE".into(), "backup".into()));
+    r.env
+        .retain(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET"));
+    r.env.push(("AWS_ACCESS_KEY_ID".into(), "AKIDENV".into()));
+    r.env.push(("AWS_SECRET_ACCESS_KEY".into(), "e".into()));
+    assert!(signer(&mut r, &[]).contains("Credential=AKIDENV/"));
+
+    // A profile that does not exist is named in the error.
+    let out = r.run(["-o", "s3.profile=nosuch", "snapshots"]);
+    assert_code(&out, code::FAILURE);
+    assert!(
+        stderr(&out).contains("\"nosuch\"") && stderr(&out).contains(&r.location),
+        "{}",
+        describe(&out)
+    );
+}

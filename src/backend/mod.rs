@@ -5,6 +5,7 @@
 //! object, so that a crashed or concurrent writer can never damage what is stored. Every backend runs
 //! the same [`conformance`] suite.
 
+mod awsprofile;
 pub mod cache;
 pub mod conformance;
 pub mod local;

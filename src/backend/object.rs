@@ -36,6 +36,7 @@ use crate::error::{Error, Result};
 /// Option keys an S3 location accepts (`-o KEY=VALUE`).
 pub const S3_OPTIONS: &[&str] = &[
     "s3.region",
+    "s3.profile",
     "s3.endpoint",
     "s3.path-style",
     "s3.bucket-lookup",
@@ -395,6 +396,11 @@ impl ObjectBackend {
             .map(str::to_string)
             .or(loc.host_region.clone());
         let env_region = env_any(&["AWS_REGION", "AWS_DEFAULT_REGION"]);
+        let profile = match super::awsprofile::wanted(opts.get("s3.profile")) {
+            Some(p) => Some(run_io(super::awsprofile::load(p, location.to_string()))?),
+            None => None,
+        };
+        let env_region = env_region.or_else(|| profile.as_ref().and_then(|p| p.region.clone()));
         let allow_http = endpoint
             .as_deref()
             .is_some_and(|e| e.starts_with("http://"))
@@ -450,6 +456,9 @@ impl ObjectBackend {
             } else {
                 S3ConditionalPut::Disabled
             });
+        if let Some(p) = &profile {
+            builder = builder.with_credentials(p.credentials.clone());
+        }
         if let Some(u) = bool_opt(opts, "s3.unsigned-payload")? {
             builder = builder.with_unsigned_payload(u);
         }
@@ -473,7 +482,7 @@ impl ObjectBackend {
         }
         let store = Arc::new(builder.clone().build().map_err(|e| {
             Error::InvalidInput(format!(
-                "{location}: cannot set up the S3 client: {e} (credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a web identity, or the instance metadata service)"
+                "{location}: cannot set up the S3 client: {e} (credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, an AWS profile, a web identity, or the instance metadata service)"
             ))
         })?);
         let limited: Arc<dyn ObjectStore> =

@@ -282,6 +282,10 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
         .into()
 }
 
+/// The value of an [`RemoteRepo::env`] entry that removes the variable from the command's environment
+/// (the test process sets some for every command, see [`aws_test_env`]).
+pub const REMOVED: &str = "\0removed";
+
 /// A repository in a remote store, with its key file and local cache in a temporary folder.
 pub struct RemoteRepo {
     /// Holds the key file, the cache and scratch folders.
@@ -290,7 +294,7 @@ pub struct RemoteRepo {
     pub location: String,
     /// `-o` options.
     pub options: Vec<String>,
-    /// Environment of every command.
+    /// Environment of every command ([`REMOVED`] as a value removes the variable).
     pub env: Vec<(String, String)>,
     /// The key file (created by `init`).
     pub key: PathBuf,
@@ -312,7 +316,12 @@ impl RemoteRepo {
             c.arg("-o").arg(o);
         }
         c.arg("--cache-dir").arg(&self.cache);
-        c.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        for (k, v) in &self.env {
+            match v.as_str() {
+                REMOVED => c.env_remove(k),
+                v => c.env(k, v),
+            };
+        }
         Command::from_std(c)
     }
 
