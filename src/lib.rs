@@ -28,6 +28,8 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod id;
 pub mod index;
+pub mod jobs;
+pub mod metrics;
 pub mod pack;
 pub mod probe;
 pub mod profile;
