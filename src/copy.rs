@@ -233,12 +233,7 @@ fn select(src: &Repository, opts: &CopyOptions) -> Result<Vec<(SnapshotId, Snaps
             out.push((id, s));
         }
     }
-    out.sort_by(|a, b| {
-        a.1.timestamp()
-            .ok()
-            .cmp(&b.1.timestamp().ok())
-            .then(a.0.cmp(&b.0))
-    });
+    crate::repo::sort_oldest_first(&mut out);
     Ok(out)
 }
 

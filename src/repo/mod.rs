@@ -117,6 +117,16 @@ fn read_config(backend: &dyn Backend) -> Result<RepoConfig> {
     Ok(config)
 }
 
+/// Sorts snapshots by time, oldest first (ids break ties, so the order is stable across runs).
+pub fn sort_oldest_first(snapshots: &mut [(SnapshotId, Snapshot)]) {
+    snapshots.sort_by(|a, b| {
+        a.1.timestamp()
+            .ok()
+            .cmp(&b.1.timestamp().ok())
+            .then(a.0.cmp(&b.0))
+    });
+}
+
 impl Repository {
     /// Creates a repository and one key slot for each credential given.
     ///
@@ -468,12 +478,7 @@ impl Repository {
                 Err(e) => tracing::warn!("skipping snapshot {}: {e}", id.short()),
             }
         }
-        out.sort_by(|a, b| {
-            a.1.timestamp()
-                .ok()
-                .cmp(&b.1.timestamp().ok())
-                .then(a.0.cmp(&b.0))
-        });
+        sort_oldest_first(&mut out);
         Ok(out)
     }
 
