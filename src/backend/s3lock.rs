@@ -778,6 +778,8 @@ pub(crate) mod simulated {
     pub(crate) struct Retaining {
         inner: MemoryBackend,
         locks: Mutex<HashMap<(FileType, String), DateTime<Utc>>>,
+        /// Objects removed while retained: hidden behind a delete marker, their version kept.
+        hidden: Mutex<std::collections::HashSet<(FileType, String)>>,
     }
 
     impl Retaining {
@@ -805,6 +807,18 @@ pub(crate) mod simulated {
         pub(crate) fn expire_all(&self) {
             self.locks.lock().unwrap().clear();
         }
+
+        /// Objects hidden behind a delete marker whose retained version is still stored.
+        pub(crate) fn hidden(&self) -> usize {
+            self.hidden.lock().unwrap().len()
+        }
+
+        fn lock_of(&self, t: FileType, name: &str) -> Option<DateTime<Utc>> {
+            let l = self.locks.lock().unwrap();
+            l.get(&(t, name.to_string()))
+                .copied()
+                .filter(|u| *u > Utc::now())
+        }
     }
 
     impl Backend for Retaining {
@@ -827,13 +841,29 @@ pub(crate) mod simulated {
             self.inner.write(t, name, data)
         }
         fn remove(&self, t: FileType, name: &str) -> Result<()> {
-            if let Some(until) = self.locked_until(t, name)? {
-                return Err(Error::Retained {
-                    object: t.path_of(name),
-                    until,
-                });
+            // As the S3 backend does: a retained pack or index file stays; any other retained
+            // object is hidden (its version stays); a hidden one is removed once its lock ended.
+            let key = (t, name.to_string());
+            let hidden = self.hidden.lock().unwrap().contains(&key);
+            match self.lock_of(t, name) {
+                Some(until) if matches!(t, FileType::Pack | FileType::Index) => {
+                    Err(Error::Retained {
+                        object: t.path_of(name),
+                        until,
+                    })
+                }
+                Some(_) if hidden => Ok(()),
+                Some(_) => {
+                    self.inner.remove(t, name)?;
+                    self.hidden.lock().unwrap().insert(key);
+                    Ok(())
+                }
+                None if hidden => {
+                    self.hidden.lock().unwrap().remove(&key);
+                    Ok(())
+                }
+                None => self.inner.remove(t, name),
             }
-            self.inner.remove(t, name)
         }
         fn stat(&self, t: FileType, name: &str) -> Result<u64> {
             self.inner.stat(t, name)
@@ -845,14 +875,10 @@ pub(crate) mod simulated {
             }
         }
         fn locked_until(&self, t: FileType, name: &str) -> Result<Option<DateTime<Utc>>> {
-            self.inner.stat(t, name)?;
-            Ok(self
-                .locks
-                .lock()
-                .unwrap()
-                .get(&(t, name.to_string()))
-                .copied()
-                .filter(|u| *u > Utc::now()))
+            if !self.hidden.lock().unwrap().contains(&(t, name.to_string())) {
+                self.inner.stat(t, name)?;
+            }
+            Ok(self.lock_of(t, name))
         }
     }
 }

@@ -137,6 +137,10 @@ pub struct EraseReport {
     /// The forced prune.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prune: Option<PruneReport>,
+    /// Replaced snapshots whose old version an object lock keeps (hidden behind a delete marker, so
+    /// no listing shows them, but stored until the date): erase again after it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retained_snapshots: Vec<RetainedSnapshot>,
     /// The scan afterwards (none in a dry run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scan: Option<ScanReport>,
@@ -146,6 +150,39 @@ pub struct EraseReport {
     /// When the subjects were erased before (nothing of theirs is left; nothing was done).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub already_erased: Vec<String>,
+}
+
+/// A snapshot removed by erase whose stored version an object lock keeps until `until`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetainedSnapshot {
+    /// The snapshot.
+    pub id: SnapshotId,
+    /// The end of its retention.
+    pub until: chrono::DateTime<chrono::Utc>,
+}
+
+/// Removes snapshot `id`, noting in `retained` when an object lock keeps its stored version (the
+/// backend then only hides it).
+fn remove_snapshot(
+    repo: &Repository,
+    id: &SnapshotId,
+    retained: &mut Vec<RetainedSnapshot>,
+) -> Result<()> {
+    let name = id.to_hex();
+    let until = match repo.backend().locked_until(FileType::Snapshot, &name) {
+        Err(Error::NotFound { .. }) => return Ok(()),
+        r => r?,
+    };
+    match until {
+        // Hidden already by an earlier run: nothing to do before the date.
+        Some(until) if repo.backend().exists(FileType::Snapshot, &name)? => {
+            crate::prune::remove(repo.backend(), FileType::Snapshot, &name)?;
+            retained.push(RetainedSnapshot { id: *id, until });
+        }
+        Some(until) => retained.push(RetainedSnapshot { id: *id, until }),
+        None => crate::prune::remove(repo.backend(), FileType::Snapshot, &name)?,
+    }
+    Ok(())
 }
 
 /// Trees and file contents read during one erase, each once.
@@ -716,21 +753,15 @@ fn mask_value(v: &Value, t: &Tokens) -> Value {
 /// Type of the record holding the values of an erase in progress.
 const PENDING: &str = "erasure-pending";
 
-/// Records of interrupted erases of any of `subject_ids`: (record name, values).
-fn pending_records(
-    repo: &Repository,
-    subject_ids: &[String],
-) -> Result<Vec<(String, Vec<String>)>> {
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+/// The strings of a JSON array (none for anything else).
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// The pending records of interrupted or retained erases of any of `subject_ids`, by name.
+fn pending_of(repo: &Repository, subject_ids: &[String]) -> Result<Vec<(String, Value)>> {
     Ok(repo
         .records_named(Some(PENDING))?
         .into_iter()
@@ -740,31 +771,37 @@ fn pending_records(
                 .iter()
                 .any(|i| subject_ids.contains(i))
         })
+        .collect())
+}
+
+/// Records of interrupted erases of any of `subject_ids`: (record name, values).
+fn pending_records(
+    repo: &Repository,
+    subject_ids: &[String],
+) -> Result<Vec<(String, Vec<String>)>> {
+    Ok(pending_of(repo, subject_ids)?
+        .into_iter()
         .map(|(name, v)| (name, strings(&v["values"])))
         .collect())
 }
 
 /// Packs that interrupted or retained erases of any of `subject_ids` could not remove (object lock).
 fn retained_packs(repo: &Repository, subject_ids: &[String]) -> Result<HashSet<PackId>> {
-    Ok(repo
-        .records_named(Some(PENDING))?
-        .into_iter()
-        .filter_map(|(_, r)| r.ok())
-        .filter(|v| {
-            v["subject_ids"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|i| subject_ids.iter().any(|s| i == s)))
-        })
-        .flat_map(|v| {
-            v["retained_packs"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|p| p.as_str().and_then(|p| PackId::from_hex(p).ok()))
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        })
+    Ok(retained_from_pending(repo, subject_ids, "retained_packs")?
+        .iter()
+        .filter_map(|p| PackId::from_hex(p).ok())
+        .collect())
+}
+
+/// The names listed under `field` in the pending records of earlier erases of any of `subject_ids`.
+fn retained_from_pending(
+    repo: &Repository,
+    subject_ids: &[String],
+    field: &str,
+) -> Result<Vec<String>> {
+    Ok(pending_of(repo, subject_ids)?
+        .iter()
+        .flat_map(|(_, v)| strings(&v[field]))
         .collect())
 }
 
@@ -959,7 +996,7 @@ pub fn erase(
         new.parent = s.parent.map(|p| renamed.get(&p).copied().unwrap_or(p));
         let nid = repo.save_snapshot(&new)?;
         renamed.insert(id, nid);
-        repo.backend().remove(FileType::Snapshot, &id.to_hex())?;
+        remove_snapshot(repo, &id, &mut report.retained_snapshots)?;
         report.snapshots.push(SnapshotReport {
             original: id,
             new: Some(nid),
@@ -969,7 +1006,15 @@ pub fn erase(
         });
     }
     for id in finish {
-        crate::prune::remove(repo.backend(), FileType::Snapshot, &id.to_hex())?;
+        remove_snapshot(repo, &id, &mut report.retained_snapshots)?;
+    }
+    // Snapshots an earlier run could only hide: removed now if their lock ended.
+    for id in retained_from_pending(repo, &subject_ids, "retained_snapshots")? {
+        if let Ok(id) = SnapshotId::from_hex(&id) {
+            if !report.retained_snapshots.iter().any(|r| r.id == id) {
+                remove_snapshot(repo, &id, &mut report.retained_snapshots)?;
+            }
+        }
     }
     report.records_rewritten = rewrite_records(repo, &t)?;
 
@@ -1025,7 +1070,14 @@ pub fn erase(
             l.until.to_rfc3339()
         ));
     }
-    if !locked.is_empty() {
+    for r in &report.retained_snapshots {
+        scan.found.push(format!(
+            "snapshot {} (replaced; its stored version is under an object lock until {}, hidden from listings: erase again after that date)",
+            r.id,
+            r.until.to_rfc3339()
+        ));
+    }
+    if !locked.is_empty() || !report.retained_snapshots.is_empty() {
         scan.status = "retained".into();
     }
     report.scan = Some(scan);
@@ -1042,15 +1094,17 @@ pub fn erase(
     }
     // Paths and pointers are masked already; this makes sure no value slips into the record.
     report.record = Some(repo.save_record(&mask_value(&record, &t))?);
-    if !locked.is_empty() {
-        // The values stay (encrypted) with the locked packs' names, so that a run after the locks'
-        // end finds them and finishes the erasure.
+    if !locked.is_empty() || !report.retained_snapshots.is_empty() {
+        // The values stay (encrypted) with the locked objects' names, so that a run after the
+        // locks' end finds them and finishes the erasure.
+        let snaps = &report.retained_snapshots;
         repo.save_record(&serde_json::json!({
             "type": PENDING,
             "subject_ids": subject_ids,
             "values": t.values(),
             "retained_packs": locked.iter().map(|l| l.pack.to_hex()).collect::<Vec<_>>(),
-            "retained_until": locked.iter().map(|l| l.until).max(),
+            "retained_snapshots": snaps.iter().map(|r| r.id.to_hex()).collect::<Vec<_>>(),
+            "retained_until": locked.iter().map(|l| l.until).chain(snaps.iter().map(|r| r.until)).max(),
         }))?;
     }
     for id in pending_ids {
@@ -1149,6 +1203,7 @@ mod tests {
         .unwrap();
         let until = chrono::Utc::now() + chrono::Duration::days(2);
         let locked = b.lock_all(FileType::Pack, until);
+        let snapshots = b.lock_all(FileType::Snapshot, until);
         let opts = EraseOptions {
             subjects: vec!["kong:consumer=alice".into()],
             ..EraseOptions::default()
@@ -1161,6 +1216,20 @@ mod tests {
             "{scan:?}"
         );
         assert!(r.prune.as_ref().unwrap().locked_packs > 0);
+        // The replaced snapshot is hidden (listed no more) but kept, and the proof says so.
+        assert_eq!(r.retained_snapshots.len(), snapshots.len(), "{r:?}");
+        assert_eq!(b.hidden(), snapshots.len());
+        assert!(repo
+            .snapshots()
+            .unwrap()
+            .iter()
+            .all(|(id, _)| !snapshots.contains(&id.to_hex())));
+        assert!(
+            scan.found.iter().any(|f| f.starts_with("snapshot ")
+                && f.contains(&snapshots[0])
+                && f.contains("object lock until")),
+            "{scan:?}"
+        );
         let packs: HashSet<String> = b
             .list(FileType::Pack)
             .unwrap()
@@ -1190,6 +1259,8 @@ mod tests {
             locked.iter().any(|p| !packs.contains(p)),
             "no retained pack was removed"
         );
+        assert_eq!(b.hidden(), 0, "the hidden snapshot versions were removed");
+        assert!(again.retained_snapshots.is_empty(), "{again:?}");
         assert!(repo.records_named(Some(PENDING)).unwrap().is_empty());
         let check =
             crate::check::check(&repo, crate::check::ReadData::All, 1, &NoProgress).unwrap();
