@@ -161,6 +161,8 @@ pub(crate) fn run_one(
         eprintln!("warning: {w}");
     }
     let s = &r.snapshot.summary;
+    g.figures
+        .backup(s.total_bytes, s.data_added, s.data_added_packed);
     let summary = serde_json::json!({
         "message_type": "summary",
         "snapshot_id": r.id,

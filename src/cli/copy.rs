@@ -92,6 +92,7 @@ pub(crate) fn run(g: &Global, a: CopyArgs) -> anyhow::Result<u8> {
     let report = copy_with_progress(&src, &dst, &opts, &Bar::new(g, "copy"))
         .with_context(|| format!("copying from {from} to {to}"))?;
     if !a.dry_run {
+        g.figures.bytes_added(report.bytes_added);
         g.audit.note(serde_json::json!({"copy": {
             "from": report.from,
             "copied": report.copied,

@@ -16,6 +16,7 @@ mod init;
 mod key;
 mod log;
 mod ls;
+mod metrics;
 mod probe;
 mod profiles;
 mod prune;
@@ -123,6 +124,13 @@ pub struct Global {
         value_name = "PATTERN"
     )]
     require_region: Option<String>,
+    /// After backup, check, copy, drill, forget, prune, restore, rewrite or erase, push the run's
+    /// metrics to this Prometheus Pushgateway (a failed push is only a warning).
+    #[arg(long, env = "GATEVAULT_PUSHGATEWAY", global = true, value_name = "URL")]
+    pushgateway: Option<String>,
+    /// Figures the command notes for the push.
+    #[arg(skip)]
+    figures: Arc<metrics::RunFigures>,
     /// The configured repository `-r config:NAME` named: its declared region and region policies.
     #[arg(skip)]
     configured: profiles::Configured,
@@ -500,9 +508,12 @@ pub fn main() -> ExitCode {
         .without_time()
         .with_target(false)
         .try_init();
+    let started = chrono::Utc::now();
     if let Err(e) = cli.global.resolve_configured() {
         eprintln!("error: {e:#}");
-        return ExitCode::from(exit_code(&e));
+        let code = exit_code(&e);
+        metrics::push_run(&cli.global, matches.subcommand_name(), started, code);
+        return ExitCode::from(code);
     }
     let g = &cli.global;
     let result = match cli.command {
@@ -542,5 +553,7 @@ pub fn main() -> ExitCode {
         }
     };
     let outcome = crate::audit::session::Outcome::of(&result, code);
-    ExitCode::from(audit::finish(g, &invocation, &outcome))
+    let code = audit::finish(g, &invocation, &outcome);
+    metrics::push_run(g, matches.subcommand_name(), started, code);
+    ExitCode::from(code)
 }
