@@ -41,6 +41,7 @@ pub mod repo;
 pub mod restore;
 pub mod select;
 pub mod stats;
+pub mod systemd;
 pub mod util;
 pub mod walk;
 
