@@ -39,6 +39,7 @@ pub mod reencrypt;
 pub mod repair;
 pub mod repo;
 pub mod restore;
+pub mod secrets;
 pub mod select;
 pub mod stats;
 pub mod systemd;

@@ -656,7 +656,8 @@ pub fn open_configured(rc: &RepositoryConfig) -> Result<Repository> {
             .filter(|s| !s.is_empty())
             .map(PathBuf::from)
     };
-    let (key_file, password_file, password_command) = if rc.has_credentials() {
+    let own = rc.has_credentials();
+    let (key_file, password_file, password_command) = if own {
         (
             rc.key_file.clone(),
             rc.password_file.clone(),
@@ -672,56 +673,15 @@ pub fn open_configured(rc: &RepositoryConfig) -> Result<Repository> {
         )
     };
     let name = &rc.name;
-    let key_file = match &key_file {
-        Some(f) => {
-            let b = std::fs::read(f).map_err(|e| {
-                Error::NoCredentials(format!(
-                    "repository {name}: cannot read its key file {}: {e}",
-                    f.display()
-                ))
-            })?;
-            Some(crate::crypto::keyslot::parse_key_file(
-                &b,
-                &f.display().to_string(),
-            )?)
-        }
-        None => None,
+    let what = format!("repository {name}");
+    let source = crate::secrets::SecretSource {
+        password_file: password_file.as_deref(),
+        password_command: password_command.as_deref(),
+        key_file: key_file.as_deref(),
+        password_env: (!own).then_some("GATEVAULT_PASSWORD"),
+        what: &what,
     };
-    let first_line = |b: Vec<u8>| {
-        let line = b.split(|c| *c == b'\n').next().unwrap_or(&[]);
-        zeroize::Zeroizing::new(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
-    };
-    let password = if let Some(f) = &password_file {
-        Some(first_line(std::fs::read(f).map_err(|e| {
-            Error::NoCredentials(format!(
-                "repository {name}: cannot read its password file {}: {e}",
-                f.display()
-            ))
-        })?))
-    } else if let Some(c) = &password_command {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(c)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| Error::Io {
-                context: format!("repository {name}: running its password command {c:?}"),
-                source: e,
-            })?;
-        if !out.status.success() {
-            return Err(Error::NoCredentials(format!(
-                "repository {name}: its password command {c:?} failed with {}",
-                out.status
-            )));
-        }
-        Some(first_line(out.stdout))
-    } else if rc.has_credentials() {
-        None
-    } else {
-        std::env::var("GATEVAULT_PASSWORD")
-            .ok()
-            .map(|p| zeroize::Zeroizing::new(p.into_bytes()))
-    };
+    let (key_file, password) = (source.key()?, source.password()?);
     if key_file.is_none() && password.is_none() {
         return Err(Error::NoCredentials(format!(
             "repository {name}: no credentials: set key_file, password_file or password_command in [repositories.{name}] of the config file"
@@ -730,16 +690,7 @@ pub fn open_configured(rc: &RepositoryConfig) -> Result<Repository> {
     let mut opts: Vec<String> = rc.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
     opts.sort();
     let opts = crate::backend::BackendOptions::parse(&opts)?;
-    let cache = std::env::var_os("GATEVAULT_CACHE_DIR")
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .map(|d| d.join("gatevault"))
-        });
+    let cache = env_path("GATEVAULT_CACHE_DIR").or_else(crate::secrets::default_cache_dir);
     let backend = crate::backend::open_cached(&rc.location, &opts, cache.as_deref())?;
     Repository::open(backend, &Credentials { password, key_file }, cache)
 }

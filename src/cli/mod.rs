@@ -247,12 +247,9 @@ impl Global {
         if self.no_cache {
             return None;
         }
-        self.cache_dir.clone().or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .map(|d| d.join("gatevault"))
-        })
+        self.cache_dir
+            .clone()
+            .or_else(crate::secrets::default_cache_dir)
     }
 
     fn progress_enabled(&self) -> bool {
@@ -320,35 +317,22 @@ pub(crate) struct SecretOptions<'a> {
 }
 
 impl SecretOptions<'_> {
+    /// The sources without the prompt.
+    fn source(&self) -> crate::secrets::SecretSource<'_> {
+        crate::secrets::SecretSource {
+            password_file: self.password_file,
+            password_command: self.password_command,
+            key_file: self.key_file,
+            password_env: Some(self.password_env),
+            what: self.what,
+        }
+    }
+
     /// Reads the password from the first source given: file, command, the environment variable, a
     /// prompt on a terminal.
     pub(crate) fn password(&self, confirm: bool) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {
-        if let Some(f) = self.password_file {
-            let s = Zeroizing::new(std::fs::read(f).with_context(|| {
-                format!("reading the {} password file {}", self.what, f.display())
-            })?);
-            let line = s.split(|b| *b == b'\n').next().unwrap_or(&[]);
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            return Ok(Some(Zeroizing::new(line.to_vec())));
-        }
-        if let Some(c) = self.password_command {
-            let out = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(c)
-                .output()
-                .with_context(|| format!("running the {} password command {c:?}", self.what))?;
-            if !out.status.success() {
-                anyhow::bail!(Error::NoCredentials(format!(
-                    "{} password command {c:?} failed with {}",
-                    self.what, out.status
-                )));
-            }
-            let s = Zeroizing::new(out.stdout);
-            let line = s.split(|b| *b == b'\n').next().unwrap_or(&[]);
-            return Ok(Some(Zeroizing::new(line.to_vec())));
-        }
-        if let Ok(p) = std::env::var(self.password_env) {
-            return Ok(Some(Zeroizing::new(p.into_bytes())));
+        if let Some(p) = self.source().password()? {
+            return Ok(Some(p));
         }
         if self.key_file.is_some() || !std::io::stdin().is_terminal() {
             return Ok(None);
@@ -371,20 +355,7 @@ impl SecretOptions<'_> {
 
     /// Reads the key file, if one is given.
     pub(crate) fn read_key_file(&self) -> anyhow::Result<Option<Zeroizing<[u8; 32]>>> {
-        let Some(f) = self.key_file else {
-            return Ok(None);
-        };
-        let b = Zeroizing::new(std::fs::read(f).map_err(|e| {
-            Error::NoCredentials(format!(
-                "cannot read the {} key file {}: {e}",
-                self.what,
-                f.display()
-            ))
-        })?);
-        Ok(Some(crate::crypto::keyslot::parse_key_file(
-            &b,
-            &f.display().to_string(),
-        )?))
+        Ok(self.source().key()?)
     }
 
     /// The password and key file given; at least one is required.
