@@ -293,6 +293,9 @@ pub fn check(
     let incomplete = Mutex::new(Vec::new());
     let counts = Mutex::new((0u64, 0u64));
     selected.par_iter().for_each(|pid| {
+        if crate::signals::interrupted() {
+            return;
+        }
         let (size, indexed) = &packs[pid];
         let mut bytes = match backend.read(FileType::Pack, &pid.to_hex()) {
             Ok(b) => b,
@@ -349,6 +352,7 @@ pub fn check(
             .extend(errs);
     });
     progress.finish();
+    crate::signals::check()?;
     let mut errs = errors.into_inner().unwrap_or_else(|e| e.into_inner());
     errs.sort();
     r.errors.extend(errs);

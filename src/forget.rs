@@ -896,7 +896,7 @@ pub fn forget(
             .flat_map(|g| g.remove.iter().map(|e| e.id))
             .collect();
         for id in &todo {
-            let done = lock.check().and_then(|()| {
+            let done = lock.check().and_then(|()| crate::signals::check()).and_then(|()| {
                 match repo.backend().remove(FileType::Snapshot, &id.to_hex()) {
                     Ok(()) | Err(Error::NotFound { .. }) => Ok(()),
                     Err(e) => Err(e),

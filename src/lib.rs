@@ -40,8 +40,10 @@ pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod select;
+pub mod signals;
 pub mod stats;
 pub mod util;
 pub mod walk;
+pub mod watch;
 
 pub use error::{Error, Result};
