@@ -431,17 +431,18 @@ pub fn past_reads(records: Vec<Result<serde_json::Value>>) -> Vec<PastRead> {
             Some(s) if s.buckets == SCRUB_BUCKETS => (s.read, true),
             Some(_) => continue,
             None if c.read_data == "all" => ((0..SCRUB_BUCKETS).collect(), false),
-            None => match c.read_data.strip_prefix("subset ").map(str::parse::<ReadData>) {
+            None => match c
+                .read_data
+                .strip_prefix("subset ")
+                .map(str::parse::<ReadData>)
+            {
                 Some(Ok(ReadData::Subset(n, SCRUB_BUCKETS))) => (vec![n - 1], false),
                 _ => continue,
             },
         };
         out.push(PastRead {
             time,
-            buckets: buckets
-                .into_iter()
-                .filter(|b| *b < SCRUB_BUCKETS)
-                .collect(),
+            buckets: buckets.into_iter().filter(|b| *b < SCRUB_BUCKETS).collect(),
             scrub: is_scrub,
         });
     }

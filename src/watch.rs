@@ -219,23 +219,26 @@ impl<'a> Watcher<'a> {
                 .index()?
                 .sync(self.repo.backend(), self.repo.keys())?;
         }
-        let fingerprint =
-            match find_parent(self.repo, &self.host, std::slice::from_ref(&path.to_string()))? {
-                Some((id, snap)) => match stored_fingerprint(self.repo, &snap) {
-                    Ok(f) => {
-                        tracing::debug!("newest snapshot of {path}: {}", id.short());
-                        f
-                    }
-                    Err(e) => {
-                        tracing::warn!(
+        let fingerprint = match find_parent(
+            self.repo,
+            &self.host,
+            std::slice::from_ref(&path.to_string()),
+        )? {
+            Some((id, snap)) => match stored_fingerprint(self.repo, &snap) {
+                Ok(f) => {
+                    tracing::debug!("newest snapshot of {path}: {}", id.short());
+                    f
+                }
+                Err(e) => {
+                    tracing::warn!(
                         "cannot read snapshot {} of {path} ({e}); the next capture is committed",
                         id.short()
                     );
-                        Fingerprint::new()
-                    }
-                },
-                None => Fingerprint::new(),
-            };
+                    Fingerprint::new()
+                }
+            },
+            None => Fingerprint::new(),
+        };
         self.known = Some(Known {
             path: path.to_string(),
             listing,

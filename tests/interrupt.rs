@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use util::*;
 #[allow(unused_imports)]
 use util::Runner;
+use util::*;
 
 /// Incompressible files enough for a backup of several seconds: `n` files of 4 MiB.
 fn big_source(root: &Path, n: usize) -> PathBuf {
@@ -35,13 +35,17 @@ fn wait_for_pack(repo: &Path, child: &mut Child) {
     let t = Instant::now();
     loop {
         let data = repo.join("data");
-        let any = std::fs::read_dir(&data).into_iter().flatten().flatten().any(|d| {
-            std::fs::read_dir(d.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|f| !f.file_name().to_string_lossy().starts_with('.'))
-        });
+        let any = std::fs::read_dir(&data)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| {
+                std::fs::read_dir(d.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|f| !f.file_name().to_string_lossy().starts_with('.'))
+            });
         if any {
             return;
         }
@@ -94,16 +98,29 @@ fn backup_stops_cleanly(signal: &str, want: i32) {
     let mut child = spawn(backup_cmd(&r, &src));
     wait_for_pack(&r.path, &mut child);
     let (code, err) = stop(child, signal);
-    assert_eq!(code, Some(want), "exit code after SIG{signal}; stderr:\n{err}");
+    assert_eq!(
+        code,
+        Some(want),
+        "exit code after SIG{signal}; stderr:\n{err}"
+    );
     assert!(
-        err.contains(&format!("interrupted by SIG{signal}: nothing was committed")),
+        err.contains(&format!(
+            "interrupted by SIG{signal}: nothing was committed"
+        )),
         "stderr says what happened: {err}"
     );
     assert!(r.objects("locks").is_empty(), "the lock was removed");
     assert!(r.snapshot_ids().is_empty(), "no snapshot was committed");
-    assert!(!r.pack_files().is_empty(), "packs were written before the stop");
+    assert!(
+        !r.pack_files().is_empty(),
+        "packs were written before the stop"
+    );
     let out = r.run_code(code::OK, ["check", "--read-data", "--no-record"]);
-    assert!(stdout(&out).contains("status: Success"), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("status: Success"),
+        "{}",
+        describe(&out)
+    );
     let v = r.backup(&[&src], &[]);
     assert_eq!(v["files_new"], 48, "the next backup completes: {v}");
     assert_eq!(r.snapshot_ids().len(), 1);
@@ -140,7 +157,10 @@ fn sigterm_during_a_copy_keeps_the_destination_consistent() {
     let (code, err) = stop(child, "TERM");
     assert_eq!(code, Some(143), "stderr:\n{err}");
     assert!(err.contains("interrupted by SIGTERM"), "{err}");
-    assert!(dst.objects("locks").is_empty(), "the destination's lock was removed");
+    assert!(
+        dst.objects("locks").is_empty(),
+        "the destination's lock was removed"
+    );
     assert!(
         src_repo.objects("locks").is_empty(),
         "the source's lock was removed"

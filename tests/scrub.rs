@@ -11,9 +11,9 @@ use chrono::{DateTime, Duration, Utc};
 use gatevault::backend::{local::LocalBackend, Backend};
 use gatevault::repo::{Credentials, Repository};
 use serde_json::Value;
-use util::*;
 #[allow(unused_imports)]
 use util::Runner;
+use util::*;
 
 fn open(r: &Repo) -> Repository {
     let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(&r.path));

@@ -13,9 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use util::*;
 #[allow(unused_imports)]
 use util::Runner;
+use util::*;
 
 /// A Caddy on loopback with its admin API, stopped when dropped.
 struct Caddy {
@@ -68,7 +68,14 @@ fn watch_cmd(r: &Repo, endpoint: &str, extra: &[&str]) -> Command {
     c.arg("-r").arg(&r.path);
     c.arg("--key-file").arg(r.key.as_ref().unwrap());
     c.arg("--cache-dir").arg(&r.cache);
-    c.args(["--json", "watch", "--gateway", "caddy", "--endpoint", endpoint]);
+    c.args([
+        "--json",
+        "watch",
+        "--gateway",
+        "caddy",
+        "--endpoint",
+        endpoint,
+    ]);
     c.args(extra);
     c
 }
@@ -137,11 +144,18 @@ fn watch_commits_each_change_once_and_restore_at_finds_it() {
     // Change 1: the route's body; change 2: a new route.
     load(&caddy, &config(&caddy.admin, port, "hello v2", &[]));
     wait_for_snapshots(&r, 2, &mut child);
-    load(&caddy, &config(&caddy.admin, port, "hello v2", &["extra-route"]));
+    load(
+        &caddy,
+        &config(&caddy.admin, port, "hello v2", &["extra-route"]),
+    );
     let snaps = wait_for_snapshots(&r, 3, &mut child);
     // Unchanged for several polls: no snapshot more.
     std::thread::sleep(Duration::from_millis(4500));
-    assert_eq!(r.snapshots().len(), 3, "an unchanged gateway adds no snapshot");
+    assert_eq!(
+        r.snapshots().len(),
+        3,
+        "an unchanged gateway adds no snapshot"
+    );
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -158,8 +172,16 @@ fn watch_commits_each_change_once_and_restore_at_finds_it() {
         .filter(|l| l["message_type"] == "commit")
         .collect();
     assert_eq!(commits.len(), 3, "{lines:?}");
-    assert_eq!(commits[1]["changed"], 1, "change 1 changed one route: {}", commits[1]);
-    assert_eq!(commits[2]["added"], 1, "change 2 added one route: {}", commits[2]);
+    assert_eq!(
+        commits[1]["changed"], 1,
+        "change 1 changed one route: {}",
+        commits[1]
+    );
+    assert_eq!(
+        commits[2]["added"], 1,
+        "change 2 added one route: {}",
+        commits[2]
+    );
     let summary = lines.last().unwrap();
     assert_eq!(summary["message_type"], "summary");
     assert_eq!(summary["stopped"], "signal");
@@ -210,12 +232,28 @@ fn an_unreachable_gateway_is_retried_and_does_not_end_the_watch() {
     assert!(r.snapshot_ids().is_empty());
     // Without a gateway the command is refused with the next step.
     let out = r.run_code(code::FAILURE, ["watch", "--interval", "1s"]);
-    assert!(stderr(&out).contains("--gateway KIND"), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("--gateway KIND"),
+        "{}",
+        describe(&out)
+    );
     let out = r.run_code(
         code::FAILURE,
-        ["watch", "--gateway", "caddy", "--endpoint", &endpoint, "--interval", "10"],
+        [
+            "watch",
+            "--gateway",
+            "caddy",
+            "--endpoint",
+            &endpoint,
+            "--interval",
+            "10",
+        ],
     );
-    assert!(stderr(&out).contains("--interval \"10\""), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("--interval \"10\""),
+        "{}",
+        describe(&out)
+    );
 }
 
 /// The figure of docs/watch.md: 8,640 polls (a day at 10 s) of an unchanged Caddy at `--interval 0s`;
@@ -240,7 +278,14 @@ fn watch_growth_of_a_day_of_polls() {
     cfg.as_object_mut().unwrap().remove("logging");
     load(&caddy, &cfg);
     let r = Repo::init();
-    r.run_ok(["backup", "-q", "--gateway", "caddy", "--endpoint", &caddy.admin]);
+    r.run_ok([
+        "backup",
+        "-q",
+        "--gateway",
+        "caddy",
+        "--endpoint",
+        &caddy.admin,
+    ]);
     let size = |p: &Path| -> u64 {
         fn walk(p: &Path) -> u64 {
             std::fs::read_dir(p)
@@ -258,12 +303,21 @@ fn watch_growth_of_a_day_of_polls() {
     let polls = 8640;
     let cpu_before = children_cpu();
     let t = Instant::now();
-    let mut child = watch_cmd(&r, &caddy.admin, &["--interval", "0s", "--max-polls", "8640"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = watch_cmd(
+        &r,
+        &caddy.admin,
+        &["--interval", "0s", "--max-polls", "8640"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert!(child.wait().unwrap().success());
     let wall = t.elapsed();
     let after = size(&r.path);

@@ -42,8 +42,8 @@ pub(crate) fn run(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
     };
     let scrub = match &a.scrub_cycle {
         Some(c) => {
-            let cycle = crate::profile::parse_age(c)
-                .map_err(|e| anyhow::anyhow!("--scrub-cycle: {e}"))?;
+            let cycle =
+                crate::profile::parse_age(c).map_err(|e| anyhow::anyhow!("--scrub-cycle: {e}"))?;
             if cycle <= chrono::Duration::zero() {
                 anyhow::bail!(crate::Error::InvalidInput(format!(
                     "--scrub-cycle {c:?}: give a cycle longer than zero, like 30d"
@@ -53,7 +53,10 @@ pub(crate) fn run(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
                 .map(|t| t.with_timezone(&chrono::Utc))
                 .unwrap_or(now);
             let past = crate::check::past_reads(repo.records(Some(crate::profile::CHECK_RECORD))?);
-            Some((c.clone(), crate::check::plan_scrub(&past, created, now, cycle)))
+            Some((
+                c.clone(),
+                crate::check::plan_scrub(&past, created, now, cycle),
+            ))
         }
         None => None,
     };

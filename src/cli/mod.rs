@@ -557,7 +557,10 @@ pub fn main() -> ExitCode {
     };
     let code = match &result {
         Ok(code) => *code,
-        Err(e) if e.chain().any(|c| matches!(c.downcast_ref::<Error>(), Some(Error::Interrupted))) => {
+        Err(e)
+            if e.chain()
+                .any(|c| matches!(c.downcast_ref::<Error>(), Some(Error::Interrupted))) =>
+        {
             eprintln!("interrupted by {}: {stop_note}", crate::signals::name());
             exit_code(e)
         }
