@@ -338,6 +338,7 @@ fn save_file(
         let reader = s.spawn(move || {
             let mut n = 0;
             chunker.stream(f, 2 * chunker.max_size(), &what, |batch| {
+                crate::signals::check()?;
                 for c in batch {
                     tx.send((n, c)).map_err(|_| Error::Interrupted)?;
                     n += 1;
@@ -631,6 +632,10 @@ pub fn backup(
     };
     let fatal: Mutex<Option<Error>> = Mutex::new(None);
     small.into_par_iter().for_each(|item| {
+        if crate::signals::interrupted() {
+            *fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(Error::Interrupted);
+            return;
+        }
         if let Item::File {
             node,
             path,
@@ -656,6 +661,7 @@ pub fn backup(
         return Err(e);
     }
     for item in large.iter_mut() {
+        crate::signals::check()?;
         if let Item::File { node, path, .. } = item {
             match save_file(&saver, &chunker, path, node.size, &[], progress) {
                 Ok(ids) => node.content = ids,
@@ -677,6 +683,7 @@ pub fn backup(
 
     let tree = save_trees(&saver, root_children, parent.as_ref().map(|(_, s)| s.tree))?;
     lock.check()?;
+    crate::signals::check()?;
     saver.commit_index()?;
     let stats = saver.stats();
     let mut summary = scan.summary;

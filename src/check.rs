@@ -31,6 +31,8 @@ pub enum ReadData {
     Subset(u32, u32),
     /// A random share of the packs, in percent.
     Percent(f64),
+    /// The scrub buckets whose bits are set, of `m` buckets by pack id (see [`plan_scrub`]).
+    Buckets(u64, u32),
 }
 
 impl std::str::FromStr for ReadData {
@@ -99,6 +101,12 @@ pub struct CheckReport {
     pub bytes_read: u64,
 }
 
+/// The group (0-based) of pack `p` among `m` groups by pack id: the groups of `--read-data-subset
+/// n/m` and the scrub buckets.
+pub fn bucket_of(p: &PackId, m: u32) -> u32 {
+    ((u32::from_be_bytes([p.0[0], p.0[1], p.0[2], p.0[3]]) as u64 * m as u64) >> 32) as u32
+}
+
 /// Selects the packs whose data `sel` asks for.
 pub fn select_packs(packs: &[PackId], sel: ReadData, seed: u64) -> Vec<PackId> {
     match sel {
@@ -106,11 +114,12 @@ pub fn select_packs(packs: &[PackId], sel: ReadData, seed: u64) -> Vec<PackId> {
         ReadData::All => packs.to_vec(),
         ReadData::Subset(n, m) => packs
             .iter()
-            .filter(|p| {
-                ((u32::from_be_bytes([p.0[0], p.0[1], p.0[2], p.0[3]]) as u64 * m as u64) >> 32)
-                    as u32
-                    == n - 1
-            })
+            .filter(|p| bucket_of(p, m) == n - 1)
+            .copied()
+            .collect(),
+        ReadData::Buckets(mask, m) => packs
+            .iter()
+            .filter(|p| mask & (1u64 << bucket_of(p, m).min(63)) != 0)
             .copied()
             .collect(),
         ReadData::Percent(pct) => {
@@ -293,6 +302,9 @@ pub fn check(
     let incomplete = Mutex::new(Vec::new());
     let counts = Mutex::new((0u64, 0u64));
     selected.par_iter().for_each(|pid| {
+        if crate::signals::interrupted() {
+            return;
+        }
         let (size, indexed) = &packs[pid];
         let mut bytes = match backend.read(FileType::Pack, &pid.to_hex()) {
             Ok(b) => b,
@@ -349,6 +361,7 @@ pub fn check(
             .extend(errs);
     });
     progress.finish();
+    crate::signals::check()?;
     let mut errs = errors.into_inner().unwrap_or_else(|e| e.into_inner());
     errs.sort();
     r.errors.extend(errs);
@@ -366,6 +379,148 @@ pub fn check(
         Status::Success
     };
     Ok(r)
+}
+
+// ---------------------------------------------------------------------------------- scrub
+
+/// How many buckets `check --scrub-cycle` splits the packs into (by pack id, as
+/// `--read-data-subset n/64`); a record made with another number is not used.
+pub const SCRUB_BUCKETS: u32 = 64;
+
+/// What a scrub stores in its check record (the `scrub` field): which buckets it read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubRecord {
+    /// The cycle asked for (`30d`).
+    pub cycle: String,
+    /// The number of buckets ([`SCRUB_BUCKETS`]).
+    pub buckets: u32,
+    /// The buckets read (0-based, ascending).
+    pub read: Vec<u32>,
+}
+
+/// One past check as the scrub planner sees it: when, which buckets it read, and whether it was a
+/// scrub (whose times give the interval between runs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PastRead {
+    /// When the check ended.
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// The buckets of [`SCRUB_BUCKETS`] it read in full.
+    pub buckets: Vec<u32>,
+    /// A `--scrub-cycle` run.
+    pub scrub: bool,
+}
+
+/// The past reads in the repository's check records (values of
+/// [`crate::repo::Repository::records`]): a scrub's buckets, `--read-data` as every bucket,
+/// `--read-data-subset n/64` as bucket n-1. Checks that ended `Partial` (something could not be read)
+/// and unreadable records do not count.
+pub fn past_reads(records: Vec<Result<serde_json::Value>>) -> Vec<PastRead> {
+    let mut out = Vec::new();
+    for v in records.into_iter().flatten() {
+        let Ok(c) = serde_json::from_value::<crate::profile::CheckRecord>(v.clone()) else {
+            continue;
+        };
+        let Some(time) = c.timestamp() else { continue };
+        if c.kind != crate::profile::CHECK_RECORD || c.status == Status::Partial {
+            continue;
+        }
+        let scrub = v
+            .get("scrub")
+            .and_then(|s| serde_json::from_value::<ScrubRecord>(s.clone()).ok());
+        let (buckets, is_scrub) = match scrub {
+            Some(s) if s.buckets == SCRUB_BUCKETS => (s.read, true),
+            Some(_) => continue,
+            None if c.read_data == "all" => ((0..SCRUB_BUCKETS).collect(), false),
+            None => match c
+                .read_data
+                .strip_prefix("subset ")
+                .map(str::parse::<ReadData>)
+            {
+                Some(Ok(ReadData::Subset(n, SCRUB_BUCKETS))) => (vec![n - 1], false),
+                _ => continue,
+            },
+        };
+        out.push(PastRead {
+            time,
+            buckets: buckets.into_iter().filter(|b| *b < SCRUB_BUCKETS).collect(),
+            scrub: is_scrub,
+        });
+    }
+    out
+}
+
+/// Which buckets a scrub run at `now` reads, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScrubPlan {
+    /// The buckets to read (0-based, ascending).
+    pub read: Vec<u32>,
+    /// Of those, the buckets that would be older than the cycle at the next run.
+    pub overdue: usize,
+    /// The share the rate asks for: buckets × interval ÷ cycle, rounded up.
+    pub by_rate: usize,
+    /// The time since the previous scrub (zero for the first).
+    pub interval: chrono::Duration,
+    /// The oldest last read among the buckets read (the repository's creation for a bucket never read).
+    pub oldest: chrono::DateTime<chrono::Utc>,
+}
+
+/// Plans a scrub run at `now` so that every bucket is read at least once per `cycle`.
+///
+/// A bucket's last read is the newest past read that covered it, or `created` (the repository's
+/// creation) when none did. With `interval` the time since the previous scrub, the next run is
+/// assumed to come at most `interval` later, so the run reads the buckets oldest first, as many as
+///   - every bucket whose last read would be older than `cycle` at `now + interval`, and
+///   - buckets × interval ÷ cycle, rounded up (the steady rate, so that reads spread evenly over the
+///     cycle instead of bunching when many buckets fall due together),
+///
+/// and at least one.
+pub fn plan_scrub(
+    past: &[PastRead],
+    created: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+    cycle: chrono::Duration,
+) -> ScrubPlan {
+    let b = SCRUB_BUCKETS as usize;
+    let mut last = vec![created; b];
+    for r in past.iter().filter(|r| r.time <= now) {
+        for &k in &r.buckets {
+            last[k as usize] = last[k as usize].max(r.time);
+        }
+    }
+    let interval = past
+        .iter()
+        .filter(|r| r.scrub && r.time <= now)
+        .map(|r| now - r.time)
+        .min()
+        .unwrap_or_else(chrono::Duration::zero)
+        .max(chrono::Duration::zero());
+    let mut order: Vec<usize> = (0..b).collect();
+    order.sort_by_key(|&k| (last[k], k));
+    let next = now + interval;
+    let overdue = order.iter().filter(|&&k| next - last[k] > cycle).count();
+    let cycle_ms = cycle.num_milliseconds().max(1) as u128;
+    let by_rate = ((b as u128 * interval.num_milliseconds().max(0) as u128).div_ceil(cycle_ms))
+        .min(b as u128) as usize;
+    let k = overdue.max(by_rate).clamp(1, b);
+    let oldest = last[order[0]];
+    let mut read: Vec<u32> = order[..k].iter().map(|&k| k as u32).collect();
+    read.sort_unstable();
+    ScrubPlan {
+        read,
+        overdue,
+        by_rate,
+        interval,
+        oldest,
+    }
+}
+
+/// The [`ReadData`] that reads `buckets` of [`SCRUB_BUCKETS`].
+pub fn scrub_selection(buckets: &[u32]) -> ReadData {
+    let mask = buckets
+        .iter()
+        .filter(|b| **b < 64)
+        .fold(0u64, |m, b| m | (1u64 << b));
+    ReadData::Buckets(mask, SCRUB_BUCKETS)
 }
 
 #[cfg(test)]
@@ -400,5 +555,111 @@ mod tests {
             "12.5%".parse::<ReadData>().unwrap(),
             ReadData::Percent(12.5)
         );
+    }
+
+    #[test]
+    fn scrub_buckets_select_the_subsets_of_64() {
+        let packs: Vec<PackId> = (0..2000).map(|_| PackId::random()).collect();
+        let sel = select_packs(&packs, scrub_selection(&[3, 40]), 0);
+        let mut want: Vec<PackId> = [4, 41]
+            .iter()
+            .flat_map(|n| select_packs(&packs, ReadData::Subset(*n, 64), 0))
+            .collect();
+        want.sort();
+        let mut got = sel.clone();
+        got.sort();
+        assert_eq!(got, want);
+        assert!(!got.is_empty());
+    }
+
+    /// Daily, weekly and irregular runs: simulated over a year, no bucket ever goes unread for
+    /// longer than the cycle once the history is long enough, and each run reads at least one.
+    #[test]
+    fn scrub_plans_keep_every_bucket_within_the_cycle() {
+        use chrono::{Duration, TimeZone, Utc};
+        let created = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        for (cycle_days, gaps_hours) in [
+            (30, vec![24]),
+            (30, vec![24 * 7]),
+            (7, vec![24]),
+            (30, vec![6, 30, 24, 12, 48, 24]),
+        ] {
+            let cycle = Duration::days(cycle_days);
+            let mut past: Vec<PastRead> = vec![];
+            let mut last = [created; SCRUB_BUCKETS as usize];
+            let mut now = created + Duration::hours(1);
+            let mut read_total = 0usize;
+            for i in 0..400 {
+                let plan = plan_scrub(&past, created, now, cycle);
+                assert!(!plan.read.is_empty(), "at least one bucket per run");
+                read_total += plan.read.len();
+                for b in &plan.read {
+                    last[*b as usize] = now;
+                }
+                past.push(PastRead {
+                    time: now,
+                    buckets: plan.read.clone(),
+                    scrub: true,
+                });
+                let gap = Duration::hours(gaps_hours[i % gaps_hours.len()]);
+                // Runs come at least as often as the previous interval (the planner's assumption).
+                let next = now + gap;
+                if let Some(prev) = past.iter().rev().nth(1) {
+                    if next - now > now - prev.time {
+                        // An interval longer than the previous one: the rule does not promise.
+                        now = next;
+                        continue;
+                    }
+                }
+                for (b, l) in last.iter().enumerate() {
+                    assert!(
+                        next - *l <= cycle,
+                        "cycle {cycle_days}d gaps {gaps_hours:?}: bucket {b} unread for {} h at run {i}",
+                        (next - *l).num_hours()
+                    );
+                }
+                now = next;
+            }
+            // Not everything every time: the reads follow the rate.
+            assert!(
+                read_total < 400 * SCRUB_BUCKETS as usize / 2,
+                "cycle {cycle_days}d: {read_total} bucket reads"
+            );
+        }
+    }
+
+    #[test]
+    fn past_reads_come_from_scrubs_full_and_matching_subset_checks() {
+        let rec = |time: &str, read_data: &str, status: &str, scrub: Option<serde_json::Value>| {
+            let mut v = serde_json::json!({"type": "check", "time": time, "status": status,
+                "read_data": read_data, "errors": 0, "incomplete": 0, "duration_ms": 1});
+            if let Some(s) = scrub {
+                v["scrub"] = s;
+            }
+            Ok(v)
+        };
+        let past = past_reads(vec![
+            rec("2026-01-02T00:00:00Z", "all", "Success", None),
+            rec("2026-01-03T00:00:00Z", "subset 5/64", "Failed", None),
+            rec("2026-01-04T00:00:00Z", "subset 1/3", "Success", None),
+            rec("2026-01-05T00:00:00Z", "all", "Partial", None),
+            rec(
+                "2026-01-06T00:00:00Z",
+                "scrub",
+                "Success",
+                Some(serde_json::json!({"cycle": "30d", "buckets": 64, "read": [7, 9]})),
+            ),
+            rec(
+                "2026-01-07T00:00:00Z",
+                "scrub",
+                "Success",
+                Some(serde_json::json!({"cycle": "30d", "buckets": 32, "read": [1]})),
+            ),
+            Err(Error::integrity("record x", "damaged")),
+        ]);
+        assert_eq!(past.len(), 3, "{past:?}");
+        assert_eq!(past[0].buckets.len(), 64);
+        assert_eq!(past[1].buckets, vec![4]);
+        assert_eq!((past[2].buckets.clone(), past[2].scrub), (vec![7, 9], true));
     }
 }

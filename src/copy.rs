@@ -151,6 +151,7 @@ pub fn copy_with_progress(
     );
     let copier = Copier::new(src, dst);
     for (id, snap) in selected {
+        crate::signals::check()?;
         let key = key_of(id, &snap);
         if let Some((target, _)) = in_dst.get(&key).and_then(|v| v.first()) {
             report.already_present.push(CopiedSnapshot {
@@ -194,6 +195,7 @@ pub fn copy_with_progress(
         let tree = copier.tree(Some(&saver), &snap.tree, pair)?;
         src_lock.check()?;
         dst_lock.check()?;
+        crate::signals::check()?;
         saver.commit_index()?;
         let stats = saver.stats();
         report.blobs_copied += stats.blobs_added;

@@ -896,12 +896,15 @@ pub fn forget(
             .flat_map(|g| g.remove.iter().map(|e| e.id))
             .collect();
         for id in &todo {
-            let done = lock.check().and_then(|()| {
-                match repo.backend().remove(FileType::Snapshot, &id.to_hex()) {
-                    Ok(()) | Err(Error::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(e),
-                }
-            });
+            let done = lock
+                .check()
+                .and_then(|()| crate::signals::check())
+                .and_then(
+                    |()| match repo.backend().remove(FileType::Snapshot, &id.to_hex()) {
+                        Ok(()) | Err(Error::NotFound { .. }) => Ok(()),
+                        Err(e) => Err(e),
+                    },
+                );
             if let Err(e) = done {
                 tracing::error!(
                     "removed {} of {} snapshots before failing on snapshot {}; run forget again to finish",

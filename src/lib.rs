@@ -41,9 +41,11 @@ pub mod repo;
 pub mod restore;
 pub mod secrets;
 pub mod select;
+pub mod signals;
 pub mod stats;
 pub mod systemd;
 pub mod util;
 pub mod walk;
+pub mod watch;
 
 pub use error::{Error, Result};

@@ -639,6 +639,7 @@ pub fn prune_locked(
         }
         let result = (|| -> Result<()> {
             lock.check()?;
+            crate::signals::check()?;
             let p = &info[pid];
             let bytes = backend.read(FileType::Pack, &pid.to_hex())?;
             for e in &p.keep {
@@ -712,6 +713,7 @@ pub fn prune_locked(
     packs.sort_by_key(|p| p.id);
     r.pack_bytes_after = packs.iter().map(|p| p.size).sum();
     lock.check()?;
+    crate::signals::check()?;
     let file = IndexFile {
         supersedes: state.files.clone(),
         packs,
@@ -738,6 +740,8 @@ pub fn prune_locked(
         .collect();
     doomed.sort();
     for pid in doomed {
+        // Safe: the new index names none of them (an unreferenced pack is harmless).
+        crate::signals::check()?;
         match remove(backend, FileType::Pack, &pid.to_hex()) {
             // Locked since it was asked (the new index no longer names it): it stays unreferenced
             // until a later prune.

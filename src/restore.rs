@@ -321,6 +321,15 @@ pub fn restore(
     let written = std::sync::atomic::AtomicU64::new(inline);
     let packs: Vec<_> = by_pack.into_iter().collect();
     packs.par_iter().for_each(|(pack, blobs)| {
+        // Stopped (SIGTERM/SIGINT): the files this pack would complete are removed below.
+        if crate::signals::interrupted() {
+            let mut f = failed.lock().unwrap_or_else(|e| e.into_inner());
+            for (fi, _) in blobs.values().flat_map(|(_, t)| t) {
+                f.entry(*fi)
+                    .or_insert_with(|| "interrupted before it was complete".into());
+            }
+            return;
+        }
         let mut list: Vec<&(BlobLocation, Targets)> = blobs.values().collect();
         list.sort_by_key(|(l, _)| l.entry.offset);
         // Merge nearby blobs into runs read with one request.
@@ -426,6 +435,7 @@ pub fn restore(
         }
     }
     report.bytes = written.into_inner();
+    crate::signals::check()?;
     // Folder times last, deepest first, since creating files changes them.
     dirs.sort_by_key(|(d, _)| std::cmp::Reverse(d.components().count()));
     for (d, n) in &dirs {

@@ -8,11 +8,18 @@ use crate::check::{check, ReadData, Status};
 #[derive(Args, Debug)]
 pub(crate) struct CheckArgs {
     /// Re-read and re-hash every blob.
-    #[arg(long, conflicts_with = "read_data_subset")]
+    #[arg(long, conflicts_with_all = ["read_data_subset", "scrub_cycle"])]
     read_data: bool,
     /// Re-read a subset: n/m (group n of m, by pack id) or X% (random share).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "scrub_cycle")]
     read_data_subset: Option<ReadData>,
+    /// Re-read the share of pack data that is due so that every pack is re-read at least once per
+    /// this cycle (`30d`, `2w`), tracked in the repository's check records (see docs/watch.md).
+    #[arg(long, value_name = "AGE")]
+    scrub_cycle: Option<String>,
+    /// Plan and record the scrub as if it were this time (tests; RFC 3339).
+    #[arg(long, hide = true, value_name = "TIME")]
+    now: Option<String>,
     /// Seed for the random share of X% (default: random).
     #[arg(long)]
     seed: Option<u64>,
@@ -29,10 +36,34 @@ pub(crate) fn run(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
         false,
         "check",
     )?;
-    let read = if a.read_data {
-        ReadData::All
-    } else {
-        a.read_data_subset.unwrap_or(ReadData::None)
+    let now = match &a.now {
+        Some(t) => crate::select::parse_time(t)?,
+        None => chrono::Utc::now(),
+    };
+    let scrub = match &a.scrub_cycle {
+        Some(c) => {
+            let cycle =
+                crate::profile::parse_age(c).map_err(|e| anyhow::anyhow!("--scrub-cycle: {e}"))?;
+            if cycle <= chrono::Duration::zero() {
+                anyhow::bail!(crate::Error::InvalidInput(format!(
+                    "--scrub-cycle {c:?}: give a cycle longer than zero, like 30d"
+                )));
+            }
+            let created = chrono::DateTime::parse_from_rfc3339(&repo.config().created)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .unwrap_or(now);
+            let past = crate::check::past_reads(repo.records(Some(crate::profile::CHECK_RECORD))?);
+            Some((
+                c.clone(),
+                crate::check::plan_scrub(&past, created, now, cycle),
+            ))
+        }
+        None => None,
+    };
+    let read = match (&scrub, a.read_data) {
+        (Some((_, plan)), _) => crate::check::scrub_selection(&plan.read),
+        (None, true) => ReadData::All,
+        (None, false) => a.read_data_subset.unwrap_or(ReadData::None),
     };
     let seed = a.seed.unwrap_or_else(rand::random);
     if !g.quiet && !g.json {
@@ -42,6 +73,18 @@ pub(crate) fn run(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
             ReadData::All => println!("reading all pack data"),
             ReadData::Subset(n, m) => println!("reading pack data subset {n}/{m}"),
             ReadData::Percent(p) => println!("reading {p}% of pack data (seed {seed})"),
+            ReadData::Buckets(..) => {}
+        }
+        if let Some((cycle, plan)) = &scrub {
+            let list: Vec<String> = plan.read.iter().map(u32::to_string).collect();
+            println!(
+                "scrub (cycle {cycle}): reading bucket(s) {} of {} ({} due by the next run, {} by rate; {} since the previous scrub)",
+                list.join(", "),
+                crate::check::SCRUB_BUCKETS,
+                plan.overdue,
+                plan.by_rate,
+                crate::profile::format_age(plan.interval)
+            );
         }
     }
     let started = std::time::Instant::now();
@@ -55,7 +98,11 @@ pub(crate) fn run(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
         (false, _) => {
             let rec = crate::profile::CheckRecord {
                 kind: crate::profile::CHECK_RECORD.into(),
-                time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                time: match &a.now {
+                    Some(_) => now,
+                    None => chrono::Utc::now(),
+                }
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 hostname: crate::util::hostname(),
                 status: r.status,
                 read_data: match read {
@@ -63,6 +110,7 @@ pub(crate) fn run(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
                     ReadData::All => "all".into(),
                     ReadData::Subset(n, m) => format!("subset {n}/{m}"),
                     ReadData::Percent(p) => format!("{p}%"),
+                    ReadData::Buckets(..) => "scrub".into(),
                 },
                 errors: r.errors.len() as u64,
                 incomplete: r.incomplete.len() as u64,
@@ -73,7 +121,16 @@ pub(crate) fn run(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
             };
             serde_json::to_value(&rec)
                 .map_err(|e| e.to_string())
-                .and_then(|v| repo.save_record(&v).map_err(|e| e.to_string()))
+                .and_then(|mut v| {
+                    if let Some((cycle, plan)) = &scrub {
+                        v["scrub"] = serde_json::json!(crate::check::ScrubRecord {
+                            cycle: cycle.clone(),
+                            buckets: crate::check::SCRUB_BUCKETS,
+                            read: plan.read.clone(),
+                        });
+                    }
+                    repo.save_record(&v).map_err(|e| e.to_string())
+                })
         }
     };
     if g.json {
@@ -82,6 +139,14 @@ pub(crate) fn run(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
             Ok(id) => serde_json::json!(id),
             Err(_) => serde_json::Value::Null,
         };
+        if let Some((cycle, plan)) = &scrub {
+            j["scrub"] = serde_json::json!({
+                "cycle": cycle, "buckets": crate::check::SCRUB_BUCKETS, "read": plan.read,
+                "due": plan.overdue, "by_rate": plan.by_rate,
+                "interval_secs": plan.interval.num_seconds(),
+                "oldest_read": plan.oldest.to_rfc3339(),
+            });
+        }
         print_json(&j)?;
     } else {
         for e in &r.errors {

@@ -28,6 +28,7 @@ mod snapshots;
 mod stats;
 mod status;
 mod unlock;
+mod watch;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -61,7 +62,7 @@ pub mod exit {
     pub const WRONG_PASSWORD: u8 = 12;
     /// The role of the key in use does not allow the command.
     pub const NOT_ALLOWED: u8 = 13;
-    /// Interrupted.
+    /// Interrupted by SIGINT (SIGTERM gives 143: 128 + the signal number, see `crate::signals`).
     pub const INTERRUPTED: u8 = 130;
 }
 
@@ -197,6 +198,8 @@ enum Command {
     Repair(repair::RepairCommand),
     /// List the audit log (`audit verify` checks its hash chain, `audit head` prints its head).
     Audit(audit::AuditArgs),
+    /// Poll a gateway and commit a snapshot each time its configuration changes.
+    Watch(watch::WatchArgs),
 }
 
 /// Snapshot filters shared by several commands.
@@ -420,12 +423,25 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 Error::Locked { .. } => exit::LOCKED,
                 Error::WrongPassword | Error::NoCredentials(_) => exit::WRONG_PASSWORD,
                 Error::NotAllowed { .. } => exit::NOT_ALLOWED,
-                Error::Interrupted => exit::INTERRUPTED,
+                Error::Interrupted => crate::signals::exit_code(),
                 _ => exit::FAILURE,
             };
         }
     }
     exit::FAILURE
+}
+
+/// What is true of the repository after `command` stopped at a signal (the line on stderr).
+fn interrupted_note(command: &Command) -> &'static str {
+    match command {
+        Command::Backup(_) => "nothing was committed (no snapshot); packs already written stay unreferenced until the next prune; run the backup again",
+        Command::Forget(_) => "the snapshots removed so far stay removed and the others are kept; run the same forget again to finish",
+        Command::Prune(_) => "the repository is consistent (check passes); run prune again to finish",
+        Command::Copy(_) => "the snapshots copied so far are complete, nothing else was committed; run the same copy again to finish (it skips them)",
+        Command::Check(_) => "the check did not finish and nothing was recorded",
+        Command::Restore(_) => "the files being restored were removed, files already complete stay; run the restore again",
+        _ => "the command stopped at a safe point; nothing was half-committed",
+    }
 }
 
 /// Parses the command line, runs the command and returns the exit code.
@@ -486,6 +502,10 @@ pub fn main() -> ExitCode {
         metrics::push_run(&cli.global, matches.subcommand_name(), started, code);
         return ExitCode::from(code);
     }
+    if let Err(e) = crate::signals::install() {
+        tracing::warn!("cannot handle SIGTERM/SIGINT ({e}): a signal will end the command at once");
+    }
+    let stop_note = interrupted_note(&cli.command);
     let g = &cli.global;
     let result = match cli.command {
         Command::Init(a) => init::run(g, a),
@@ -515,9 +535,17 @@ pub fn main() -> ExitCode {
         Command::Unlock(a) => unlock::run(g, a),
         Command::Repair(a) => repair::run(g, a),
         Command::Audit(a) => audit::run(g, a),
+        Command::Watch(a) => watch::run(g, a),
     };
     let code = match &result {
         Ok(code) => *code,
+        Err(e)
+            if e.chain()
+                .any(|c| matches!(c.downcast_ref::<Error>(), Some(Error::Interrupted))) =>
+        {
+            eprintln!("interrupted by {}: {stop_note}", crate::signals::name());
+            exit_code(e)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             exit_code(e)

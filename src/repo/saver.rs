@@ -297,6 +297,8 @@ impl<'a> BlobSaver<'a> {
     }
 
     fn write_pack(&self, p: PackBuilder) -> Result<()> {
+        // A safe point: a stop leaves the packs written so far unreferenced, nothing else.
+        crate::signals::check()?;
         self.writer.send(p.finish(self.repo.keys())?)
     }
 
