@@ -6,6 +6,7 @@ mod backup;
 mod cat;
 mod check;
 mod copy;
+mod daemon;
 mod diff;
 mod drill;
 mod dump;
@@ -13,6 +14,7 @@ mod erase;
 mod export;
 mod forget;
 mod init;
+mod jobs;
 mod key;
 mod log;
 mod ls;
@@ -189,6 +191,10 @@ enum Command {
     Repair(repair::RepairCommand),
     /// List the audit log (`audit verify` checks its hash chain, `audit head` prints its head).
     Audit(audit::AuditArgs),
+    /// Run the jobs of the config file on their schedules (`--once`: each once, now).
+    Daemon(daemon::DaemonArgs),
+    /// List the runs of scheduled jobs, newest first.
+    Jobs(jobs::JobsArgs),
 }
 
 /// Snapshot filters shared by several commands.
@@ -533,6 +539,8 @@ pub fn main() -> ExitCode {
         Command::Unlock(a) => unlock::run(g, a),
         Command::Repair(a) => repair::run(g, a),
         Command::Audit(a) => audit::run(g, a),
+        Command::Daemon(a) => daemon::run(g, a),
+        Command::Jobs(a) => jobs::run(g, a),
     };
     let code = match &result {
         Ok(code) => *code,
