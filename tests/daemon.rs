@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use util::*;
 #[allow(unused_imports)]
 use util::Runner;
+use util::*;
 
 /// An HTTP server on loopback that stores the JSON body of every request it gets.
 struct Hook {
@@ -91,7 +91,11 @@ impl Setup {
             Some(h) => format!(
                 "[alerts]\nwebhook = {:?}\ncommand = [\"sh\", \"-c\", {:?}]\n",
                 h.url,
-                format!("cat >> {}; echo >> {}", s(&root.join("alerts.jsonl")), s(&root.join("alerts.jsonl")))
+                format!(
+                    "cat >> {}; echo >> {}",
+                    s(&root.join("alerts.jsonl")),
+                    s(&root.join("alerts.jsonl"))
+                )
             ),
             None => String::new(),
         };
@@ -119,7 +123,7 @@ impl Setup {
     }
 
     /// Starts the daemon (with `args` after `daemon`); its output goes to files in the temp dir.
-    fn daemon(&self, args: &[&str]) -> Child {
+    fn daemon(&self, args: &[&str]) -> Daemon {
         let out = std::fs::File::create(self.root().join("daemon.out")).unwrap();
         let err = std::fs::File::create(self.root().join("daemon.err")).unwrap();
         self.cmd()
@@ -130,6 +134,7 @@ impl Setup {
             .stdout(out)
             .stderr(err)
             .spawn()
+            .map(Daemon)
             .expect("start the daemon")
     }
 
@@ -187,8 +192,21 @@ fn time(v: &Value) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+/// A running daemon, killed if the test ends without stopping it.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Sends SIGTERM to the daemon and waits (bounded) for it to exit; its exit code.
-fn terminate(child: &mut Child, within: Duration) -> Option<i32> {
+fn terminate(daemon: &mut Daemon, within: Duration) -> Option<i32> {
+    let child = &mut daemon.0;
     let st = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -211,7 +229,10 @@ fn terminate(child: &mut Child, within: Duration) -> Option<i32> {
 fn wait_until(what: &str, f: impl Fn() -> bool) {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < Duration::from_secs(60), "{what}: not within 60 s");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{what}: not within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -257,7 +278,9 @@ fn jobs_run_on_schedule_are_recorded_and_never_overlap_on_a_repository() {
     assert_eq!(backups[0]["kind"], "backup");
     assert_eq!(backups[0]["repository"], "local");
     for b in &backups {
-        let id = b["snapshot"].as_str().expect("a backup records its snapshot");
+        let id = b["snapshot"]
+            .as_str()
+            .expect("a backup records its snapshot");
         assert!(snaps.iter().any(|s| s == id), "{id} not in {snaps:?}");
         assert!(b["duration_ms"].as_u64().is_some(), "{b}");
         assert_eq!(b["exit_code"], 0);
@@ -265,7 +288,10 @@ fn jobs_run_on_schedule_are_recorded_and_never_overlap_on_a_repository() {
     let first = backups[0]["bytes_added"].as_u64().expect("bytes_added");
     let later = backups[1]["bytes_added"].as_u64().expect("bytes_added");
     assert!(first > 10_000, "the first backup stored the tree: {first}");
-    assert!(later < first / 10, "an unchanged folder adds little: {later} vs {first}");
+    assert!(
+        later < first / 10,
+        "an unchanged folder adds little: {later} vs {first}"
+    );
     assert!(backups[0]["dedup_ratio"].as_f64().is_some_and(|r| r > 0.0));
     let snap = setup.repo.snapshots();
     assert!(
@@ -292,10 +318,17 @@ fn jobs_run_on_schedule_are_recorded_and_never_overlap_on_a_repository() {
         }
     }
     // The text listing names the jobs.
-    let out = setup.cmd().args(["jobs", "--job", "scrub", "--last", "1"]).output().unwrap();
+    let out = setup
+        .cmd()
+        .args(["jobs", "--job", "scrub", "--last", "1"])
+        .output()
+        .unwrap();
     assert_code(&out, code::OK);
     let text = stdout(&out);
-    assert!(text.contains("scrub") && !text.contains("files ") && text.contains("1 run(s)"), "{text}");
+    assert!(
+        text.contains("scrub") && !text.contains("files ") && text.contains("1 run(s)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -431,7 +464,6 @@ fn sigterm_during_a_backup_stops_the_daemon_and_check_passes() {
         recs[0]["error"].as_str().unwrap_or("")
     );
     // Whatever the backup had written, the repository is consistent.
-    setup.repo.run_ok(["unlock"]);
     setup.repo.run_ok(["check", "--read-data"]);
 }
 
@@ -468,12 +500,18 @@ fn config_errors_name_the_job_and_the_key() {
         );
     }
     // The same file still works for commands that do not run jobs.
-    let out = setup.cmd().args(["-r", "config:local", "snapshots"]).output().unwrap();
+    let out = setup
+        .cmd()
+        .args(["-r", "config:local", "snapshots"])
+        .output()
+        .unwrap();
     assert_code(&out, code::OK);
     // An unknown job for --job.
     std::fs::write(
         &setup.config,
-        format!("{base}[jobs.a]\ntype = \"check\"\nrepository = \"local\"\nschedule = \"0 3 * * *\"\n"),
+        format!(
+            "{base}[jobs.a]\ntype = \"check\"\nrepository = \"local\"\nschedule = \"0 3 * * *\"\n"
+        ),
     )
     .unwrap();
     let out = setup
@@ -485,8 +523,11 @@ fn config_errors_name_the_job_and_the_key() {
     assert!(stderr(&out).contains("no job \"b\""), "{}", stderr(&out));
 }
 
-/// Parses the Prometheus text format: (name, labels, value) per sample.
-fn parse_metrics(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// One sample of the Prometheus text format: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// Parses the Prometheus text format.
+fn parse_metrics(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.trim();
@@ -532,13 +573,11 @@ fn daemon_metrics_are_served_over_http() {
     let mut d = setup.daemon(&["--metrics-addr", &addr]);
     setup.wait_records("a successful run", |r| count(r, "files", "Success") >= 1);
     let base = format!("http://{addr}");
-    let mut samples = Vec::new();
     wait_until("the metrics show the successful run", || {
         let Ok((200, body)) = http(&base, "GET", "/metrics", "") else {
             return false;
         };
-        samples = parse_metrics(&body);
-        samples.iter().any(|(n, l, v)| {
+        parse_metrics(&body).iter().any(|(n, l, v)| {
             n == "gatevault_job_last_status"
                 && l.contains(&("job".into(), "files".into()))
                 && l.contains(&("status".into(), "Success".into()))

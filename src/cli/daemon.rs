@@ -43,7 +43,9 @@ pub(crate) fn run(g: &Global, a: DaemonArgs) -> anyhow::Result<u8> {
         None => None,
     };
     let exe = std::env::current_exe().map_err(|e| {
-        crate::Error::InvalidInput(format!("cannot find the gatevault program to run jobs with: {e}"))
+        crate::Error::InvalidInput(format!(
+            "cannot find the gatevault program to run jobs with: {e}"
+        ))
     })?;
     let launcher = Launcher {
         exe,

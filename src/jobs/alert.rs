@@ -54,9 +54,7 @@ pub fn send(settings: &AlertSettings, kind: AlertKind, alert: &Alert) -> Vec<Str
         }
     }
     if let Some(url) = &settings.webhook {
-        let agent = ureq::AgentBuilder::new()
-            .timeout(settings.timeout)
-            .build();
+        let agent = ureq::AgentBuilder::new().timeout(settings.timeout).build();
         if let Err(e) = agent
             .post(url)
             .set("Content-Type", "application/json")

@@ -335,7 +335,9 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
             "w" => Duration::from_secs(7 * 86_400),
             _ => return Err(bad()),
         };
-        total += unit.checked_mul(u32::try_from(n).map_err(|_| bad())?).ok_or_else(bad)?;
+        total += unit
+            .checked_mul(u32::try_from(n).map_err(|_| bad())?)
+            .ok_or_else(bad)?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -344,7 +346,7 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
 /// Prints a duration the way the config file writes it (`10m`, `1h30m`, `1.5s`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{}s", d.as_secs_f64());
     }
     let mut s = d.as_secs();
@@ -474,7 +476,10 @@ impl JobsConfig {
         let mut jobs = BTreeMap::new();
         for (name, v) in a.jobs.iter().flatten() {
             let key = format!("jobs.{name}");
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
                 return Err(bad(format!(
                     "[{key}]: a job name may hold only letters, digits, '-', '_' and '.'"
@@ -577,7 +582,12 @@ fn build_job(
                     if config.profiles.is_empty() {
                         "none".to_string()
                     } else {
-                        config.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                        config
+                            .profiles
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     }
                 )
             })?;
@@ -689,7 +699,9 @@ fn build_job(
         }
         JobKind::Copy => {
             if r.to.is_empty() {
-                return Err("to: missing; give the repositories to copy to, like to = [\"offsite\"]".into());
+                return Err(
+                    "to: missing; give the repositories to copy to, like to = [\"offsite\"]".into(),
+                );
             }
             let mut seen = BTreeSet::new();
             for dst in &r.to {
@@ -924,7 +936,12 @@ schedule = "0 5 * * 1"
         let f = &c.jobs["files"];
         assert_eq!(
             f.steps[0],
-            ["-r", "config:local", "backup", "/etc/gatevault/etc/kong.yml"]
+            [
+                "-r",
+                "config:local",
+                "backup",
+                "/etc/gatevault/etc/kong.yml"
+            ]
         );
         assert_eq!(f.schedule.tz, chrono_tz::Europe::Berlin, "the default zone");
         assert_eq!(
@@ -1014,7 +1031,10 @@ schedule = "0 5 * * 1"
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2w").unwrap(), Duration::from_secs(14 * 86_400));
+        assert_eq!(
+            parse_duration("2w").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
         for b in ["", "10", "m", "5y", "1.5h", "-3s"] {
             assert!(parse_duration(b).is_err(), "{b:?}");
         }
@@ -1052,7 +1072,11 @@ schedule = "0 5 * * 1"
         let first = berlin.next_after(utc("2025-10-25T12:00:00Z")).unwrap();
         let second = berlin.next_after(first).unwrap();
         assert_eq!(first, utc("2025-10-26T00:30:00Z"), "02:30 CEST");
-        assert_eq!(second, utc("2025-10-27T01:30:00Z"), "the next day, 02:30 CET");
+        assert_eq!(
+            second,
+            utc("2025-10-27T01:30:00Z"),
+            "the next day, 02:30 CET"
+        );
         // Six fields: seconds.
         let every2 = Schedule::new("*/2 * * * * *", Tz::UTC).unwrap();
         assert_eq!(

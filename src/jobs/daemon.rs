@@ -114,7 +114,8 @@ impl Scheduler {
         for mut r in store.list()? {
             if r.status == JobStatus::Started {
                 r.status = JobStatus::Failed;
-                r.error = Some("the daemon stopped before the run ended; its end is unknown".into());
+                r.error =
+                    Some("the daemon stopped before the run ended; its end is unknown".into());
                 store.write(&r)?;
             }
             if let Some(s) = state.get_mut(&r.job) {
@@ -320,7 +321,12 @@ impl Scheduler {
             tracing::error!("job {}: {e}", job.name);
         }
         self.opts.metrics.observe_job(&rec);
-        tracing::info!("job {} ({}): started, run {}", job.name, job.kind.as_str(), rec.id);
+        tracing::info!(
+            "job {} ({}): started, run {}",
+            job.name,
+            job.kind.as_str(),
+            rec.id
+        );
         let launcher = self.launcher.clone();
         let daemon = self.jobs.daemon.clone();
         let events = OverTime {

@@ -179,11 +179,7 @@ pub async fn run_job(
             JobStatus::Failed
         }
         Some(Cut::Shutdown) if outcomes.last().is_some_and(|(o, _)| o.code != 0) => {
-            errors.insert(
-                0,
-                "stopped by the daemon's shutdown (SIGTERM); the command committed nothing half-done"
-                    .into(),
-            );
+            errors.insert(0, "stopped by the daemon's shutdown (SIGTERM)".into());
             JobStatus::Failed
         }
         _ if ok == outcomes.len() && !partial => JobStatus::Success,
