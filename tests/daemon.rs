@@ -557,6 +557,18 @@ fn parse_metrics(text: &str) -> Vec<Sample> {
 }
 
 #[test]
+fn the_test_parser_reads_prometheus_text() {
+    let s = parse_metrics(
+        "# HELP x y\n# TYPE gatevault_job_runs_total counter\ngatevault_job_runs_total{job=\"a\",kind=\"backup\",status=\"Success\"} 3\nup 1\n",
+    );
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[0].0, "gatevault_job_runs_total");
+    assert!(s[0].1.contains(&("status".into(), "Success".into())));
+    assert!(s[0].1.contains(&("job".into(), "a".into())));
+    assert_eq!((s[0].2, s[1].2), (3.0, 1.0));
+}
+
+#[test]
 fn daemon_metrics_are_served_over_http() {
     let src_holder = tempfile::tempdir().unwrap();
     let src = src_holder.path().join("src");

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
@@ -140,6 +140,8 @@ impl Schedule {
     /// The first time strictly after `after` that the schedule names (wall-clock fields read in
     /// the schedule's zone: a time skipped by a DST change is not run, a repeated one runs once).
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Whole seconds: the search keeps the fraction of its starting point.
+        let after = after.with_nanosecond(0).unwrap_or(after);
         let local = after.with_timezone(&self.tz);
         self.cron
             .find_next_occurrence(&local, false)
@@ -752,7 +754,7 @@ fn build_job(
             if let Some(c) = &r.scrub_cycle {
                 let d = parse_duration(c).map_err(|e| format!("scrub_cycle: {}", inner(&e)))?;
                 let days = d.as_secs().div_ceil(86_400).max(1);
-                cmd.extend(["--scrub-cycle".into(), days.to_string()]);
+                cmd.extend(["--scrub-cycle".into(), format!("{days}d")]);
             }
             cmd.extend(r.args.iter().cloned());
             steps.push(with_global(&global, cmd));
@@ -969,7 +971,7 @@ schedule = "0 5 * * 1"
         );
         assert_eq!(
             c.jobs["scrub"].steps[0],
-            ["-r", "config:offsite", "check", "--scrub-cycle", "30"]
+            ["-r", "config:offsite", "check", "--scrub-cycle", "30d"]
         );
         assert!(c.jobs["drill"].steps[0].contains(&"--random".to_string()));
     }
@@ -1082,6 +1084,11 @@ schedule = "0 5 * * 1"
         assert_eq!(
             every2.next_after(utc("2025-01-01T00:00:01Z")),
             Some(utc("2025-01-01T00:00:02Z"))
+        );
+        assert_eq!(
+            every2.next_after(utc("2025-01-01T00:00:02.750Z")),
+            Some(utc("2025-01-01T00:00:04Z")),
+            "on the second, not at the fraction of the starting point"
         );
         // New York, same expression, other offsets.
         let ny = Schedule::new("30 2 * * *", chrono_tz::America::New_York).unwrap();
