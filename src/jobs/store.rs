@@ -29,7 +29,7 @@ impl RecordStore {
     /// Writes (or replaces) `rec` atomically.
     ///
     /// # Errors
-    /// [`Error::Io`]-style errors naming the folder when it cannot be created or written.
+    /// [`Error::InvalidInput`] naming the folder when it cannot be created or written.
     pub fn write(&self, rec: &JobRecord) -> Result<()> {
         let io = |what: &str, e: std::io::Error| {
             Error::InvalidInput(format!(
