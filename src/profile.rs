@@ -86,6 +86,11 @@ struct RawConfig {
     repositories: BTreeMap<String, RawRepository>,
     #[serde(default)]
     profiles: BTreeMap<String, RawProfile>,
+    // Scheduled jobs (`[daemon]`, `[alerts]`, `[jobs.NAME]`): kept as TOML here and validated by
+    // `crate::jobs::config`, so that a command that does not run jobs is not stopped by them.
+    daemon: Option<toml::Table>,
+    alerts: Option<toml::Table>,
+    jobs: Option<toml::Table>,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +183,20 @@ pub struct Config {
     pub repositories: BTreeMap<String, RepositoryConfig>,
     /// Profiles by name.
     pub profiles: BTreeMap<String, Profile>,
+    /// The `[daemon]`, `[alerts]` and `[jobs]` tables as written (validated by
+    /// `crate::jobs::config::JobsConfig::from_config`).
+    pub automation: Automation,
+}
+
+/// The scheduled-jobs tables of the config file, unvalidated (see `docs/automation.md`).
+#[derive(Clone, Debug, Default)]
+pub struct Automation {
+    /// `[daemon]`: state folder, default time zone, jitter, shutdown grace.
+    pub daemon: Option<toml::Table>,
+    /// `[alerts]`: the hooks run when a job fails, runs too long or misses its RPO.
+    pub alerts: Option<toml::Table>,
+    /// `[jobs.NAME]`: one table per job.
+    pub jobs: Option<toml::Table>,
 }
 
 fn is_remote(location: &str) -> bool {
@@ -316,6 +335,11 @@ impl Config {
             path: path.to_path_buf(),
             repositories,
             profiles,
+            automation: Automation {
+                daemon: raw.daemon,
+                alerts: raw.alerts,
+                jobs: raw.jobs,
+            },
         })
     }
 

@@ -6,6 +6,7 @@ mod backup;
 mod cat;
 mod check;
 mod copy;
+mod daemon;
 mod diff;
 mod drill;
 mod dump;
@@ -13,6 +14,7 @@ mod erase;
 mod export;
 mod forget;
 mod init;
+mod jobs;
 mod key;
 mod log;
 mod ls;
@@ -27,6 +29,7 @@ mod rollback;
 mod snapshots;
 mod stats;
 mod status;
+mod systemd;
 mod unlock;
 mod watch;
 
@@ -200,6 +203,12 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Poll a gateway and commit a snapshot each time its configuration changes.
     Watch(watch::WatchArgs),
+    /// Run the jobs of the config file on their schedules (`--once`: each once, now).
+    Daemon(daemon::DaemonArgs),
+    /// List the runs of scheduled jobs, newest first.
+    Jobs(jobs::JobsArgs),
+    /// Print (or write) systemd service and timer units that run the jobs of the config file.
+    Systemd(systemd::SystemdArgs),
 }
 
 /// Snapshot filters shared by several commands.
@@ -536,6 +545,9 @@ pub fn main() -> ExitCode {
         Command::Repair(a) => repair::run(g, a),
         Command::Audit(a) => audit::run(g, a),
         Command::Watch(a) => watch::run(g, a),
+        Command::Daemon(a) => daemon::run(g, a),
+        Command::Jobs(a) => jobs::run(g, a),
+        Command::Systemd(a) => systemd::run(g, a),
     };
     let code = match &result {
         Ok(code) => *code,
