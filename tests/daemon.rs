@@ -682,3 +682,73 @@ fn systemd_units_run_each_job_once_on_its_calendar() {
         describe(&out)
     );
 }
+
+#[test]
+fn forget_copy_and_drill_jobs_run_as_their_commands() {
+    // The drill restores an nginx snapshot into a temporary folder and checks it with `nginx -t`.
+    if !have("nginx") {
+        return;
+    }
+    let offsite = Repo::init();
+    let src = offsite.root().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let setup = Setup::new(
+        None,
+        &format!(
+            "[repositories.offsite]\nlocation = {:?}\nkey_file = {:?}\n\n\
+             [jobs.a-backup]\ntype = \"backup\"\nrepository = \"local\"\ngateway = \"nginx\"\nfile = {:?}\nschedule = \"@daily\"\n\n\
+             [jobs.b-forget]\ntype = \"forget\"\nrepository = \"local\"\nkeep_last = 1\nprune = true\nschedule = \"@daily\"\n\n\
+             [jobs.c-copy]\ntype = \"copy\"\nrepository = \"local\"\nto = [\"offsite\"]\nschedule = \"@daily\"\n\n\
+             [jobs.d-drill]\ntype = \"drill\"\nrepository = \"local\"\nschedule = \"@daily\"\n",
+            s(&offsite.path),
+            s(offsite.key.as_ref().unwrap()),
+            s(&src.join("nginx.conf"))
+        ),
+    );
+    let once = |job: &str| {
+        let out = setup
+            .cmd()
+            .args(["daemon", "--once", "--job", job])
+            .output()
+            .unwrap();
+        assert_code(&out, code::OK);
+    };
+    for v in 0..2 {
+        let conf = format!(
+            "events {{}}\nhttp {{\n  server {{ listen 127.0.0.1:{}; location / {{ return 200 v{v}; }} }}\n}}\n",
+            free_port()
+        );
+        std::fs::write(src.join("nginx.conf"), conf).unwrap();
+        once("a-backup");
+    }
+    assert_eq!(setup.repo.snapshot_ids().len(), 2);
+    once("b-forget");
+    let kept = setup.repo.snapshot_ids();
+    assert_eq!(kept.len(), 1, "keep_last = 1");
+    once("c-copy");
+    assert_eq!(offsite.snapshot_ids().len(), 1, "copied to offsite");
+    once("c-copy");
+    assert_eq!(
+        offsite.snapshot_ids().len(),
+        1,
+        "a second copy adds nothing"
+    );
+    once("d-drill");
+    let drills: Value = setup.repo.run_json(["drills"]);
+    assert_eq!(drills.as_array().map(Vec::len), Some(1), "{drills}");
+    let jobs: Value = serde_json::from_slice(
+        &setup
+            .cmd()
+            .args(["--json", "jobs"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let runs = jobs.as_array().unwrap();
+    assert_eq!(runs.len(), 6, "{jobs}");
+    assert!(runs.iter().all(|r| r["status"] == "Success"), "{jobs}");
+    assert!(runs
+        .iter()
+        .any(|r| r["job"] == "c-copy" && r["bytes_added"].as_u64().unwrap_or(0) > 0));
+}
