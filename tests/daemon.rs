@@ -752,3 +752,71 @@ fn forget_copy_and_drill_jobs_run_as_their_commands() {
         .iter()
         .any(|r| r["job"] == "c-copy" && r["bytes_added"].as_u64().unwrap_or(0) > 0));
 }
+
+#[test]
+fn a_job_due_while_its_previous_run_is_going_is_skipped() {
+    // Every second, but each run hangs on a silent gateway until its max_duration (2 s) stops it.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let setup = Setup::new(
+        None,
+        &format!(
+            "[jobs.slow]\ntype = \"backup\"\nrepository = \"local\"\ngateway = \"caddy\"\nendpoint = {endpoint:?}\nschedule = \"* * * * * *\"\nmax_duration = \"2s\"\n"
+        ),
+    );
+    let mut d = setup.daemon(&[]);
+    let recs = setup.wait_records("two stopped runs", |r| count(r, "slow", "Failed") >= 2);
+    assert_eq!(terminate(&mut d, Duration::from_secs(40)), Some(0));
+    let log = std::fs::read_to_string(setup.root().join("daemon.err")).unwrap();
+    assert!(
+        log.contains("previous run is still going; skipped"),
+        "{log}"
+    );
+    // Runs of the job never overlap, although it came due every second.
+    let done: Vec<(DateTime<Utc>, DateTime<Utc>)> = recs
+        .iter()
+        .filter(|r| r["status"] == "Failed")
+        .map(|r| (time(&r["started"]), time(&r["finished"])))
+        .collect();
+    for (i, a) in done.iter().enumerate() {
+        for b in &done[i + 1..] {
+            assert!(a.1 <= b.0 || b.1 <= a.0, "runs overlap: {a:?} and {b:?}");
+        }
+    }
+    drop(silent);
+}
+
+#[test]
+fn starts_are_jittered_within_the_bound() {
+    let setup = Setup::new(
+        None,
+        "[jobs.tick]\ntype = \"check\"\nrepository = \"local\"\nschedule = \"*/4 * * * * *\"\n",
+    );
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        text.replace(
+            "shutdown_grace = \"30s\"",
+            "shutdown_grace = \"30s\"\njitter = \"2s\"",
+        ),
+    )
+    .unwrap();
+    let mut d = setup.daemon(&[]);
+    let recs = setup.wait_records("three runs", |r| count(r, "tick", "Success") >= 3);
+    assert_eq!(terminate(&mut d, Duration::from_secs(40)), Some(0));
+    // Each start lies after its scheduled time (a multiple of 4 s) by at most the jitter (plus the
+    // time to start a process), and the delays are not all zero.
+    let delays: Vec<f64> = recs
+        .iter()
+        .filter(|r| r["status"] == "Success")
+        .map(|r| {
+            let t = time(&r["started"]);
+            (t.timestamp() % 4) as f64 + f64::from(t.timestamp_subsec_millis()) / 1000.0
+        })
+        .collect();
+    assert!(delays.iter().all(|d| *d < 2.5), "{delays:?}");
+    assert!(
+        delays.iter().any(|d| *d > 0.05),
+        "no jitter at all: {delays:?}"
+    );
+}
