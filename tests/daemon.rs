@@ -613,6 +613,36 @@ fn daemon_metrics_are_served_over_http() {
     assert!(get("gatevault_job_last_bytes_added") >= 0.0);
     assert!(get("gatevault_job_runs_total") >= 1.0);
     assert_eq!(terminate(&mut d, Duration::from_secs(40)), Some(0));
+
+    // A restarted daemon serves the recorded history before any new run: the job is now yearly.
+    let runs = count(&setup.records(), "files", "Success") as f64;
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        text.replace("\"* * * * * *\"", "\"0 0 1 1 *\""),
+    )
+    .unwrap();
+    let mut d = setup.daemon(&["--metrics-addr", &addr]);
+    wait_until("the restarted daemon serves metrics", || {
+        http(&base, "GET", "/metrics", "").is_ok()
+    });
+    let (_, body) = http(&base, "GET", "/metrics", "").unwrap();
+    let again = parse_metrics(&body);
+    let value = |name: &str, status: &str| {
+        again
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && l.contains(&("job".into(), "files".into()))
+                    && (status.is_empty() || l.contains(&("status".into(), status.into())))
+            })
+            .map(|(_, _, v)| *v)
+            .unwrap_or_else(|| panic!("no {name} for job files after a restart\n{body}"))
+    };
+    assert_eq!(value("gatevault_job_last_status", "Success"), 1.0);
+    assert_eq!(value("gatevault_job_runs_total", "Success"), runs);
+    assert!(value("gatevault_job_last_success_timestamp_seconds", "") >= last_success);
+    assert_eq!(terminate(&mut d, Duration::from_secs(40)), Some(0));
 }
 
 #[test]

@@ -111,18 +111,23 @@ impl Scheduler {
             .collect();
         // What earlier runs left: the last success of each job (for the RPO), and runs recorded
         // as started by a daemon that died before it could record their end.
-        for mut r in store.list()? {
+        let mut earlier = store.list()?;
+        for r in &mut earlier {
             if r.status == JobStatus::Started {
                 r.status = JobStatus::Failed;
                 r.error =
                     Some("the daemon stopped before the run ended; its end is unknown".into());
-                store.write(&r)?;
+                store.write(r)?;
             }
             if let Some(s) = state.get_mut(&r.job) {
                 if r.status == JobStatus::Success && s.last_success.is_none() {
                     s.last_success = r.finished.or(Some(r.started));
                 }
             }
+        }
+        // The metrics start from the recorded history (oldest first), not from nothing.
+        for r in earlier.iter().rev().filter(|r| state.contains_key(&r.job)) {
+            opts.metrics.observe_job(r);
         }
         Ok(Self {
             config: Arc::new(config),
