@@ -414,7 +414,7 @@ impl Metrics {
 fn render_job(x: &mut Exposition, name: &str, st: &JobState) {
     let c = &st.current;
     let l = [
-        ("job", name),
+        ("job_name", name),
         ("kind", c.kind.as_str()),
         ("repository", c.repository.as_str()),
     ];
@@ -1259,7 +1259,7 @@ mod tests {
         let m = Metrics::new();
         m.observe_job(&record("nightly", "r1", JobStatus::Started));
         let out = m.render();
-        let l = "job=\"nightly\",kind=\"backup\",repository=\"local\"";
+        let l = "job_name=\"nightly\",kind=\"backup\",repository=\"local\"";
         assert_eq!(
             value(&out, &format!("gatevault_job_running{{{l}}}")).as_deref(),
             Some("1")

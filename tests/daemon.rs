@@ -427,6 +427,77 @@ fn a_job_past_its_max_duration_is_alerted_stopped_and_recorded_failed() {
     drop(silent);
 }
 
+/// A job whose command does not stop on SIGTERM (it waits for a password command that ignores
+/// SIGTERM) gets SIGKILL after `kill_grace` (past its `max_duration`) or `shutdown_grace` (when the
+/// daemon stops); the record says so.
+#[test]
+fn a_job_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let setup = Setup::new(None, "");
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(&format!(
+        "[repositories.stuck]\nlocation = {:?}\npassword_command = \"sh -c 'trap \\\"\\\" TERM; sleep 12; echo pw'\"\n\n\
+         [jobs.stuck]\ntype = \"check\"\nrepository = \"stuck\"\nschedule = \"* * * * * *\"\nmax_duration = \"1s\"\n",
+        s(&setup.repo.path)
+    ));
+    std::fs::write(&setup.config, text).unwrap();
+    let check_killed = |rec: &Value, grace: &str| {
+        assert_eq!(rec["status"], "Failed", "{rec:#}");
+        assert_eq!(rec["exit_code"], 128 + 9, "{rec:#}");
+        let err = rec["error"].as_str().unwrap_or_default();
+        assert!(
+            err.contains(&format!(
+                "still running {grace} after SIGTERM; killed (SIGKILL)"
+            )),
+            "{rec:#}"
+        );
+    };
+    // Past max_duration (1 s): SIGTERM, then SIGKILL after kill_grace (3 s).
+    let t = Instant::now();
+    let out = setup
+        .cmd()
+        .args(["daemon", "--once", "--job", "stuck"])
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    assert_code(&out, code::FAILURE);
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(12),
+        "killed after max_duration + kill_grace, before the password command ends: {took:?}"
+    );
+    let recs = setup.records();
+    assert_eq!(recs.len(), 1);
+    check_killed(&recs[0], "3s");
+    assert!(recs[0]["error"]
+        .as_str()
+        .is_some_and(|e| e.starts_with("ran longer than max_duration 1s")));
+
+    // The daemon stopping (shutdown_grace 2 s, max_duration out of the way).
+    let text = std::fs::read_to_string(&setup.config)
+        .unwrap()
+        .replace("shutdown_grace = \"30s\"", "shutdown_grace = \"2s\"")
+        .replace("max_duration = \"1s\"", "max_duration = \"1h\"");
+    std::fs::write(&setup.config, text).unwrap();
+    let mut d = setup.daemon(&[]);
+    setup.wait_records("a second run started", |r| r.len() == 2);
+    let t = Instant::now();
+    assert_eq!(terminate(&mut d, Duration::from_secs(20)), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let recs = setup.records();
+    assert_eq!(recs.len(), 2, "{recs:#?}");
+    check_killed(&recs[0], "2s");
+    assert!(
+        recs[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("stopped by the daemon's shutdown (SIGTERM)")),
+        "{recs:#?}"
+    );
+    assert!(
+        setup.daemon_log().contains("killing it"),
+        "{}",
+        setup.daemon_log()
+    );
+}
+
 #[test]
 fn sigterm_during_a_backup_stops_the_daemon_and_check_passes() {
     let src_holder = tempfile::tempdir().unwrap();
@@ -559,12 +630,12 @@ fn parse_metrics(text: &str) -> Vec<Sample> {
 #[test]
 fn the_test_parser_reads_prometheus_text() {
     let s = parse_metrics(
-        "# HELP x y\n# TYPE gatevault_job_runs_total counter\ngatevault_job_runs_total{job=\"a\",kind=\"backup\",status=\"Success\"} 3\nup 1\n",
+        "# HELP x y\n# TYPE gatevault_job_runs_total counter\ngatevault_job_runs_total{job_name=\"a\",kind=\"backup\",status=\"Success\"} 3\nup 1\n",
     );
     assert_eq!(s.len(), 2);
     assert_eq!(s[0].0, "gatevault_job_runs_total");
     assert!(s[0].1.contains(&("status".into(), "Success".into())));
-    assert!(s[0].1.contains(&("job".into(), "a".into())));
+    assert!(s[0].1.contains(&("job_name".into(), "a".into())));
     assert_eq!((s[0].2, s[1].2), (3.0, 1.0));
 }
 
@@ -591,7 +662,7 @@ fn daemon_metrics_are_served_over_http() {
         };
         parse_metrics(&body).iter().any(|(n, l, v)| {
             n == "gatevault_job_last_status"
-                && l.contains(&("job".into(), "files".into()))
+                && l.contains(&("job_name".into(), "files".into()))
                 && l.contains(&("status".into(), "Success".into()))
                 && *v == 1.0
         })
@@ -601,7 +672,7 @@ fn daemon_metrics_are_served_over_http() {
     let get = |name: &str| {
         samples
             .iter()
-            .find(|(n, l, _)| n == name && l.contains(&("job".into(), "files".into())))
+            .find(|(n, l, _)| n == name && l.contains(&("job_name".into(), "files".into())))
             .map(|(_, _, v)| *v)
             .unwrap_or_else(|| panic!("no {name} for job files in\n{body}"))
     };
@@ -633,7 +704,7 @@ fn daemon_metrics_are_served_over_http() {
             .iter()
             .find(|(n, l, _)| {
                 n == name
-                    && l.contains(&("job".into(), "files".into()))
+                    && l.contains(&("job_name".into(), "files".into()))
                     && (status.is_empty() || l.contains(&("status".into(), status.into())))
             })
             .map(|(_, _, v)| *v)
@@ -849,4 +920,108 @@ fn starts_are_jittered_within_the_bound() {
         delays.iter().any(|d| *d > 0.05),
         "no jitter at all: {delays:?}"
     );
+}
+
+/// A real Prometheus scrapes the daemon with the example rules of `docs/prometheus-alerts.yml`
+/// loaded: the series arrive under their own names and labels next to Prometheus's `job` label, the
+/// failed-job rule fires for the failing job only, and the daemon-down rule goes pending once the
+/// daemon stops.
+#[test]
+fn prometheus_scrapes_the_daemon_and_the_example_rules_fire() {
+    if !have("prometheus") {
+        return;
+    }
+    let src_holder = tempfile::tempdir().unwrap();
+    let src = src_holder.path().join("src");
+    write_gateway_tree(&src, 3, 10);
+    let setup = Setup::new(
+        None,
+        &format!(
+            "[jobs.files]\ntype = \"backup\"\nrepository = \"local\"\npaths = [{:?}]\nschedule = \"* * * * * *\"\n",
+            s(&src)
+        ),
+    );
+    let wrong = setup.root().join("wrong-key");
+    std::fs::write(&wrong, [7u8; 32]).unwrap();
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(&format!(
+        "[repositories.wrongkey]\nlocation = {:?}\nkey_file = {:?}\n\n[jobs.broken]\ntype = \"check\"\nrepository = \"wrongkey\"\nschedule = \"*/2 * * * * *\"\n",
+        s(&setup.repo.path),
+        s(&wrong)
+    ));
+    std::fs::write(&setup.config, text).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut d = setup.daemon(&["--metrics-addr", &addr]);
+
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/prometheus-alerts.yml");
+    let prom_dir = setup.root().join("prometheus");
+    std::fs::create_dir_all(&prom_dir).unwrap();
+    let prom_config = prom_dir.join("prometheus.yml");
+    std::fs::write(
+        &prom_config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{:?}]\nscrape_configs:\n  - job_name: gatevault\n    static_configs: [{{targets: [{addr:?}]}}]\n",
+            s(&rules)
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut cmd = std::process::Command::new(find_tool("prometheus").unwrap());
+    cmd.arg(format!("--config.file={}", s(&prom_config)))
+        .arg(format!("--storage.tsdb.path={}", s(&prom_dir.join("data"))))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+    let prom = Service::start(cmd, port);
+    let api = |path: &str| -> Value {
+        match http(&prom.url(), "GET", path, "") {
+            Ok((200, body)) => serde_json::from_str(&body).expect("Prometheus answers JSON"),
+            other => panic!("GET {path}: {other:?}"),
+        }
+    };
+    let alerts = |name: &str| -> Vec<Value> {
+        api("/api/v1/alerts")["data"]["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a["labels"]["alertname"] == name)
+            .collect()
+    };
+    wait_until("GatevaultJobFailed fires for the failing job", || {
+        alerts("GatevaultJobFailed")
+            .iter()
+            .any(|a| a["state"] == "firing")
+    });
+    let failed = alerts("GatevaultJobFailed");
+    assert!(
+        failed.iter().all(|a| a["labels"]["job_name"] == "broken"
+            && a["labels"]["job"] == "gatevault"
+            && a["labels"]["repository"] == "wrongkey"
+            && a["labels"]["status"] == "Failed"),
+        "only the failing job, with both job labels: {failed:#?}"
+    );
+    assert!(failed[0]["annotations"]["summary"]
+        .as_str()
+        .is_some_and(|t| t.contains("broken")));
+    // The successful job's series are there too, under gatevault's label names.
+    wait_until("the backup job's runs are scraped", || {
+        api("/api/v1/query?query=gatevault_job_runs_total")["data"]["result"]
+            .as_array()
+            .is_some_and(|r| {
+                r.iter().any(|s| {
+                    s["metric"]["job_name"] == "files"
+                        && s["metric"]["status"] == "Success"
+                        && s["metric"]["job"] == "gatevault"
+                })
+            })
+    });
+    assert!(alerts("GatevaultDaemonDown").is_empty());
+
+    // The daemon stops: `up` falls to 0 and the daemon-down rule goes pending (it fires after 5m).
+    assert_eq!(terminate(&mut d, Duration::from_secs(40)), Some(0));
+    wait_until("GatevaultDaemonDown is pending", || {
+        alerts("GatevaultDaemonDown")
+            .iter()
+            .any(|a| a["state"] == "pending")
+    });
+    drop(prom);
 }

@@ -1,6 +1,7 @@
-//! Graceful interruption: SIGTERM or SIGINT during a backup or a copy stops it at a safe point with
-//! exit code 143 or 130, removes its lock, commits no snapshot, and leaves a repository that
-//! `check --read-data` passes and that the next run completes.
+//! Graceful interruption: SIGTERM or SIGINT during a backup, copy, prune, `forget --prune` or
+//! restore stops it at a safe point with exit code 143 or 130 and removes its lock. A backup or copy
+//! commits no snapshot, a prune leaves a repository that `check --read-data` passes, a restore leaves
+//! only complete files; the same command run again finishes the job.
 
 mod util;
 
@@ -30,34 +31,26 @@ fn repo() -> Repo {
     r
 }
 
-/// Waits (bounded) until `repo` holds a pack file; panics when `child` ended first.
-fn wait_for_pack(repo: &Path, child: &mut Child) {
+/// Waits (bounded) until `until` holds; panics when `child` ended first.
+fn wait_while_running(child: &mut Child, what: &str, until: impl Fn() -> bool) {
     let t = Instant::now();
-    loop {
-        let data = repo.join("data");
-        let any = std::fs::read_dir(&data)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|d| {
-                std::fs::read_dir(d.path())
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .any(|f| !f.file_name().to_string_lossy().starts_with('.'))
-            });
-        if any {
-            return;
-        }
+    while !until() {
         if let Ok(Some(st)) = child.try_wait() {
-            panic!("the command ended ({st}) before writing a pack");
+            panic!("the command ended ({st}) before {what}");
         }
         assert!(
             t.elapsed() < Duration::from_secs(60),
-            "no pack written within 60 s"
+            "not within 60 s: {what}"
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Waits (bounded) until `r` holds a pack file not in `before`; panics when `child` ended first.
+fn wait_for_new_pack(r: &Repo, child: &mut Child, before: &[PathBuf]) {
+    wait_while_running(child, "writing a pack", || {
+        r.pack_files().iter().any(|p| !before.contains(p))
+    });
 }
 
 /// Sends `signal` (`TERM`, `INT`) to `child` and returns its exit code and stderr.
@@ -83,20 +76,21 @@ fn spawn(mut c: std::process::Command) -> Child {
         .expect("spawn gatevault")
 }
 
-fn backup_cmd(r: &Repo, src: &Path) -> std::process::Command {
+/// `gatevault ARGS` on `r`, as a `std::process::Command` (to be signalled).
+fn command(r: &Repo, args: &[&str]) -> std::process::Command {
     let mut c = gatevault_std(r.root());
     c.arg("-r").arg(&r.path);
     c.arg("--key-file").arg(r.key.as_ref().unwrap());
     c.arg("--cache-dir").arg(&r.cache);
-    c.arg("backup").arg(src);
+    c.args(args);
     c
 }
 
 fn backup_stops_cleanly(signal: &str, want: i32) {
     let r = repo();
     let src = big_source(r.root(), 48);
-    let mut child = spawn(backup_cmd(&r, &src));
-    wait_for_pack(&r.path, &mut child);
+    let mut child = spawn(command(&r, &["backup", s(&src)]));
+    wait_for_new_pack(&r, &mut child, &[]);
     let (code, err) = stop(child, signal);
     assert_eq!(
         code,
@@ -153,7 +147,7 @@ fn sigterm_during_a_copy_keeps_the_destination_consistent() {
         c
     };
     let mut child = spawn(copy());
-    wait_for_pack(&dst.path, &mut child);
+    wait_for_new_pack(&dst, &mut child, &[]);
     let (code, err) = stop(child, "TERM");
     assert_eq!(code, Some(143), "stderr:\n{err}");
     assert!(err.contains("interrupted by SIGTERM"), "{err}");
@@ -171,4 +165,103 @@ fn sigterm_during_a_copy_keeps_the_destination_consistent() {
     assert_code(&out, code::OK);
     assert_eq!(dst.snapshot_ids().len(), 1, "the rerun finished the copy");
     dst.run_ok(["check", "--read-data", "--no-record"]);
+}
+
+/// A repository (16 MiB packs of 4 MiB incompressible files, so that each pack holds several) with
+/// two snapshots: all 48 files, then every other one. Forgetting the first leaves every pack half
+/// used, so a prune with `--max-unused 0` repacks them all.
+fn half_used_packs() -> (Repo, PathBuf) {
+    let r = Repo::new();
+    r.run_ok(["init", "-q", "--compression", "0"]);
+    let src = big_source(r.root(), 48);
+    r.backup(&[&src], &[]);
+    for i in (0..48).step_by(2) {
+        std::fs::remove_file(src.join(format!("blob-{i:03}.bin"))).unwrap();
+    }
+    r.backup(&[&src], &[]);
+    (r, src)
+}
+
+/// SIGTERM while `args` repacks: exit 143, the lock removed, `check --read-data` passes, the kept
+/// snapshot restores byte-identical, and the same command run again finishes the job.
+fn prune_stops_cleanly(args: &[&str], forget_first: bool) {
+    let (r, src) = half_used_packs();
+    let ids = r.snapshot_ids();
+    if forget_first {
+        r.run_ok(["forget", &ids[0]]);
+    }
+    let before = r.pack_files();
+    let mut child = spawn(command(&r, args));
+    wait_for_new_pack(&r, &mut child, &before);
+    let (code, err) = stop(child, "TERM");
+    assert_eq!(code, Some(143), "stderr:\n{err}");
+    assert!(err.contains("interrupted by SIGTERM"), "{err}");
+    assert!(r.objects("locks").is_empty(), "the lock was removed");
+    r.run_ok(["check", "--read-data", "--no-record"]);
+    let kept = r.snapshot_ids();
+    assert!(kept.contains(&ids[1]), "the newest snapshot is kept");
+    let target = r.scratch("restored");
+    r.restore(&ids[1], &target, &[]);
+    assert_tree_eq(&restored(&target, &src), &src);
+    // Run again: it finishes, and a third run has nothing left to repack.
+    r.run_ok(args);
+    assert_eq!(r.snapshot_ids(), vec![ids[1].clone()]);
+    let again = r.run_json(["prune", "--dry-run", "--max-unused", "0"]);
+    assert_eq!(again["packs_repacked"], 0, "{again}");
+    assert_eq!(again["packs_deleted"], 0, "{again}");
+    r.run_ok(["check", "--read-data", "--no-record"]);
+}
+
+#[test]
+fn sigterm_during_a_prune_keeps_the_repository_consistent() {
+    prune_stops_cleanly(&["prune", "--max-unused", "0"], true);
+}
+
+#[test]
+fn sigterm_during_forget_prune_keeps_the_repository_consistent() {
+    prune_stops_cleanly(
+        &["forget", "--keep-last", "1", "--prune", "--max-unused", "0"],
+        false,
+    );
+}
+
+/// SIGTERM during a restore: exit 143, every file left in the target is complete and
+/// byte-identical, the lock is removed, and a second restore completes the target.
+#[test]
+fn sigterm_during_a_restore_leaves_only_complete_files() {
+    let r = repo();
+    let src = big_source(r.root(), 48);
+    r.backup(&[&src], &[]);
+    let target = r.scratch("target");
+    let mut child = spawn(command(&r, &["restore", "latest", "--target", s(&target)]));
+    let files = |t: &Path| -> Vec<PathBuf> {
+        let dir = restored(t, &src);
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    wait_while_running(&mut child, "creating a file", || !files(&target).is_empty());
+    let (code, err) = stop(child, "TERM");
+    assert_eq!(code, Some(143), "stderr:\n{err}");
+    assert!(err.contains("interrupted by SIGTERM"), "{err}");
+    assert!(r.objects("locks").is_empty(), "the lock was removed");
+    let left = files(&target);
+    assert!(
+        left.len() < 48,
+        "stopped before the end: {} files",
+        left.len()
+    );
+    for f in &left {
+        let want = std::fs::read(src.join(f.file_name().unwrap())).unwrap();
+        assert!(
+            std::fs::read(f).unwrap() == want,
+            "{} is left incomplete or wrong",
+            f.display()
+        );
+    }
+    r.restore("latest", &target, &[]);
+    assert_tree_eq(&restored(&target, &src), &src);
 }

@@ -225,8 +225,16 @@ fn observed_jobs_give_the_documented_families_labels_and_values() {
     m.observe_job(&job("3", "hourly", JobStatus::Started));
     let p = parse(&m.render());
     let repo = "local \"disk\"\nA\\B";
-    let n = [("job", "nightly"), ("kind", "backup"), ("repository", repo)];
-    let h = [("job", "hourly"), ("kind", "backup"), ("repository", repo)];
+    let n = [
+        ("job_name", "nightly"),
+        ("kind", "backup"),
+        ("repository", repo),
+    ];
+    let h = [
+        ("job_name", "hourly"),
+        ("kind", "backup"),
+        ("repository", repo),
+    ];
     let with = |l: &[(&'static str, &'static str)], s: &'static str| {
         let mut v = l.to_vec();
         v.push(("status", s));
@@ -304,7 +312,7 @@ fn serve_answers_over_http_and_stops_when_dropped() {
     );
     let p = parse(&body);
     assert_eq!(
-        p.get("gatevault_job_running", &[("job", "nightly")]),
+        p.get("gatevault_job_running", &[("job_name", "nightly")]),
         1.0,
         "{body}"
     );

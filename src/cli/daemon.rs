@@ -33,14 +33,14 @@ pub(crate) fn run(g: &Global, a: DaemonArgs) -> anyhow::Result<u8> {
             config.path.display()
         )));
     }
-    let metrics = crate::metrics::Metrics::new();
-    let _server = match a.metrics_addr {
+    let (metrics, _server) = match a.metrics_addr {
         Some(addr) => {
+            let metrics = crate::metrics::Metrics::new();
             let s = crate::metrics::serve(addr, metrics.clone())?;
             tracing::info!("serving metrics on http://{}/metrics", s.local_addr());
-            Some(s)
+            (Some(metrics), Some(s))
         }
-        None => None,
+        None => (None, None),
     };
     let exe = std::env::current_exe().map_err(|e| {
         crate::Error::InvalidInput(format!(

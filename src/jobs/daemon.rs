@@ -33,8 +33,9 @@ pub struct DaemonOptions {
     pub once: bool,
     /// Only these jobs (all when empty).
     pub only: Vec<String>,
-    /// Where run records go for `/metrics` (and pushes).
-    pub metrics: Metrics,
+    /// Where run records go for `/metrics`; `None` when no metrics are served (then the
+    /// repositories' figures are not gathered either).
+    pub metrics: Option<Metrics>,
 }
 
 /// What happened to one job while the daemon ran.
@@ -126,8 +127,10 @@ impl Scheduler {
             }
         }
         // The metrics start from the recorded history (oldest first), not from nothing.
-        for r in earlier.iter().rev().filter(|r| state.contains_key(&r.job)) {
-            opts.metrics.observe_job(r);
+        if let Some(m) = &opts.metrics {
+            for r in earlier.iter().rev().filter(|r| state.contains_key(&r.job)) {
+                m.observe_job(r);
+            }
         }
         Ok(Self {
             config: Arc::new(config),
@@ -325,7 +328,9 @@ impl Scheduler {
         if let Err(e) = self.store.write(&rec) {
             tracing::error!("job {}: {e}", job.name);
         }
-        self.opts.metrics.observe_job(&rec);
+        if let Some(m) = &self.opts.metrics {
+            m.observe_job(&rec);
+        }
         tracing::info!(
             "job {} ({}): started, run {}",
             job.name,
@@ -359,7 +364,9 @@ impl Scheduler {
         if let Err(e) = self.store.write(&rec) {
             tracing::error!("job {}: {e}", rec.job);
         }
-        self.opts.metrics.observe_job(&rec);
+        if let Some(m) = &self.opts.metrics {
+            m.observe_job(&rec);
+        }
         let secs = rec.duration_ms.unwrap_or(0) as f64 / 1000.0;
         match rec.status {
             JobStatus::Success => tracing::info!("job {}: Success in {secs:.1} s", rec.job),
@@ -448,7 +455,9 @@ impl Scheduler {
     }
 
     fn refresh_metrics(&self) {
-        let m = self.opts.metrics.clone();
+        let Some(m) = self.opts.metrics.clone() else {
+            return;
+        };
         let c = self.config.clone();
         tokio::task::spawn_blocking(move || m.refresh_repositories(&c));
     }

@@ -74,6 +74,8 @@ struct StepOutcome {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     cut: Option<Cut>,
+    /// The grace period after which the command, still running after SIGTERM, got SIGKILL.
+    killed_after: Option<Duration>,
 }
 
 /// Runs `job` (each of its command lines in turn) and returns its finished record, and why it was
@@ -102,6 +104,9 @@ pub async fn run_job(
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group, so that SIGKILL reaches what it started too (a password
+            // command, say), which would otherwise hold its output pipes open.
+            .process_group(0)
             .kill_on_drop(true);
         tracing::debug!("job {}: running {:?}", job.name, step);
         let o = match cmd.spawn() {
@@ -122,6 +127,7 @@ pub async fn run_job(
                 stdout: Vec::new(),
                 stderr: format!("cannot start {}: {e}", launcher.exe.display()).into_bytes(),
                 cut: None,
+                killed_after: None,
             },
         };
         cut = o.cut;
@@ -136,6 +142,12 @@ pub async fn run_job(
     let mut errors = Vec::new();
     let mut ok = 0;
     for (o, summary) in &outcomes {
+        if let Some(g) = o.killed_after {
+            errors.push(format!(
+                "still running {} after SIGTERM; killed (SIGKILL)",
+                format_duration(g)
+            ));
+        }
         if let Some(v) = summary {
             if let Some(b) = bytes_added(v) {
                 *added.get_or_insert(0) += b;
@@ -219,6 +231,7 @@ async fn wait_child(
     });
     let pid = child.id();
     let mut cut = None;
+    let mut killed_after = None;
     let over = async {
         match deadline {
             Some(d) => tokio::time::sleep_until(d).await,
@@ -253,7 +266,7 @@ async fn wait_child(
             } else {
                 tracing::info!("job {}: forwarding SIGTERM", rec.job);
             }
-            terminate(pid);
+            signal(pid, rustix::process::Signal::TERM, false);
             let grace = if cut == Some(Cut::MaxDuration) {
                 kill_grace
             } else {
@@ -267,7 +280,9 @@ async fn wait_child(
                         rec.job,
                         grace
                     );
+                    signal(pid, rustix::process::Signal::KILL, true);
                     let _ = child.start_kill();
+                    killed_after = Some(grace);
                     child.wait().await
                 }
             }
@@ -280,26 +295,43 @@ async fn wait_child(
             .unwrap_or(1),
         Err(_) => 1,
     };
-    let stdout = read_out.await.unwrap_or_default();
-    let stderr = read_err.await.unwrap_or_default();
+    // Whatever the command left behind may still hold the pipes: read on briefly, then give up.
+    let collect = |h: tokio::task::JoinHandle<Vec<u8>>| async move {
+        let abort = h.abort_handle();
+        match tokio::time::timeout(Duration::from_secs(2), h).await {
+            Ok(b) => b.unwrap_or_default(),
+            Err(_) => {
+                abort.abort();
+                Vec::new()
+            }
+        }
+    };
+    let stdout = collect(read_out).await;
+    let stderr = collect(read_err).await;
     StepOutcome {
         code,
         stdout,
         stderr,
         cut,
+        killed_after,
     }
 }
 
-/// Sends SIGTERM to process `pid` (if it still runs).
-fn terminate(pid: Option<u32>) {
+/// Sends `sig` to process `pid` (if it still runs), or to its whole process group.
+fn signal(pid: Option<u32>, sig: rustix::process::Signal, group: bool) {
     let Some(pid) = pid
         .and_then(|p| i32::try_from(p).ok())
         .and_then(rustix::process::Pid::from_raw)
     else {
         return;
     };
-    if let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::TERM) {
-        tracing::debug!("SIGTERM to {pid:?}: {e}");
+    let r = if group {
+        rustix::process::kill_process_group(pid, sig)
+    } else {
+        rustix::process::kill_process(pid, sig)
+    };
+    if let Err(e) = r {
+        tracing::debug!("{sig:?} to {pid:?} (group: {group}): {e}");
     }
 }
 
