@@ -113,6 +113,24 @@ impl Setup {
         self.repo.root()
     }
 
+    /// Appends `text` to the config file.
+    fn append(&self, text: &str) {
+        let mut all = std::fs::read_to_string(&self.config).unwrap();
+        all.push_str(text);
+        std::fs::write(&self.config, all).unwrap();
+    }
+
+    /// Runs `daemon --once --job JOB`: its output and how long it took.
+    fn once(&self, job: &str) -> (std::process::Output, Duration) {
+        let t = Instant::now();
+        let out = self
+            .cmd()
+            .args(["daemon", "--once", "--job", job])
+            .output()
+            .unwrap();
+        (out, t.elapsed())
+    }
+
     fn cmd(&self) -> std::process::Command {
         let mut c = gatevault_std(self.root());
         c.arg("--config")
@@ -338,13 +356,11 @@ fn a_failing_job_alerts_the_webhook_and_the_command_and_the_rpo_alert_fires_once
     // A second repository entry for the same folder, opened with the wrong key.
     let wrong = setup.root().join("wrong-key");
     std::fs::write(&wrong, [7u8; 32]).unwrap();
-    let mut text = std::fs::read_to_string(&setup.config).unwrap();
-    text.push_str(&format!(
+    setup.append(&format!(
         "[repositories.wrongkey]\nlocation = {:?}\nkey_file = {:?}\n\n[jobs.broken]\ntype = \"check\"\nrepository = \"wrongkey\"\nschedule = \"* * * * * *\"\nrpo = \"3s\"\n",
         s(&setup.repo.path),
         s(&wrong)
     ));
-    std::fs::write(&setup.config, text).unwrap();
     let mut d = setup.daemon(&[]);
     wait_until("two failed alerts and an rpo alert", || {
         hook.alerts("failed").len() >= 2 && !hook.alerts("rpo").is_empty()
@@ -393,13 +409,7 @@ fn a_job_past_its_max_duration_is_alerted_stopped_and_recorded_failed() {
             "[jobs.slow]\ntype = \"backup\"\nrepository = \"local\"\ngateway = \"caddy\"\nendpoint = {endpoint:?}\nschedule = \"0 0 1 1 *\"\nmax_duration = \"1s\"\n"
         ),
     );
-    let t = Instant::now();
-    let out = setup
-        .cmd()
-        .args(["daemon", "--once", "--job", "slow"])
-        .output()
-        .unwrap();
-    let took = t.elapsed();
+    let (out, took) = setup.once("slow");
     assert_code(&out, code::FAILURE);
     assert!(
         took < Duration::from_secs(30),
@@ -433,13 +443,11 @@ fn a_job_past_its_max_duration_is_alerted_stopped_and_recorded_failed() {
 #[test]
 fn a_job_ignoring_sigterm_is_killed_after_the_grace_period() {
     let setup = Setup::new(None, "");
-    let mut text = std::fs::read_to_string(&setup.config).unwrap();
-    text.push_str(&format!(
+    setup.append(&format!(
         "[repositories.stuck]\nlocation = {:?}\npassword_command = \"sh -c 'trap \\\"\\\" TERM; sleep 12; echo pw'\"\n\n\
          [jobs.stuck]\ntype = \"check\"\nrepository = \"stuck\"\nschedule = \"* * * * * *\"\nmax_duration = \"1s\"\n",
         s(&setup.repo.path)
     ));
-    std::fs::write(&setup.config, text).unwrap();
     let check_killed = |rec: &Value, grace: &str| {
         assert_eq!(rec["status"], "Failed", "{rec:#}");
         assert_eq!(rec["exit_code"], 128 + 9, "{rec:#}");
@@ -452,13 +460,7 @@ fn a_job_ignoring_sigterm_is_killed_after_the_grace_period() {
         );
     };
     // Past max_duration (1 s): SIGTERM, then SIGKILL after kill_grace (3 s).
-    let t = Instant::now();
-    let out = setup
-        .cmd()
-        .args(["daemon", "--once", "--job", "stuck"])
-        .output()
-        .unwrap();
-    let took = t.elapsed();
+    let (out, took) = setup.once("stuck");
     assert_code(&out, code::FAILURE);
     assert!(
         took >= Duration::from_secs(4) && took < Duration::from_secs(12),
@@ -585,11 +587,7 @@ fn config_errors_name_the_job_and_the_key() {
         ),
     )
     .unwrap();
-    let out = setup
-        .cmd()
-        .args(["daemon", "--once", "--job", "b"])
-        .output()
-        .unwrap();
+    let (out, _) = setup.once("b");
     assert_code(&out, code::FAILURE);
     assert!(stderr(&out).contains("no job \"b\""), "{}", stderr(&out));
 }
@@ -806,14 +804,7 @@ fn forget_copy_and_drill_jobs_run_as_their_commands() {
             s(&src.join("nginx.conf"))
         ),
     );
-    let once = |job: &str| {
-        let out = setup
-            .cmd()
-            .args(["daemon", "--once", "--job", job])
-            .output()
-            .unwrap();
-        assert_code(&out, code::OK);
-    };
+    let once = |job: &str| assert_code(&setup.once(job).0, code::OK);
     for v in 0..2 {
         let conf = format!(
             "events {{}}\nhttp {{\n  server {{ listen 127.0.0.1:{}; location / {{ return 200 v{v}; }} }}\n}}\n",
@@ -943,13 +934,11 @@ fn prometheus_scrapes_the_daemon_and_the_example_rules_fire() {
     );
     let wrong = setup.root().join("wrong-key");
     std::fs::write(&wrong, [7u8; 32]).unwrap();
-    let mut text = std::fs::read_to_string(&setup.config).unwrap();
-    text.push_str(&format!(
+    setup.append(&format!(
         "[repositories.wrongkey]\nlocation = {:?}\nkey_file = {:?}\n\n[jobs.broken]\ntype = \"check\"\nrepository = \"wrongkey\"\nschedule = \"*/2 * * * * *\"\n",
         s(&setup.repo.path),
         s(&wrong)
     ));
-    std::fs::write(&setup.config, text).unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let mut d = setup.daemon(&["--metrics-addr", &addr]);
 
@@ -971,6 +960,9 @@ fn prometheus_scrapes_the_daemon_and_the_example_rules_fire() {
         .arg(format!("--storage.tsdb.path={}", s(&prom_dir.join("data"))))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"));
     let prom = Service::start(cmd, port);
+    wait_until("Prometheus is ready", || {
+        matches!(http(&prom.url(), "GET", "/-/ready", ""), Ok((200, _)))
+    });
     let api = |path: &str| -> Value {
         match http(&prom.url(), "GET", path, "") {
             Ok((200, body)) => serde_json::from_str(&body).expect("Prometheus answers JSON"),
