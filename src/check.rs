@@ -160,6 +160,10 @@ pub fn check(
         bytes_read: 0,
     };
 
+    // 0. Snapshots first: a backup commits its index before its snapshot, so every snapshot listed
+    // now has its blobs in the index read next, even while backups (shared locks) run alongside.
+    let snapshots = repo.load_all_snapshots()?;
+
     // 1. Index files.
     let state = crate::index::IndexState::read(backend, keys)?;
     for (id, e) in &state.unreadable {
@@ -197,7 +201,7 @@ pub fn check(
     let blobs = &state.blobs;
     let load_tree = |id: &BlobId| state.load_tree(backend, keys, id);
     let mut seen_trees: HashSet<BlobId> = HashSet::new();
-    for (sid, s) in repo.load_all_snapshots()? {
+    for (sid, s) in snapshots {
         r.snapshots += 1;
         let s = match s {
             Ok(s) => s,

@@ -333,7 +333,7 @@ impl Repo {
     }
 
     /// [`Repo::cmd`] as a `std::process::Command` (for children that get killed).
-    fn cmd_std(&self) -> std::process::Command {
+    pub fn cmd_std(&self) -> std::process::Command {
         let mut c = gatevault_std(self.root());
         c.arg("-r").arg(&self.path);
         if let Some(k) = &self.key {
