@@ -2,12 +2,15 @@
 //!
 //! A write goes to a temporary file in the target folder, is fsynced, then linked to its final name
 //! (`link` fails if the name exists, which makes the write create-only and atomic) and the folder is
-//! fsynced. A crash leaves at most a `.tmp-*` file, which listings ignore.
+//! fsynced. A crash leaves at most a `.tmp-*` file, which listings ignore. A folder it creates is made
+//! durable in its parent before anything is written into it. Power-loss tests replay the file-system
+//! operations it records (see [`super::powercut`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use super::powercut::{FsOp, OpLog};
 use super::{not_found, Backend, Capabilities, FileType};
 use crate::error::{Error, Result};
 
@@ -15,17 +18,76 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
     root: PathBuf,
+    /// Records every file-system operation that changes the repository (power-loss tests).
+    ops: Option<std::sync::Arc<OpLog>>,
 }
 
 impl LocalBackend {
     /// A backend rooted at `root` (which need not exist yet).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            ops: None,
+        }
     }
 
-    /// The folder of the repository.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// A backend that also records its file-system operations into `log`, for power-loss tests.
+    #[doc(hidden)]
+    pub fn with_op_log(root: impl Into<PathBuf>, log: std::sync::Arc<OpLog>) -> Self {
+        Self {
+            root: root.into(),
+            ops: Some(log),
+        }
+    }
+
+    fn note(&self, op: impl FnOnce(&dyn Fn(&Path) -> PathBuf) -> FsOp) {
+        if let Some(log) = &self.ops {
+            let rel = |p: &Path| p.strip_prefix(&self.root).unwrap_or(p).to_path_buf();
+            log.record(op(&rel));
+        }
+    }
+
+    /// Creates folder `dir` and any missing parent; returns the folders whose entries changed, which
+    /// the caller makes durable with [`LocalBackend::sync_dirs`] before writing into `dir`: otherwise an
+    /// object written into a new folder could vanish with the folder at a power loss although its write
+    /// returned.
+    fn create_dirs(&self, dir: &Path, changed: &mut Vec<PathBuf>) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut d = dir;
+        while !d.as_os_str().is_empty() && !d.exists() {
+            missing.push(d.to_path_buf());
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
+        for m in missing.iter().rev() {
+            match fs::create_dir(m) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(self.io_err("creating", m, e)),
+            }
+            self.note(|r| FsOp::Mkdir(r(m)));
+            // A relative root's parent is the current folder.
+            let parent = match m.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            if !changed.iter().any(|c| c == parent) {
+                changed.push(parent.to_path_buf());
+            }
+        }
+        Ok(())
+    }
+
+    /// Fsyncs each folder of `dirs`, deepest first.
+    fn sync_dirs(&self, mut dirs: Vec<PathBuf>) -> Result<()> {
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in &dirs {
+            sync_dir(d).map_err(|e| self.io_err("syncing", d, e))?;
+            self.note(|r| FsOp::SyncDir(r(d)));
+        }
+        Ok(())
     }
 
     fn path(&self, t: FileType, name: &str) -> PathBuf {
@@ -102,18 +164,21 @@ impl Backend for LocalBackend {
                 name: self.location(),
             });
         }
+        let mut changed = Vec::new();
         for t in FileType::ALL {
             if t == FileType::Config {
                 continue;
             }
-            let dir = self.root.join(t.dir());
-            fs::create_dir_all(&dir).map_err(|e| self.io_err("creating", &dir, e))?;
+            self.create_dirs(&self.root.join(t.dir()), &mut changed)?;
         }
         for i in 0..=255u8 {
-            let dir = self.root.join("data").join(hex::encode([i]));
-            fs::create_dir_all(&dir).map_err(|e| self.io_err("creating", &dir, e))?;
+            self.create_dirs(&self.root.join("data").join(hex::encode([i])), &mut changed)?;
         }
-        sync_dir(&self.root).map_err(|e| self.io_err("syncing", &self.root, e))
+        // The root too, as before: `init` ends with the config, written into it.
+        if !changed.contains(&self.root) {
+            changed.push(self.root.clone());
+        }
+        self.sync_dirs(changed)
     }
 
     fn list(&self, t: FileType) -> Result<Vec<(String, u64)>> {
@@ -208,7 +273,9 @@ impl Backend for LocalBackend {
         let path = self.path(t, name);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         if !dir.exists() {
-            fs::create_dir_all(&dir).map_err(|e| self.io_err("creating", &dir, e))?;
+            let mut changed = Vec::new();
+            self.create_dirs(&dir, &mut changed)?;
+            self.sync_dirs(changed)?;
         }
         let tmp = dir.join(format!(".tmp-{}", hex::encode(rand::random::<[u8; 8]>())));
         let result = (|| {
@@ -217,12 +284,15 @@ impl Backend for LocalBackend {
                 .create_new(true)
                 .open(&tmp)
                 .map_err(|e| self.io_err("creating", &tmp, e))?;
+            self.note(|r| FsOp::Create(r(&tmp)));
             f.write_all(data)
                 .map_err(|e| self.io_err("writing", &tmp, e))?;
+            self.note(|r| FsOp::Write(r(&tmp), data.to_vec()));
             f.sync_all().map_err(|e| self.io_err("syncing", &tmp, e))?;
+            self.note(|r| FsOp::SyncFile(r(&tmp)));
             drop(f);
             match fs::hard_link(&tmp, &path) {
-                Ok(()) => {}
+                Ok(()) => self.note(|r| FsOp::Link(r(&tmp), r(&path))),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                     return Err(Error::AlreadyExists {
                         file_type: t,
@@ -239,11 +309,16 @@ impl Backend for LocalBackend {
                         });
                     }
                     fs::rename(&tmp, &path).map_err(|e| self.io_err("renaming", &tmp, e))?;
+                    self.note(|r| FsOp::Rename(r(&tmp), r(&path)));
                 }
             }
-            sync_dir(&dir).map_err(|e| self.io_err("syncing", &dir, e))
+            sync_dir(&dir).map_err(|e| self.io_err("syncing", &dir, e))?;
+            self.note(|r| FsOp::SyncDir(r(&dir)));
+            Ok(())
         })();
-        let _ = fs::remove_file(&tmp);
+        if fs::remove_file(&tmp).is_ok() {
+            self.note(|r| FsOp::Unlink(r(&tmp)));
+        }
         if result.is_ok() {
             super::crash_point(t);
         }
@@ -253,8 +328,10 @@ impl Backend for LocalBackend {
     fn remove(&self, t: FileType, name: &str) -> Result<()> {
         let path = self.path(t, name);
         fs::remove_file(&path).map_err(|e| self.map_read_err(t, name, &path, e))?;
+        self.note(|r| FsOp::Unlink(r(&path)));
         if let Some(dir) = path.parent() {
             sync_dir(dir).map_err(|e| self.io_err("syncing", dir, e))?;
+            self.note(|r| FsOp::SyncDir(r(dir)));
         }
         super::crash_point(t);
         Ok(())

@@ -53,16 +53,35 @@ fn parse_pack_size(s: &str) -> Result<u32, String> {
 pub(crate) fn create_key_file(path: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let key: [u8; 32] = rand::random();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating key file {}", path.display()))?;
-    f.write_all(hex::encode(key).as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    Ok(())
+    // Written under a temporary name, then linked to its own (create-only): a process killed midway
+    // leaves no empty or partial key file that a rerun would find and refuse.
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(
+        ".{name}.tmp-{}",
+        hex::encode(rand::random::<[u8; 8]>())
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating key file {}", path.display()))?;
+        f.write_all(hex::encode(key).as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+            .with_context(|| format!("creating key file {}", path.display()))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
 }
 
 pub(crate) fn run(g: &Global, a: InitArgs) -> anyhow::Result<u8> {

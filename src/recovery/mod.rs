@@ -478,6 +478,8 @@ pub fn restore(
                     journal_error.get_or_insert(e);
                 }
             }
+            // An entity applied to the gateway is a durable step for crash tests.
+            crate::backend::durable_step();
         })
     };
     r.time("apply", t);

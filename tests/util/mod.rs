@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use assert_cmd::Command;
 use serde_json::Value;
 
+pub mod crash;
 pub mod faultproxy;
 pub mod remote;
 #[allow(unused_imports)]
