@@ -231,6 +231,28 @@ impl Backend for LocalBackend {
         Ok(out)
     }
 
+    fn list_names(&self, t: FileType) -> Result<Vec<String>> {
+        if matches!(t, FileType::Config | FileType::Pack) {
+            return Ok(self.list(t)?.into_iter().map(|(n, _)| n).collect());
+        }
+        // The file type comes with the directory entry on the usual file systems: no stat per file.
+        let dir = self.root.join(t.dir());
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(self.io_err("listing", &dir, e)),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.map_err(|e| self.io_err("listing", &dir, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && e.file_type().is_ok_and(|f| f.is_file()) {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
     fn read(&self, t: FileType, name: &str) -> Result<Vec<u8>> {
         let path = self.path(t, name);
         fs::read(&path).map_err(|e| self.map_read_err(t, name, &path, e))

