@@ -141,8 +141,10 @@ impl SeenSnapshots {
                 let gone: Vec<&String> = seen.difference(&now).collect();
                 if !gone.is_empty() {
                     let removed = removed()?;
-                    let unexplained: Vec<&String> =
-                        gone.into_iter().filter(|id| !removed.contains(*id)).collect();
+                    let unexplained: Vec<&String> = gone
+                        .into_iter()
+                        .filter(|id| !removed.contains(*id))
+                        .collect();
                     if !unexplained.is_empty() {
                         let ids: Vec<String> = unexplained
                             .iter()
@@ -189,7 +191,11 @@ mod tests {
     fn a_snapshot_gone_without_a_record_is_a_rollback() {
         let dir = tempfile::tempdir().unwrap();
         let seen = SeenSnapshots::in_cache(dir.path(), &RepoId::random());
-        let (a, b, c) = (SnapshotId::random(), SnapshotId::random(), SnapshotId::random());
+        let (a, b, c) = (
+            SnapshotId::random(),
+            SnapshotId::random(),
+            SnapshotId::random(),
+        );
         // Nothing seen yet: anything goes, and becomes the seen set.
         seen.verify(&[a, b], || panic!("nothing is gone")).unwrap();
         seen.add(&c).unwrap();
@@ -200,8 +206,10 @@ mod tests {
         // Still reported: the file was kept.
         assert!(seen.verify(&[a, b], || Ok(HashSet::new())).is_err());
         // Recorded as removed: accepted, and the seen set follows.
-        seen.verify(&[a], || Ok([b.to_hex(), c.to_hex()].into())).unwrap();
-        seen.verify(&[a], || panic!("nothing is gone any more")).unwrap();
+        seen.verify(&[a], || Ok([b.to_hex(), c.to_hex()].into()))
+            .unwrap();
+        seen.verify(&[a], || panic!("nothing is gone any more"))
+            .unwrap();
         // A damaged file is replaced, not an error.
         fs::write(seen.path(), b"{garbage").unwrap();
         seen.verify(&[a], || panic!("nothing remembered")).unwrap();

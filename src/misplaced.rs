@@ -66,7 +66,11 @@ pub fn explain(
             .open(Kind::Pack, &pack.0, *item, item_id, env, &what)
             .is_ok()
         {
-            let t = if *item == Kind::TreeBlob { "tree" } else { "data" };
+            let t = if *item == Kind::TreeBlob {
+                "tree"
+            } else {
+                "data"
+            };
             return Error::WrongType {
                 object: what,
                 expected: name_of(kind).into(),

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 
 use crate::backend::FileType;
-use crate::error::Result;
 use crate::error::Error;
+use crate::error::Result;
 use crate::format::{BlobType, IndexFile, IndexPack, NodeType, PackEntry, Snapshot, Tree};
 use crate::id::{BlobId, IndexId, PackId, SnapshotId};
 use crate::repo::lock::LockGuard;
@@ -244,9 +244,9 @@ impl SnapshotMender<'_> {
             return Ok(r.clone());
         }
         let r = match self.repo.load_tree(id) {
-            Err(Error::NotFound { .. } | Error::IntegrityMismatch { .. } | Error::Format { .. }) => {
-                (None, vec![])
-            }
+            Err(
+                Error::NotFound { .. } | Error::IntegrityMismatch { .. } | Error::Format { .. },
+            ) => (None, vec![]),
             Err(e) => return Err(e),
             Ok(tree) => {
                 let mut lost = Vec::new();

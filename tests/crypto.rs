@@ -87,11 +87,7 @@ fn a_wrong_key_file_or_password_is_refused_as_such() {
     let (r, _) = repo_with_snapshots();
     let other = r.root().join("other-key");
     fs::write(&other, hex::encode(Rng::new(9).bytes(32))).unwrap();
-    let out = r
-        .cmd_with_key(&other)
-        .args(["snapshots"])
-        .output()
-        .unwrap();
+    let out = r.cmd_with_key(&other).args(["snapshots"]).output().unwrap();
     assert_code(&out, code::WRONG_PASSWORD);
     assert_only(&err_text(&out), WRONG_KEY);
 
@@ -311,7 +307,10 @@ fn the_newest_snapshot_deleted_is_a_rollback() {
     let out = r.run(["check", "--no-record"]);
     assert_code(&out, code::FAILURE);
     let msg = err_text(&out);
-    assert!(msg.contains(ROLLBACK) && msg.contains(&ids[1][..8]), "{msg}");
+    assert!(
+        msg.contains(ROLLBACK) && msg.contains(&ids[1][..8]),
+        "{msg}"
+    );
     // Snapshots written by this machine are remembered without a check in between.
     let src = r.root().join("gw");
     write(&src.join("plugins/more.json"), "{}");

@@ -68,7 +68,11 @@ fn snapshots(g: &Global, forget: bool, dry_run: bool) -> anyhow::Result<u8> {
                 (Some(n), _) => format!("repaired as {}", n.short()),
                 (None, _) => "nothing readable, no copy written".to_string(),
             };
-            let gone = if s.forgotten { "; original removed" } else { "" };
+            let gone = if s.forgotten {
+                "; original removed"
+            } else {
+                ""
+            };
             println!(
                 "snapshot {} ({}) {what}{gone}; lost {} path(s):",
                 s.original.short(),

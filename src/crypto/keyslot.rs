@@ -500,7 +500,8 @@ mod tests {
         let a = Argon2::new_with_secret(&[3u8; 8], Algorithm::Argon2id, Version::V0x13, params)
             .unwrap();
         let mut out = [0u8; 32];
-        a.hash_password_into(&[1u8; 32], &[2u8; 16], &mut out).unwrap();
+        a.hash_password_into(&[1u8; 32], &[2u8; 16], &mut out)
+            .unwrap();
         assert_eq!(
             hex::encode(out),
             "0d640df58d78766c08c037a34a8b53c9d01ef0452d75b65eb52520e96b01e659"

@@ -904,18 +904,31 @@ mod tests {
         for (n, h, k, d) in vectors {
             let input = blake3_input(n);
             assert_eq!(hex::encode(hash(&input)), h, "hash, length {n}");
-            assert_eq!(hex::encode(content_hash(&input)), h, "content_hash, length {n}");
-            assert_eq!(hex::encode(keyed_hash(&key, &input)), k, "keyed, length {n}");
-            assert_eq!(hex::encode(derive_key(ctx, &input)), d, "derive_key, length {n}");
+            assert_eq!(
+                hex::encode(content_hash(&input)),
+                h,
+                "content_hash, length {n}"
+            );
+            assert_eq!(
+                hex::encode(keyed_hash(&key, &input)),
+                k,
+                "keyed, length {n}"
+            );
+            assert_eq!(
+                hex::encode(derive_key(ctx, &input)),
+                d,
+                "derive_key, length {n}"
+            );
         }
     }
 
     /// draft-irtf-cfrg-xchacha-03, appendix A.3.1.
     #[test]
     fn xchacha20_poly1305_draft_vector() {
-        let key: [u8; 32] = unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")
-            .try_into()
-            .unwrap();
+        let key: [u8; 32] =
+            unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")
+                .try_into()
+                .unwrap();
         let nonce = unhex("404142434445464748494a4b4c4d4e4f5051525354555657");
         let aad = unhex("50515253c0c1c2c3c4c5c6c7");
         let plaintext = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
@@ -944,9 +957,10 @@ mod tests {
     /// NIST's GCM validation vectors.
     #[test]
     fn aes_256_gcm_published_vector() {
-        let key: [u8; 32] = unhex("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308")
-            .try_into()
-            .unwrap();
+        let key: [u8; 32] =
+            unhex("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308")
+                .try_into()
+                .unwrap();
         let iv = unhex("cafebabefacedbaddecaf888");
         let plaintext = unhex(
             "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72

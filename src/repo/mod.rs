@@ -547,14 +547,25 @@ impl Repository {
         let mut blobs = Vec::new();
         if let Ok(idx) = self.index() {
             let bid = BlobId(*id);
-            for (t, k) in [(BlobType::Data, Kind::DataBlob), (BlobType::Tree, Kind::TreeBlob)] {
+            for (t, k) in [
+                (BlobType::Data, Kind::DataBlob),
+                (BlobType::Tree, Kind::TreeBlob),
+            ] {
                 if let Ok(Some(loc)) = idx.lookup(t, &bid) {
                     let item = crate::crypto::blob_item_id(&bid, loc.entry.base.as_ref());
                     blobs.push((k, loc.pack, item));
                 }
             }
         }
-        crate::misplaced::explain(self.backend.as_ref(), &self.keys, kind, id, env, &blobs, err)
+        crate::misplaced::explain(
+            self.backend.as_ref(),
+            &self.keys,
+            kind,
+            id,
+            env,
+            &blobs,
+            err,
+        )
     }
 
     // ---------------------------------------------------------------------------------- records
@@ -666,8 +677,11 @@ impl Repository {
 }
 
 /// Every parsable key slot, oldest first (others are skipped with a warning).
+/// Key slots that parse, oldest first.
+type Slots = Vec<(KeyId, KeySlot)>;
+
 /// The key slots that parse, oldest first, and the names (with the reason) of those that do not.
-fn read_slots(backend: &dyn Backend) -> Result<(Vec<(KeyId, KeySlot)>, Vec<String>)> {
+fn read_slots(backend: &dyn Backend) -> Result<(Slots, Vec<String>)> {
     let mut out = Vec::new();
     let mut unreadable = Vec::new();
     for (name, _) in backend.list(FileType::Key)? {
