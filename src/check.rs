@@ -201,6 +201,19 @@ pub fn check(
     let blobs = &state.blobs;
     let load_tree = |id: &BlobId| state.load_tree(backend, keys, id);
     let mut seen_trees: HashSet<BlobId> = HashSet::new();
+    // Snapshots this machine saw that are gone without a recorded removal (a rolled-back list).
+    if let Some(d) = repo.cache_dir() {
+        let listed: Vec<_> = snapshots.iter().map(|(id, _)| *id).collect();
+        match crate::history::SeenSnapshots::in_cache(d, &repo.config().id)
+            .verify(&listed, || crate::history::removed_snapshots(backend, keys))
+        {
+            Ok(()) => {}
+            Err(e @ Error::Rollback { .. }) => r.errors.push(e.to_string()),
+            Err(e) => r
+                .incomplete
+                .push(format!("the snapshots this machine saw: {e}")),
+        }
+    }
     for (sid, s) in snapshots {
         r.snapshots += 1;
         let s = match s {

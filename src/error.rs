@@ -25,8 +25,13 @@ pub enum Error {
     },
 
     /// No key slot opened with the given password or key file.
-    #[error("wrong password or key file: no key slot in the repository opens with it")]
+    #[error("wrong password or key file: no key slot in the repository opens with it (if the password or key file is right, the key slot or the repository id in `config` is damaged: compare `config` and `keys/` with a copy of the repository)")]
     WrongPassword,
+
+    /// No key slot opened with the given password or key file, and some slots are malformed: if the
+    /// credential is right, its slot is among them.
+    #[error("no key slot opens with the given password or key file, and these key slots are damaged: {slots}; if the password or key file is right, its slot is one of them: open the repository with another key and add a new one (`gatevault key add`), or put back a copy of the slot")]
+    KeySlotDamaged { slots: String },
 
     /// No password or key file was given and none could be asked for.
     #[error("{0}")]
@@ -43,6 +48,24 @@ pub enum Error {
     /// Stored bytes do not match what the repository says they must be.
     #[error("integrity error in {object}: {reason}")]
     IntegrityMismatch { object: String, reason: String },
+
+    /// A sealed object is stored under a name it was not sealed for: it authenticates as another object
+    /// of the repository (`actual`), so it was copied or moved there.
+    #[error("{object} is stored under the wrong name: it is {actual}, copied or moved there by someone with write access to the storage; remove {object} (the object it copies is unaffected)")]
+    WrongName { object: String, actual: String },
+
+    /// An object authenticates as another type of object than the one read (type confusion).
+    #[error("{object} is not a {expected}: it authenticates as {actual}, placed there by someone with write access to the storage; remove {object}")]
+    WrongType {
+        object: String,
+        expected: String,
+        actual: String,
+    },
+
+    /// Snapshots this machine saw are gone and no audit log entry records their removal: someone with
+    /// write access to the storage deleted them or put back an older state.
+    #[error("rollback detected: {count} snapshot(s) this machine saw before are gone and no audit log entry records their removal (forget, prune, erase or repair would): {ids}; restore them from a copy of the repository, or, if their removal was intended, run `gatevault check --accept-snapshot-removals`")]
+    Rollback { count: usize, ids: String },
 
     /// A lock held by another process prevents the operation.
     #[error("repository is locked {detail}; if that process is gone, run `gatevault unlock` (locks go stale after 30 minutes without refresh)")]

@@ -316,14 +316,42 @@ fn open_stored<'b>(
     what: &str,
 ) -> Result<&'b mut [u8]> {
     let item = crate::crypto::blob_item_id(&e.id, e.base.as_ref());
-    keys.open_in_place(
-        Kind::Pack,
-        &pack.0,
-        blob_kind(e.blob_type),
-        &item,
-        envelope,
-        what,
-    )
+    let opened = keys
+        .open_in_place(
+            Kind::Pack,
+            &pack.0,
+            blob_kind(e.blob_type),
+            &item,
+            envelope,
+            what,
+        )
+        .map(|body| body.len());
+    match opened {
+        // The plaintext lies just before the tag.
+        Ok(len) => {
+            let start = envelope.len() - crate::crypto::TAG_LEN - len;
+            Ok(&mut envelope[start..start + len])
+        }
+        Err(err) => {
+            // A blob of the other type under this id (type confusion) gets its own error. The AEADs
+            // check the tag before decrypting, so a failed attempt left the envelope as it was.
+            let (other, other_name, name) = match e.blob_type {
+                BlobType::Data => (Kind::TreeBlob, "tree", "data"),
+                BlobType::Tree => (Kind::DataBlob, "data", "tree"),
+            };
+            if keys
+                .open(Kind::Pack, &pack.0, other, &item, envelope, what)
+                .is_ok()
+            {
+                return Err(Error::WrongType {
+                    object: what.to_string(),
+                    expected: format!("{name} blob"),
+                    actual: format!("a {other_name} blob"),
+                });
+            }
+            Err(err)
+        }
+    }
 }
 
 fn blob_kind(t: BlobType) -> Kind {

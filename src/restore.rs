@@ -289,8 +289,17 @@ pub fn restore(
     for (fi, f) in files.iter().enumerate().filter(|(fi, _)| created[*fi]) {
         let mut off = 0u64;
         for id in &f.node.content {
-            match index.lookup(BlobType::Data, id)? {
-                Some(loc) => {
+            // A cache that cannot be read fails this file (removed below), not the whole restore
+            // with files already created and left behind.
+            match index.lookup(BlobType::Data, id) {
+                Err(e) => {
+                    failed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(fi, format!("looking up blob {id}: {e}"));
+                    break;
+                }
+                Ok(Some(loc)) => {
                     by_pack
                         .entry(loc.pack)
                         .or_default()
@@ -300,7 +309,7 @@ pub fn restore(
                         .push((fi, off));
                     off += loc.entry.raw_length as u64;
                 }
-                None => {
+                Ok(None) => {
                     failed
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

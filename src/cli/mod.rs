@@ -430,7 +430,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             return match err {
                 Error::NoRepository { .. } | Error::NewerFormat { .. } => exit::NO_REPOSITORY,
                 Error::Locked { .. } => exit::LOCKED,
-                Error::WrongPassword | Error::NoCredentials(_) => exit::WRONG_PASSWORD,
+                Error::WrongPassword | Error::KeySlotDamaged { .. } | Error::NoCredentials(_) => {
+                    exit::WRONG_PASSWORD
+                }
                 Error::NotAllowed { .. } => exit::NOT_ALLOWED,
                 Error::Interrupted => crate::signals::exit_code(),
                 _ => exit::FAILURE,

@@ -465,4 +465,46 @@ mod tests {
             Err(Error::InvalidInput(_))
         ));
     }
+
+    /// The Argon2id answer of the reference implementation's tests (`phc-winner-argon2`
+    /// `src/test.c`: version 0x13, t=2, m=2^16 KiB, p=1, "password", "somesalt"), through the
+    /// derivation a password slot uses.
+    #[test]
+    fn argon2id_reference_vector_through_the_slot_kdf() {
+        let p = KdfParams {
+            algorithm: "argon2id".into(),
+            memory_kib: 1 << 16,
+            iterations: 2,
+            parallelism: 1,
+            salt: hex::encode(b"somesalt"),
+        };
+        let out = p.derive(b"password").unwrap();
+        assert_eq!(
+            hex::encode(*out),
+            "09316115d5cf24ed5a15a31a3ba326e5cf32edc24702987c02b6566f61913cf7"
+        );
+    }
+
+    /// RFC 9106, section 5.3 (Argon2id with a secret and associated data, which the slot KDF does not
+    /// use): the same crate, algorithm and version as the slot KDF.
+    #[test]
+    fn argon2id_rfc9106_vector() {
+        let params = argon2::ParamsBuilder::new()
+            .m_cost(32)
+            .t_cost(3)
+            .p_cost(4)
+            .output_len(32)
+            .data(argon2::AssociatedData::new(&[4u8; 12]).unwrap())
+            .build()
+            .unwrap();
+        let a = Argon2::new_with_secret(&[3u8; 8], Algorithm::Argon2id, Version::V0x13, params)
+            .unwrap();
+        let mut out = [0u8; 32];
+        a.hash_password_into(&[1u8; 32], &[2u8; 16], &mut out)
+            .unwrap();
+        assert_eq!(
+            hex::encode(out),
+            "0d640df58d78766c08c037a34a8b53c9d01ef0452d75b65eb52520e96b01e659"
+        );
+    }
 }

@@ -101,6 +101,16 @@ pub fn hash(data: &[u8]) -> [u8; 32] {
     *blake3::hash(data).as_bytes()
 }
 
+/// BLAKE3 in keyed mode: blob ids and the config MAC.
+pub fn keyed_hash(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
+    *blake3::keyed_hash(key, data).as_bytes()
+}
+
+/// BLAKE3 in key-derivation mode: every key and derived id of `docs/design.md`, section 2.
+pub fn derive_key(context: &str, material: &[u8]) -> [u8; 32] {
+    blake3::derive_key(context, material)
+}
+
 /// The repository's master key material. Zeroized on drop; `Debug` never shows it.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct MasterKey {
@@ -250,15 +260,12 @@ impl std::fmt::Debug for RepoKeys {
 impl RepoKeys {
     /// Derives the working keys of repository `repo_id` sealing with `cipher`.
     pub fn new(master: MasterKey, repo_id: RepoId, cipher: Cipher) -> Self {
-        let id_key = Zeroizing::new(blake3::derive_key(
-            "gatevault v1 blob id key",
-            &master.repo_secret,
-        ));
-        let mac_key = Zeroizing::new(blake3::derive_key(
+        let id_key = Zeroizing::new(derive_key("gatevault v1 blob id key", &master.repo_secret));
+        let mac_key = Zeroizing::new(derive_key(
             "gatevault v1 config mac key",
             &master.repo_secret,
         ));
-        let seed = blake3::derive_key("gatevault v1 chunker gear seed", &master.repo_secret);
+        let seed = derive_key("gatevault v1 chunker gear seed", &master.repo_secret);
         let mut s = [0u8; 8];
         s.copy_from_slice(&seed[..8]);
         Self {
@@ -288,7 +295,7 @@ impl RepoKeys {
 
     /// The keyed BLAKE3 id of a blob's plaintext.
     pub fn blob_id(&self, data: &[u8]) -> BlobId {
-        BlobId(*blake3::keyed_hash(&self.id_key, data).as_bytes())
+        BlobId(keyed_hash(&self.id_key, data))
     }
 
     /// The secret seed of the chunker's gear table.
@@ -387,10 +394,7 @@ impl RepoKeys {
         h.update(&[kind as u8]);
         h.update(id);
         let sub = Zeroizing::new(*h.finalize().as_bytes());
-        let aead = match self.cipher {
-            Cipher::XChaCha20Poly1305 => Aead::X(Box::new(XChaCha20Poly1305::new((&*sub).into()))),
-            Cipher::Aes256Gcm => Aead::A(Box::new(Aes256Gcm::new((&*sub).into()))),
-        };
+        let aead = Aead::new(self.cipher, &sub);
         Ok(ObjectCipher {
             repo_id: self.repo_id.0,
             kind,
@@ -486,6 +490,38 @@ enum Aead {
     A(Box<Aes256Gcm>),
 }
 
+impl Aead {
+    fn new(cipher: Cipher, key: &[u8; 32]) -> Self {
+        match cipher {
+            Cipher::XChaCha20Poly1305 => Aead::X(Box::new(XChaCha20Poly1305::new(key.into()))),
+            Cipher::Aes256Gcm => Aead::A(Box::new(Aes256Gcm::new(key.into()))),
+        }
+    }
+
+    /// Encrypts `buf` in place under `nonce` (24 or 12 bytes, as the cipher takes); returns the tag.
+    fn encrypt(&self, nonce: &[u8], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+        match self {
+            Aead::X(c) => c
+                .encrypt_in_place_detached(nonce.into(), aad, buf)
+                .map(Into::into),
+            Aead::A(c) => c
+                .encrypt_in_place_detached(nonce.into(), aad, buf)
+                .map(Into::into),
+        }
+        .expect("AEAD encryption of an in-memory buffer cannot fail")
+    }
+
+    /// Checks `tag` and decrypts `buf` in place; `false` (and `buf` unchanged: both AEADs check the
+    /// tag first) when it does not authenticate.
+    fn decrypt(&self, nonce: &[u8], aad: &[u8], buf: &mut [u8], tag: &[u8]) -> bool {
+        match self {
+            Aead::X(c) => c.decrypt_in_place_detached(nonce.into(), aad, buf, tag.into()),
+            Aead::A(c) => c.decrypt_in_place_detached(nonce.into(), aad, buf, tag.into()),
+        }
+        .is_ok()
+    }
+}
+
 /// Seals and opens the items of one stored object under that object's subkey.
 pub struct ObjectCipher {
     repo_id: [u8; 32],
@@ -564,15 +600,7 @@ impl ObjectCipher {
         let hl = out.len();
         let aad = self.aad(item, item_id, &out[start..hl]);
         out.extend_from_slice(plaintext);
-        let tag = match &self.aead {
-            Aead::X(c) => c
-                .encrypt_in_place_detached((&nonce).into(), &aad, &mut out[hl..])
-                .map(|t| t.to_vec()),
-            Aead::A(c) => c
-                .encrypt_in_place_detached(nonce[..12].into(), &aad, &mut out[hl..])
-                .map(|t| t.to_vec()),
-        }
-        .expect("AEAD encryption of an in-memory buffer cannot fail");
+        let tag = self.aead.encrypt(&nonce[..nl], &aad, &mut out[hl..]);
         out.extend_from_slice(&tag);
     }
 
@@ -595,15 +623,11 @@ impl ObjectCipher {
         let aad = self.aad(item, item_id, &env[..hl]);
         let mut buf = env[hl..tl].to_vec();
         let tag = &env[tl..];
-        let ok = match &self.aead {
-            Aead::X(c) => {
-                c.decrypt_in_place_detached(env[6..hl].into(), &aad, &mut buf, tag.into())
-            }
-            Aead::A(c) => {
-                c.decrypt_in_place_detached(env[6..hl].into(), &aad, &mut buf, tag.into())
-            }
-        };
-        ok.map_err(|_| {
+        let ok = self
+            .aead
+            .decrypt(&env[6..hl], &aad, &mut buf, tag)
+            .then_some(());
+        ok.ok_or_else(|| {
             Error::integrity(
                 what,
                 "authentication failed (damaged, moved, or from another repository)",
@@ -638,11 +662,8 @@ impl ObjectCipher {
         let (head, rest) = env.split_at_mut(hl);
         let (body, tag) = rest.split_at_mut(tl - hl);
         let nonce = &head[6..];
-        let ok = match &self.aead {
-            Aead::X(c) => c.decrypt_in_place_detached(nonce.into(), &aad, body, (&*tag).into()),
-            Aead::A(c) => c.decrypt_in_place_detached(nonce.into(), &aad, body, (&*tag).into()),
-        };
-        ok.map_err(|_| {
+        let ok = self.aead.decrypt(nonce, &aad, body, tag).then_some(());
+        ok.ok_or_else(|| {
             Error::integrity(
                 what,
                 "authentication failed (damaged, moved, or from another repository)",
@@ -857,5 +878,137 @@ mod tests {
         let b = m.to_bytes();
         assert!(MasterKey::from_bytes(&b[..b.len() - 1]).is_err());
         assert!(!format!("{m:?}").contains(&hex::encode(m.repo_secret)));
+    }
+
+    // ---------------------------------------------------------------- known answers and nonces
+
+    fn unhex(s: &str) -> Vec<u8> {
+        hex::decode(s.replace([' ', '\n'], "")).unwrap()
+    }
+
+    /// The input of the official BLAKE3 test vectors (`test_vectors.json`): byte i is i mod 251.
+    fn blake3_input(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn blake3_official_vectors() {
+        let key: [u8; 32] = *b"whats the Elvish word for friend";
+        let ctx = "BLAKE3 2019-12-27 16:29:52 test vectors context";
+        // (input length, hash, keyed_hash, derive_key), first 32 bytes of each.
+        let vectors = [
+            (
+                0,
+                "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+                "92b2b75604ed3c761f9d6f62392c8a9227ad0ea3f09573e783f1498a4ed60d26",
+                "2cc39783c223154fea8dfb7c1b1660f2ac2dcbd1c1de8277b0b0dd39b7e50d7d",
+            ),
+            (
+                1,
+                "2d3adedff11b61f14c886e35afa036736dcd87a74d27b5c1510225d0f592e213",
+                "6d7878dfff2f485635d39013278ae14f1454b8c0a3a2d34bc1ab38228a80c95b",
+                "b3e2e340a117a499c6cf2398a19ee0d29cca2bb7404c73063382693bf66cb06c",
+            ),
+        ];
+        for (n, h, k, d) in vectors {
+            let input = blake3_input(n);
+            assert_eq!(hex::encode(hash(&input)), h, "hash, length {n}");
+            assert_eq!(
+                hex::encode(content_hash(&input)),
+                h,
+                "content_hash, length {n}"
+            );
+            assert_eq!(
+                hex::encode(keyed_hash(&key, &input)),
+                k,
+                "keyed, length {n}"
+            );
+            assert_eq!(
+                hex::encode(derive_key(ctx, &input)),
+                d,
+                "derive_key, length {n}"
+            );
+        }
+    }
+
+    /// draft-irtf-cfrg-xchacha-03, appendix A.3.1.
+    #[test]
+    fn xchacha20_poly1305_draft_vector() {
+        let key: [u8; 32] =
+            unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")
+                .try_into()
+                .unwrap();
+        let nonce = unhex("404142434445464748494a4b4c4d4e4f5051525354555657");
+        let aad = unhex("50515253c0c1c2c3c4c5c6c7");
+        let plaintext = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
+        let want = unhex(
+            "bd6d179d3e83d43b9576579493c0e939572a1700252bfaccbed2902c21396cbb
+             731c7f1b0b4aa6440bf3a82f4eda7e39ae64c6708c54c216cb96b72e1213b452
+             2f8c9ba40db5d945b11b69b982c1bb9e3f3fac2bc369488f76b2383565d3fff9
+             21f9664c97637da9768812f615c68b13b52e",
+        );
+        let want_tag = unhex("c0875924c1c7987947deafd8780acf49");
+        let aead = Aead::new(Cipher::XChaCha20Poly1305, &key);
+        let mut buf = plaintext.to_vec();
+        let tag = aead.encrypt(&nonce, &aad, &mut buf);
+        assert_eq!(hex::encode(&buf), hex::encode(&want));
+        assert_eq!(hex::encode(tag), hex::encode(&want_tag));
+        assert!(aead.decrypt(&nonce, &aad, &mut buf, &tag));
+        assert_eq!(buf, plaintext);
+        let mut bad = tag;
+        bad[0] ^= 1;
+        let mut ct = want.clone();
+        assert!(!aead.decrypt(&nonce, &aad, &mut ct, &bad));
+        assert_eq!(ct, want, "a rejected ciphertext is left as it was");
+    }
+
+    /// The GCM specification (McGrew and Viega), test case 16: AES-256 with associated data, as in
+    /// NIST's GCM validation vectors.
+    #[test]
+    fn aes_256_gcm_published_vector() {
+        let key: [u8; 32] =
+            unhex("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308")
+                .try_into()
+                .unwrap();
+        let iv = unhex("cafebabefacedbaddecaf888");
+        let plaintext = unhex(
+            "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72
+             1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39",
+        );
+        let aad = unhex("feedfacedeadbeeffeedfacedeadbeefabaddad2");
+        let want = unhex(
+            "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa
+             8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662",
+        );
+        let want_tag = unhex("76fc6ece0f4e1768cddf8853bb2d551b");
+        let aead = Aead::new(Cipher::Aes256Gcm, &key);
+        let mut buf = plaintext.clone();
+        let tag = aead.encrypt(&iv, &aad, &mut buf);
+        assert_eq!(hex::encode(&buf), hex::encode(&want));
+        assert_eq!(hex::encode(tag), hex::encode(&want_tag));
+        assert!(aead.decrypt(&iv, &aad, &mut buf, &tag));
+        assert_eq!(buf, plaintext);
+        assert!(!aead.decrypt(&iv, &aad[1..], &mut want.clone(), &tag));
+    }
+
+    /// 10^6 envelopes sealed by one object cipher (the worst case: one subkey) carry 10^6 distinct
+    /// nonces, for both ciphers.
+    #[test]
+    fn no_nonce_repeats_over_a_million_seals() {
+        for c in [Cipher::XChaCha20Poly1305, Cipher::Aes256Gcm] {
+            let k = keys(c);
+            let oc = k.object(Kind::Pack, &[1u8; 32]);
+            let nl = c.nonce_len();
+            let mut seen = std::collections::HashSet::with_capacity(1_000_000);
+            let mut env = Vec::with_capacity(64);
+            for _ in 0..1_000_000 {
+                env.clear();
+                oc.seal_append(Kind::DataBlob, &[2u8; 32], b"", &mut env);
+                let mut n = [0u8; 24];
+                n[..nl].copy_from_slice(&env[6..6 + nl]);
+                assert!(seen.insert(n), "nonce repeated under {c:?}");
+            }
+            assert_eq!(seen.len(), 1_000_000);
+        }
     }
 }

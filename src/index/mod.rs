@@ -468,7 +468,9 @@ impl LocalIndex {
 pub fn load_index_file(backend: &dyn Backend, keys: &RepoKeys, id: &IndexId) -> Result<IndexFile> {
     let what = format!("index file {id}");
     let env = backend.read(FileType::Index, &id.to_hex())?;
-    let plain = keys.open_object(Kind::Index, &id.0, &env, &what)?;
+    let plain = keys
+        .open_object(Kind::Index, &id.0, &env, &what)
+        .map_err(|e| crate::misplaced::explain(backend, keys, Kind::Index, &id.0, &env, &[], e))?;
     IndexFile::decode(&plain).map_err(|e| Error::integrity(what, e.to_string()))
 }
 

@@ -207,7 +207,7 @@ impl Repository {
         if creds.password.is_none() && creds.key_file.is_none() {
             return Err(Error::NoCredentials("no password or key file given".into()));
         }
-        let slots = read_slots(backend.as_ref())?;
+        let (slots, unreadable) = read_slots(backend.as_ref())?;
         let mut attempts: Vec<(KeyId, KeySlot, Credential<'_>)> = Vec::new();
         if let Some(k) = &creds.key_file {
             attempts.extend(
@@ -223,8 +223,18 @@ impl Repository {
                     .map(|(i, s)| (*i, s.clone(), Credential::Password(p))),
             );
         }
+        // A malformed slot must not keep the others from opening (it may be another user's).
+        let mut damaged: Vec<String> = unreadable;
         for (id, slot, cred) in attempts {
-            if let Some(master) = slot.unwrap_key(&config.id, &id, &cred)? {
+            let master = match slot.unwrap_key(&config.id, &id, &cred) {
+                Ok(m) => m,
+                Err(e @ Error::Format { .. }) => {
+                    damaged.push(format!("{} ({e})", id.to_hex()));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(master) = master {
                 let keys = Arc::new(RepoKeys::new(master, config.id, config.cipher));
                 let mac = hex::encode(keys.config_mac(&config.mac_input()));
                 if mac != config.mac {
@@ -245,7 +255,13 @@ impl Repository {
                 });
             }
         }
-        Err(Error::WrongPassword)
+        if damaged.is_empty() {
+            Err(Error::WrongPassword)
+        } else {
+            Err(Error::KeySlotDamaged {
+                slots: damaged.join("; "),
+            })
+        }
     }
 
     /// The backend.
@@ -442,7 +458,10 @@ impl Repository {
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         let what = format!("snapshot {id}");
         let env = self.backend.read(FileType::Snapshot, &id.to_hex())?;
-        let plain = self.keys.open_object(Kind::Snapshot, &id.0, &env, &what)?;
+        let plain = self
+            .keys
+            .open_object(Kind::Snapshot, &id.0, &env, &what)
+            .map_err(|e| self.explain(Kind::Snapshot, &id.0, &env, e))?;
         Snapshot::decode(&plain).map_err(|e| Error::integrity(what, e.to_string()))
     }
 
@@ -568,7 +587,8 @@ impl Repository {
         }
     }
 
-    /// Encrypts and stores a snapshot.
+    /// Encrypts and stores a snapshot, and remembers it among the snapshots this machine has seen
+    /// (so that its later disappearance without a recorded removal is reported, see [`crate::history`]).
     ///
     /// # Errors
     /// Backend errors.
@@ -576,7 +596,39 @@ impl Repository {
         let id = SnapshotId::random();
         let env = self.keys.seal_object(Kind::Snapshot, &id.0, &s.encode());
         self.backend.write(FileType::Snapshot, &id.to_hex(), &env)?;
+        if let Some(d) = self.cache_dir() {
+            if let Err(e) = crate::history::SeenSnapshots::in_cache(d, &self.config().id).add(&id) {
+                tracing::warn!("could not remember snapshot {} as seen: {e}", id.short());
+            }
+        }
         Ok(id)
+    }
+
+    /// A better error for a single-item object that did not authenticate (see [`crate::misplaced`]):
+    /// the blobs the index knows under the same id are candidates too.
+    fn explain(&self, kind: Kind, id: &[u8; 32], env: &[u8], err: Error) -> Error {
+        let mut blobs = Vec::new();
+        if let Ok(idx) = self.index() {
+            let bid = BlobId(*id);
+            for (t, k) in [
+                (BlobType::Data, Kind::DataBlob),
+                (BlobType::Tree, Kind::TreeBlob),
+            ] {
+                if let Ok(Some(loc)) = idx.lookup(t, &bid) {
+                    let item = crate::crypto::blob_item_id(&bid, loc.entry.base.as_ref());
+                    blobs.push((k, loc.pack, item));
+                }
+            }
+        }
+        crate::misplaced::explain(
+            self.backend.as_ref(),
+            &self.keys,
+            kind,
+            id,
+            env,
+            &blobs,
+            err,
+        )
     }
 
     // ---------------------------------------------------------------------------------- records
@@ -644,7 +696,7 @@ impl Repository {
     /// # Errors
     /// Backend errors.
     pub fn key_slots(&self) -> Result<Vec<(KeyId, KeySlot)>> {
-        read_slots(self.backend.as_ref())
+        Ok(read_slots(self.backend.as_ref())?.0)
     }
 
     /// Adds a key slot for `cred` with `role`.
@@ -688,8 +740,13 @@ impl Repository {
 }
 
 /// Every parsable key slot, oldest first (others are skipped with a warning).
-fn read_slots(backend: &dyn Backend) -> Result<Vec<(KeyId, KeySlot)>> {
+/// Key slots that parse, oldest first.
+type Slots = Vec<(KeyId, KeySlot)>;
+
+/// The key slots that parse, oldest first, and the names (with the reason) of those that do not.
+fn read_slots(backend: &dyn Backend) -> Result<(Slots, Vec<String>)> {
     let mut out = Vec::new();
+    let mut unreadable = Vec::new();
     for (name, _) in backend.list(FileType::Key)? {
         let Ok(id) = KeyId::from_hex(&name) else {
             continue;
@@ -699,11 +756,15 @@ fn read_slots(backend: &dyn Backend) -> Result<Vec<(KeyId, KeySlot)>> {
             .and_then(|b| KeySlot::parse(&b, &format!("key slot {}", id.short())))
         {
             Ok(s) => out.push((id, s)),
+            Err(e @ (Error::Format { .. } | Error::IntegrityMismatch { .. })) => {
+                tracing::warn!("skipping key slot {name}: {e}");
+                unreadable.push(format!("{name} ({e})"));
+            }
             Err(e) => tracing::warn!("skipping key slot {name}: {e}"),
         }
     }
     out.sort_by(|a, b| a.1.created.cmp(&b.1.created));
-    Ok(out)
+    Ok((out, unreadable))
 }
 
 fn write_slot(
