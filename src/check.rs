@@ -204,9 +204,11 @@ pub fn check(
     // Snapshots this machine saw that are gone without a recorded removal (a rolled-back list).
     if let Some(d) = repo.cache_dir() {
         let listed: Vec<_> = snapshots.iter().map(|(id, _)| *id).collect();
-        match crate::history::SeenSnapshots::in_cache(d, &repo.config().id)
-            .verify(&listed, || crate::history::removed_snapshots(backend, keys))
-        {
+        match crate::history::SeenSnapshots::in_cache(d, &repo.config().id).verify(
+            &listed,
+            |id| backend.exists(FileType::Snapshot, id),
+            || crate::history::removed_snapshots(backend, keys),
+        ) {
             Ok(()) => {}
             Err(e @ Error::Rollback { .. }) => r.errors.push(e.to_string()),
             Err(e) => r

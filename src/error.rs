@@ -64,7 +64,7 @@ pub enum Error {
 
     /// Snapshots this machine saw are gone and no audit log entry records their removal: someone with
     /// write access to the storage deleted them or put back an older state.
-    #[error("rollback detected: {count} snapshot(s) this machine saw before are gone and no audit log entry records their removal (forget, prune, erase or repair would): {ids}; restore them from a copy of the repository, or, if their removal was intended, run `gatevault check --accept-snapshot-removals`")]
+    #[error("rollback detected: {count} snapshot(s) this machine saw before are gone and no audit log entry records their removal (forget, prune, erase or repair would): {ids}; restore them from a copy of the repository, or, if their removal was intended, delete that file")]
     Rollback { count: usize, ids: String },
 
     /// A lock held by another process prevents the operation.

@@ -24,7 +24,6 @@ use std::str::FromStr;
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, TimeDelta, TimeZone, Timelike, Utc};
 use serde::{Serialize, Serializer};
 
-use crate::backend::FileType;
 use crate::error::{Error, Result};
 use crate::format::Snapshot;
 use crate::id::SnapshotId;
@@ -899,12 +898,7 @@ pub fn forget(
             let done = lock
                 .check()
                 .and_then(|()| crate::signals::check())
-                .and_then(
-                    |()| match repo.backend().remove(FileType::Snapshot, &id.to_hex()) {
-                        Ok(()) | Err(Error::NotFound { .. }) => Ok(()),
-                        Err(e) => Err(e),
-                    },
-                );
+                .and_then(|()| repo.remove_snapshot(id));
             if let Err(e) = done {
                 tracing::error!(
                     "removed {} of {} snapshots before failing on snapshot {}; run forget again to finish",

@@ -6,11 +6,14 @@
 //! `rewrite` and `repair snapshots` record every snapshot they remove in the hash-chained audit log
 //! (`docs/design.md`, section 10b), whose truncation the remembered audit head already reveals. So each
 //! machine keeps the ids of the snapshots it has seen in `<cache dir>/<repo id>/snapshots-seen` (added
-//! when it writes a snapshot, replaced by the listing at each `check`), and `check` reports every seen
+//! when it writes a snapshot, dropped just before it removes one, replaced by the listing at each
+//! `check`), and `check` reports every seen
 //! snapshot that is gone without an audit entry naming its removal as [`Error::Rollback`].
 //!
 //! Limits: a machine only knows what it saw (a rollback before its first check or backup is not
 //! detected), and an attacker who also removes the audit entries is caught by the audit head, not here.
+//! A removal by another machine that was killed before it wrote its audit entry is reported here as a
+//! rollback; when that is what happened, deleting the file accepts it.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -122,9 +125,27 @@ impl SeenSnapshots {
         })
     }
 
-    /// Compares the snapshots listed now with those seen before. Seen snapshots that are gone must be
-    /// named as removed by an audit log entry (`removed()` gives those names; it is only called when
-    /// something is gone). When every disappearance is explained, the listing becomes the new seen
+    /// Forgets a snapshot this machine is about to remove (before it removes it: a removal cut short
+    /// afterwards is then no rollback here, whether or not its audit entry was written).
+    ///
+    /// # Errors
+    /// I/O errors of the cache.
+    pub fn forget(&self, id: &SnapshotId) -> Result<()> {
+        self.locked(|| match self.load()? {
+            Some(mut ids) => {
+                if ids.remove(&id.to_hex()) {
+                    self.store(ids)?;
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        })
+    }
+
+    /// Compares the snapshots listed now with those seen before. Seen snapshots that are gone (not
+    /// listed, and `exists` says they are not there now either: one written after the listing is not
+    /// gone) must be named as removed by an audit log entry (`removed()` gives those names; it is only
+    /// called when something is gone). When every disappearance is explained, the listing becomes the new seen
     /// set; otherwise the file is left as it is, so the rollback keeps being reported.
     ///
     /// # Errors
@@ -133,11 +154,18 @@ impl SeenSnapshots {
     pub fn verify(
         &self,
         listed: &[SnapshotId],
+        exists: impl Fn(&str) -> Result<bool>,
         removed: impl FnOnce() -> Result<HashSet<String>>,
     ) -> Result<()> {
         self.locked(|| {
-            let now: BTreeSet<String> = listed.iter().map(SnapshotId::to_hex).collect();
+            let mut now: BTreeSet<String> = listed.iter().map(SnapshotId::to_hex).collect();
             if let Some(seen) = self.load()? {
+                // A snapshot written (and added here) after the listing was taken is not gone.
+                for id in seen.difference(&now).cloned().collect::<Vec<_>>() {
+                    if exists(&id)? {
+                        now.insert(id);
+                    }
+                }
                 let gone: Vec<&String> = seen.difference(&now).collect();
                 if !gone.is_empty() {
                     let removed = removed()?;
@@ -187,6 +215,28 @@ pub fn removed_snapshots(backend: &dyn Backend, keys: &RepoKeys) -> Result<HashS
 mod tests {
     use super::*;
 
+    /// `exists` for a store that holds nothing beyond the listing.
+    fn none(_: &str) -> Result<bool> {
+        Ok(false)
+    }
+
+    #[test]
+    fn a_snapshot_written_after_the_listing_is_not_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = SeenSnapshots::in_cache(dir.path(), &RepoId::random());
+        let (a, b) = (SnapshotId::random(), SnapshotId::random());
+        seen.verify(&[a], none, || panic!("nothing is gone"))
+            .unwrap();
+        // A backup adds b between the check's listing (which lacks it) and its verification.
+        seen.add(&b).unwrap();
+        let bh = b.to_hex();
+        seen.verify(&[a], |id| Ok(id == bh), || panic!("b is there"))
+            .unwrap();
+        // ... and b stays remembered: gone later without a record, it is a rollback.
+        let err = seen.verify(&[a], none, || Ok(HashSet::new())).unwrap_err();
+        assert!(err.to_string().contains(&bh[..8]), "{err}");
+    }
+
     #[test]
     fn a_snapshot_gone_without_a_record_is_a_rollback() {
         let dir = tempfile::tempdir().unwrap();
@@ -197,21 +247,25 @@ mod tests {
             SnapshotId::random(),
         );
         // Nothing seen yet: anything goes, and becomes the seen set.
-        seen.verify(&[a, b], || panic!("nothing is gone")).unwrap();
+        seen.verify(&[a, b], none, || panic!("nothing is gone"))
+            .unwrap();
         seen.add(&c).unwrap();
         // c is gone and nobody recorded its removal.
-        let err = seen.verify(&[a, b], || Ok(HashSet::new())).unwrap_err();
+        let err = seen
+            .verify(&[a, b], none, || Ok(HashSet::new()))
+            .unwrap_err();
         assert!(matches!(err, Error::Rollback { count: 1, .. }), "{err}");
         assert!(err.to_string().contains(&c.to_hex()[..8]), "{err}");
         // Still reported: the file was kept.
-        assert!(seen.verify(&[a, b], || Ok(HashSet::new())).is_err());
+        assert!(seen.verify(&[a, b], none, || Ok(HashSet::new())).is_err());
         // Recorded as removed: accepted, and the seen set follows.
-        seen.verify(&[a], || Ok([b.to_hex(), c.to_hex()].into()))
+        seen.verify(&[a], none, || Ok([b.to_hex(), c.to_hex()].into()))
             .unwrap();
-        seen.verify(&[a], || panic!("nothing is gone any more"))
+        seen.verify(&[a], none, || panic!("nothing is gone any more"))
             .unwrap();
         // A damaged file is replaced, not an error.
         fs::write(seen.path(), b"{garbage").unwrap();
-        seen.verify(&[a], || panic!("nothing remembered")).unwrap();
+        seen.verify(&[a], none, || panic!("nothing remembered"))
+            .unwrap();
     }
 }

@@ -403,7 +403,7 @@ pub fn repair_snapshots(
                 done.new = Some(nid);
             }
             if opts.forget {
-                crate::prune::remove(repo.backend(), FileType::Snapshot, &id.to_hex())?;
+                repo.remove_snapshot(&id)?;
                 done.forgotten = true;
             }
         }

@@ -176,11 +176,11 @@ fn remove_snapshot(
     match until {
         // Hidden already by an earlier run: nothing to do before the date.
         Some(until) if repo.backend().exists(FileType::Snapshot, &name)? => {
-            crate::prune::remove(repo.backend(), FileType::Snapshot, &name)?;
+            repo.remove_snapshot(id)?;
             retained.push(RetainedSnapshot { id: *id, until });
         }
         Some(until) => retained.push(RetainedSnapshot { id: *id, until }),
-        None => crate::prune::remove(repo.backend(), FileType::Snapshot, &name)?,
+        None => repo.remove_snapshot(id)?,
     }
     Ok(())
 }

@@ -604,6 +604,24 @@ impl Repository {
         Ok(id)
     }
 
+    /// Removes a snapshot object (one already gone is fine), first dropping it from the snapshots
+    /// this machine has seen, so that a removal cut short is never mistaken for a rollback here.
+    ///
+    /// # Errors
+    /// Backend errors (a retention lock among them).
+    pub fn remove_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        if let Some(d) = self.cache_dir() {
+            if let Err(e) = crate::history::SeenSnapshots::in_cache(d, &self.config().id).forget(id)
+            {
+                tracing::warn!(
+                    "could not drop snapshot {} from those seen: {e}",
+                    id.short()
+                );
+            }
+        }
+        crate::prune::remove(self.backend.as_ref(), FileType::Snapshot, &id.to_hex())
+    }
+
     /// A better error for a single-item object that did not authenticate (see [`crate::misplaced`]):
     /// the blobs the index knows under the same id are candidates too.
     fn explain(&self, kind: Kind, id: &[u8; 32], env: &[u8], err: Error) -> Error {
