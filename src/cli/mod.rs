@@ -455,6 +455,23 @@ fn interrupted_note(command: &Command) -> &'static str {
     }
 }
 
+/// An error and its causes as `a: b: c`, like `{:#}`, but without a cause whose text the message
+/// before it already ends with (our I/O errors print their source themselves).
+fn chain_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for c in e.chain() {
+        let t = c.to_string();
+        if out.ends_with(&t) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&t);
+    }
+    out
+}
+
 /// Parses the command line, runs the command and returns the exit code.
 pub fn main() -> ExitCode {
     // Like other Unix tools, end quietly when the reader of our output goes away (`ls | head`):
@@ -508,7 +525,7 @@ pub fn main() -> ExitCode {
         .try_init();
     let started = chrono::Utc::now();
     if let Err(e) = cli.global.resolve_configured() {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", chain_text(&e));
         let code = exit_code(&e);
         metrics::push_run(&cli.global, matches.subcommand_name(), started, code);
         return ExitCode::from(code);
@@ -561,7 +578,7 @@ pub fn main() -> ExitCode {
             exit_code(e)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain_text(&e));
             exit_code(e)
         }
     };
