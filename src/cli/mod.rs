@@ -578,7 +578,7 @@ pub fn main() -> ExitCode {
             exit_code(e)
         }
         Err(e) => {
-            eprintln!("error: {}", chain_text(&e));
+            eprintln!("error: {}", chain_text(e));
             exit_code(e)
         }
     };
