@@ -147,9 +147,7 @@ fn a_full_disk_fails_the_backup_cleanly_and_the_next_one_succeeds() {
         assert_eq!(check["status"], "Success", "{check}");
         restores_as(&small_id, &small);
         assert!(
-            !std::fs::read_dir(repo.join("locks"))
-                .unwrap()
-                .any(|_| true),
+            !std::fs::read_dir(repo.join("locks")).unwrap().any(|_| true),
             "no lock left behind"
         );
         // With the space back, the backup succeeds and every snapshot restores.
