@@ -16,8 +16,7 @@
 //! rollback; when that is what happened, deleting the file accepts it.
 
 use std::collections::{BTreeSet, HashSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -80,37 +79,12 @@ impl SeenSnapshots {
             version: SEEN_VERSION,
             snapshots: ids,
         };
-        let tmp = self
-            .path
-            .with_file_name(format!(".snapshots-seen.tmp-{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(&s).expect("ids serialize"))?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            self.io("writing", e)
-        })
+        crate::util::replace_file(&self.path, &serde_json::to_vec(&s).expect("ids serialize"))
     }
 
     /// Holds the update lock while `f` runs.
     fn locked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(|e| self.io("creating the folder of", e))?;
-        let lock_path = self.path.with_file_name("snapshots-seen.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
-        lock.lock()
-            .map_err(|e| Error::io(format!("locking {}", lock_path.display()), e))?;
-        let r = f();
-        let _ = lock.unlock();
-        r
+        crate::util::with_file_lock(&self.path, f)
     }
 
     /// Remembers a snapshot this machine has just written.

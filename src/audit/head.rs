@@ -8,8 +8,7 @@
 //! runs `audit verify --reset-head`. Updates are serialized by a lock on `audit-head.lock` and written
 //! through a temporary file and a rename.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -162,20 +161,7 @@ impl HeadFile {
 
     /// Holds the update lock while `f` runs.
     fn locked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(|e| self.io("creating the folder of", e))?;
-        let lock_path = self.path.with_file_name("audit-head.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
-        lock.lock()
-            .map_err(|e| Error::io(format!("locking {}", lock_path.display()), e))?;
-        let r = f();
-        let _ = lock.unlock();
-        r
+        crate::util::with_file_lock(&self.path, f)
     }
 
     fn store(&self, head: Head) -> Result<()> {
@@ -184,19 +170,10 @@ impl HeadFile {
             hash: head.hash_hex(),
             seen: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
-        let tmp = self
-            .path
-            .with_file_name(format!(".audit-head.tmp-{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(&s).expect("a head serializes"))?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            self.io("writing", e)
-        })
+        crate::util::replace_file(
+            &self.path,
+            &serde_json::to_vec(&s).expect("a head serializes"),
+        )
     }
 
     /// Remembers `new` if the chain it ends still contains the remembered head; `hash_at(seq)` gives the

@@ -49,7 +49,8 @@ fn parse_pack_size(s: &str) -> Result<u32, String> {
     }
 }
 
-/// Creates a key file of 32 random bytes (mode 0600), refusing to overwrite.
+/// Creates a key file of 32 random bytes (mode 0600), never overwriting: when another process
+/// creates the same file first, that one stays (and is the one read).
 pub(crate) fn create_key_file(path: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let key: [u8; 32] = rand::random();
@@ -73,8 +74,11 @@ pub(crate) fn create_key_file(path: &std::path::Path) -> anyhow::Result<()> {
         f.write_all(hex::encode(key).as_bytes())?;
         f.write_all(b"\n")?;
         f.sync_all()?;
-        std::fs::hard_link(&tmp, path)
-            .with_context(|| format!("creating key file {}", path.display()))?;
+        match std::fs::hard_link(&tmp, path) {
+            // Another process created it meanwhile: it is used, as one that existed already.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+            r => r.with_context(|| format!("creating key file {}", path.display()))?,
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::File::open(dir)?.sync_all()?;
         }
