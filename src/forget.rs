@@ -17,7 +17,7 @@
 //! Removing a snapshot deletes its snapshot object only; the data it referenced stays in the repository
 //! until a later prune removes what no snapshot needs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
@@ -854,9 +854,16 @@ pub fn forget(
         }
         Selection::Policy(policy, filter) => {
             let list = crate::select::filtered(repo, filter)?;
-            let mut by_id: BTreeMap<SnapshotId, Snapshot> = list.iter().cloned().collect();
+            let decisions = apply_policy(&list, policy, now);
+            // The snapshots move into the report (10,000 of them: no copy, no map of them).
+            let at: HashMap<SnapshotId, usize> = list
+                .iter()
+                .enumerate()
+                .map(|(i, (id, _))| (*id, i))
+                .collect();
+            let mut slots: Vec<Option<Snapshot>> = list.into_iter().map(|(_, s)| Some(s)).collect();
             let mut groups: Vec<GroupReport> = Vec::new();
-            for d in apply_policy(&list, policy, now) {
+            for d in decisions {
                 if groups.last().and_then(|g| g.key.as_ref()) != Some(&d.group) {
                     groups.push(GroupReport {
                         key: Some(d.group.clone()),
@@ -864,7 +871,7 @@ pub fn forget(
                         remove: Vec::new(),
                     });
                 }
-                let Some(snapshot) = by_id.remove(&d.id) else {
+                let Some(snapshot) = at.get(&d.id).and_then(|i| slots[*i].take()) else {
                     continue;
                 };
                 let g = groups.last_mut().expect("a group was pushed");

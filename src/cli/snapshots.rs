@@ -2,6 +2,7 @@
 
 use std::io::Write;
 
+use chrono::{Datelike, Timelike};
 use clap::Args;
 
 use super::{exit, print_json, FilterArgs, Global};
@@ -44,12 +45,20 @@ pub(crate) fn run(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
     )?;
     writeln!(out, "{}", "-".repeat(110))?;
     for (id, s) in &list {
+        // Written field by field: chrono's `format` parses its pattern on every call.
         let time = s
             .timestamp()
             .map(|t| {
-                t.with_timezone(&chrono::Local)
-                    .format("%Y-%m-%d %H:%M:%S")
-                    .to_string()
+                let t = t.with_timezone(&chrono::Local);
+                format!(
+                    "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+                    t.year(),
+                    t.month(),
+                    t.day(),
+                    t.hour(),
+                    t.minute(),
+                    t.second()
+                )
             })
             .unwrap_or_else(|_| s.time.clone());
         let tags: Vec<String> = s

@@ -280,9 +280,9 @@ impl LocalIndex {
     pub fn sync(&self, backend: &dyn Backend, keys: &RepoKeys) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         let listed: HashSet<IndexId> = backend
-            .list(FileType::Index)?
+            .list_names(FileType::Index)?
             .into_iter()
-            .filter_map(|(n, _)| IndexId::from_hex(&n).ok())
+            .filter_map(|n| IndexId::from_hex(&n).ok())
             .collect();
         let absorbed = self.absorbed()?;
         let mut superseded = self.superseded()?;

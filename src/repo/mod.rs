@@ -491,7 +491,7 @@ impl Repository {
             Some(root) => self.load_snapshots_cached(root)?,
             None => self.load_all_snapshots()?,
         };
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(loaded.len());
         for (id, r) in loaded {
             match r {
                 Ok(s) => out.push((id, s)),
@@ -512,7 +512,8 @@ impl Repository {
         let listed = self.snapshot_ids()?;
         let path = snapcache::path(root, &self.keys);
         let cache = snapcache::load(&path, &self.keys);
-        let fetch = |id: &SnapshotId| -> (Result<Snapshot>, Option<snapcache::Cached>) {
+        // A snapshot read from the repository comes with its encoding, to be added to the cache.
+        let fetch = |id: &SnapshotId| -> (Result<Snapshot>, Option<Vec<u8>>) {
             let what = format!("snapshot {id}");
             let plain = self
                 .backend
@@ -520,37 +521,34 @@ impl Repository {
                 .and_then(|env| self.keys.open_object(Kind::Snapshot, &id.0, &env, &what));
             match plain {
                 Ok(plain) => match Snapshot::decode(&plain) {
-                    Ok(s) => (Ok(s), Some(snapcache::Cached { plain })),
+                    Ok(s) => {
+                        let c = snapcache::encode_snapshot(&s);
+                        (Ok(s), Some(c))
+                    }
                     Err(e) => (Err(Error::integrity(what, e.to_string())), None),
                 },
                 Err(e) => (Err(e), None),
             }
         };
-        let loaded: Vec<(SnapshotId, Result<Snapshot>, Option<snapcache::Cached>)> = listed
+        let loaded: Vec<(SnapshotId, Result<Snapshot>, Option<Vec<u8>>)> = listed
             .par_iter()
-            .map(|id| match cache.get(id) {
-                Some(c) => match Snapshot::decode(&c.plain) {
-                    Ok(s) => (*id, Ok(s), None),
-                    Err(_) => {
-                        let (r, c) = fetch(id);
-                        (*id, r, c)
-                    }
-                },
-                _ => {
-                    let (r, c) = fetch(id);
-                    (*id, r, c)
-                }
+            .map(|id| {
+                let (r, c) = match cache.snapshot(id) {
+                    Some(s) => (Ok(s), None),
+                    None => fetch(id),
+                };
+                (*id, r, c)
             })
             .collect();
         let hits = loaded
             .iter()
-            .filter(|(id, r, c)| r.is_ok() && c.is_none() && cache.contains_key(id))
+            .filter(|(_, r, c)| r.is_ok() && c.is_none())
             .count();
         if hits != cache.len() || loaded.iter().any(|(_, _, c)| c.is_some()) {
-            let entries: Vec<(SnapshotId, &snapcache::Cached)> = loaded
+            let entries: Vec<(SnapshotId, &[u8])> = loaded
                 .iter()
                 .filter_map(|(id, r, c)| match (r, c) {
-                    (Ok(_), Some(c)) => Some((*id, c)),
+                    (Ok(_), Some(c)) => Some((*id, c.as_slice())),
                     (Ok(_), None) => cache.get(id).map(|c| (*id, c)),
                     _ => None,
                 })
