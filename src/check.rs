@@ -16,7 +16,7 @@ use crate::audit::{AuditLog, HeadFile};
 use crate::backend::FileType;
 use crate::backup::Progress;
 use crate::error::{Error, Result};
-use crate::format::{BlobType, NodeType};
+use crate::format::{BlobType, NodeType, PackEntry};
 use crate::id::{BlobId, PackId};
 use crate::repo::Repository;
 
@@ -172,8 +172,7 @@ pub fn check(
             _ => r.errors.push(format!("index file {id}: {e}")),
         }
     }
-    let packs = &state.packs;
-    r.packs = packs.len();
+    r.packs = state.pack_count();
 
     // 2. Packs exist with the indexed size.
     let stored: HashMap<PackId, u64> = backend
@@ -181,24 +180,24 @@ pub fn check(
         .into_iter()
         .filter_map(|(n, s)| PackId::from_hex(&n).ok().map(|id| (id, s)))
         .collect();
-    for (id, (size, _)) in packs {
-        match stored.get(id) {
+    for p in state.packs() {
+        let (id, size) = (p.id, p.size);
+        match stored.get(&id) {
             None => r
                 .errors
                 .push(format!("pack {id}: missing (listed in the index)")),
-            Some(s) if s != size => r.errors.push(format!(
+            Some(s) if *s != size => r.errors.push(format!(
                 "pack {id}: size {s} where the index says {size} (truncated or damaged)"
             )),
             _ => {}
         }
     }
-    let unreferenced = stored.keys().filter(|p| !packs.contains_key(p)).count();
+    let unreferenced = stored.keys().filter(|p| !state.contains_pack(p)).count();
     if unreferenced > 0 {
         r.hints.push(format!("{unreferenced} pack(s) are not referenced by any index (left by an interrupted job; harmless, `gatevault prune` removes them)"));
     }
 
     // 3. Snapshots and trees.
-    let blobs = &state.blobs;
     let load_tree = |id: &BlobId| state.load_tree(backend, keys, id);
     let mut seen_trees: HashSet<BlobId> = HashSet::new();
     // Snapshots this machine saw that are gone without a recorded removal (a rolled-back list).
@@ -250,13 +249,13 @@ pub fn check(
                     }
                     NodeType::File => {
                         for b in &n.content {
-                            match blobs.get(&(BlobType::Data, *b)) {
+                            match state.blob(BlobType::Data, b) {
                                 None => r.errors.push(format!(
                                     "snapshot {}: file {p}: data blob {b} is in no index",
                                     sid.short()
                                 )),
                                 Some((_, e)) => match e.base {
-                                    Some(base) if !blobs.contains_key(&(BlobType::Data, base)) => r.errors.push(format!(
+                                    Some(base) if !state.contains_blob(BlobType::Data, &base) => r.errors.push(format!(
                                         "snapshot {}: file {p}: data blob {b} needs base blob {base}, which is in no index",
                                         sid.short()
                                     )),
@@ -308,14 +307,18 @@ pub fn check(
     }
 
     // 4. Pack data.
-    let mut ids: Vec<PackId> = packs
-        .keys()
-        .copied()
+    let mut ids: Vec<PackId> = state
+        .packs()
+        .map(|p| p.id)
         .filter(|p| stored.contains_key(p))
         .collect();
     ids.sort();
     let selected = select_packs(&ids, read, seed);
-    let total: u64 = selected.iter().map(|p| packs[p].0).sum();
+    let total: u64 = selected
+        .iter()
+        .filter_map(|p| state.pack(p))
+        .map(|p| p.size)
+        .sum();
     progress.start(total, selected.len() as u64);
     let errors = Mutex::new(Vec::new());
     let incomplete = Mutex::new(Vec::new());
@@ -324,7 +327,10 @@ pub fn check(
         if crate::signals::interrupted() {
             return;
         }
-        let (size, indexed) = &packs[pid];
+        let Some(p) = state.pack(pid) else {
+            return;
+        };
+        let (size, indexed): (u64, Vec<PackEntry>) = (p.size, p.entries().collect());
         let mut bytes = match backend.read(FileType::Pack, &pid.to_hex()) {
             Ok(b) => b,
             Err(e) => {
@@ -339,7 +345,7 @@ pub fn check(
         match crate::pack::read_header(keys, pid, &bytes) {
             Ok(header) => {
                 let hset: HashSet<_> = header.iter().collect();
-                for e in indexed {
+                for e in &indexed {
                     if !hset.contains(e) {
                         errs.push(format!(
                             "pack {pid}: blob {} listed in the index is not in the pack header",
@@ -352,7 +358,7 @@ pub fn check(
         }
         // Every blob the index places in this pack is re-hashed, even if the header is damaged.
         let mut n = 0;
-        for e in indexed {
+        for e in &indexed {
             let end = e.offset as usize + e.length as usize;
             if end > bytes.len() {
                 errs.push(format!(
@@ -369,7 +375,7 @@ pub fn check(
                 Err(err) => errs.push(format!("pack {pid}: blob {}: {err}", e.id)),
             }
         }
-        progress.bytes(*size);
+        progress.bytes(size);
         let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
         c.0 += n;
         c.1 += bytes.len() as u64;

@@ -342,7 +342,7 @@ pub fn used_blobs(
     // Every needed blob must be indexed; bases of deltas are needed too.
     let mut todo: Vec<BlobKey> = used.iter().copied().collect();
     while let Some(k) = todo.pop() {
-        let Some((_, e)) = state.blobs.get(&k) else {
+        let Some((_, e)) = state.blob(k.0, &k.1) else {
             return Err(refuse(
                 format!(
                     "{} blob {}",
@@ -420,12 +420,16 @@ pub fn prune_locked(
     };
 
     let mut info: HashMap<PackId, PackInfo> = HashMap::new();
-    for (pid, (size, entries)) in &state.packs {
+    for p in state.packs() {
+        let (pid, size) = (&p.id, p.size);
+        let entries: Vec<PackEntry> = p.entries().collect();
         let keep: Vec<PackEntry> = entries
             .iter()
             .filter(|e| {
-                let k = (e.blob_type, e.id);
-                used.contains(&k) && state.blobs.get(&k).is_some_and(|(p, _)| p == pid)
+                used.contains(&(e.blob_type, e.id))
+                    && state
+                        .blob(e.blob_type, &e.id)
+                        .is_some_and(|(p, _)| p == *pid)
             })
             .copied()
             .collect();
@@ -444,7 +448,7 @@ pub fn prune_locked(
             continue;
         }
         let kept: u64 = keep.iter().map(|e| e.length as u64).sum();
-        let unused = size.saturating_sub(kept + header_bytes(entries, overhead));
+        let unused = size.saturating_sub(kept + header_bytes(&entries, overhead));
         let needs_resolve = keep
             .iter()
             .any(|e| e.base.is_some_and(|b| !used.contains(&(e.blob_type, b))));
@@ -456,7 +460,7 @@ pub fn prune_locked(
         info.insert(
             *pid,
             PackInfo {
-                size: *size,
+                size,
                 keep,
                 unused,
                 needs_resolve,
@@ -464,7 +468,7 @@ pub fn prune_locked(
         );
     }
     for (pid, size) in &stored {
-        if !state.packs.contains_key(pid) {
+        if !state.contains_pack(pid) {
             r.unreferenced_packs += 1;
             r.unreferenced_bytes += size;
         }
@@ -576,7 +580,7 @@ pub fn prune_locked(
     // Unreferenced packs that are locked stay; so do locked old index files.
     let unreferenced: Vec<PackId> = stored
         .keys()
-        .filter(|p| !state.packs.contains_key(p))
+        .filter(|p| !state.contains_pack(p))
         .copied()
         .collect();
     locked.extend(ask(&unreferenced)?);
@@ -688,24 +692,22 @@ pub fn prune_locked(
 
     // One index file naming every kept pack and the new ones, superseding all others.
     let mut packs: Vec<IndexPack> = Vec::new();
-    for (pid, f) in &fate {
-        if *f != Fate::Keep {
+    for p in state.packs() {
+        if fate.get(&p.id) != Some(&Fate::Keep) {
             continue;
         }
-        let (size, entries) = &state.packs[pid];
         // Unneeded self-contained blobs stay listed (a later backup may use them again); unneeded
         // deltas do not, since their bases may be gone.
-        let blobs: Vec<PackEntry> = entries
-            .iter()
+        let blobs: Vec<PackEntry> = p
+            .entries()
             .filter(|e| {
                 let k = (e.blob_type, e.id);
-                !forced.blobs.contains(&k) && (e.base.is_none() || info[pid].keep.contains(e))
+                !forced.blobs.contains(&k) && (e.base.is_none() || info[&p.id].keep.contains(e))
             })
-            .copied()
             .collect();
         packs.push(IndexPack {
-            id: *pid,
-            size: *size,
+            id: p.id,
+            size: p.size,
             blobs,
         });
     }
@@ -901,7 +903,7 @@ mod tests {
         assert_eq!(b.list(FileType::Index).unwrap().len(), 3);
         let state = IndexState::read(&*b, r.keys()).unwrap();
         assert_eq!(state.superseded.len(), 2);
-        assert!(state.packs.keys().all(|p| packs(&b).contains(&p.to_hex())));
+        assert!(state.packs().all(|p| packs(&b).contains(&p.id.to_hex())));
         let check = crate::check::check(&r, crate::check::ReadData::All, 1, &NoProgress).unwrap();
         assert_eq!(check.status, crate::check::Status::Success, "{check:?}");
         // A repository opened afresh (its local index synced with the superseded files present)

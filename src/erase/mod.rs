@@ -576,11 +576,7 @@ fn scan_blobs(
 ) -> Result<BlobScan> {
     let backend = repo.backend();
     let keys = repo.keys();
-    let bases: HashSet<BlobKey> = state
-        .blobs
-        .values()
-        .filter_map(|(_, e)| e.base.map(|b| (e.blob_type, b)))
-        .collect();
+    let bases: HashSet<BlobKey> = state.delta_bases().collect();
     let cache: Mutex<HashMap<BlobKey, Arc<Vec<u8>>>> = Mutex::new(HashMap::new());
     fn plain(
         state: &IndexState,
@@ -593,7 +589,7 @@ fn scan_blobs(
         if let Some(p) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&k) {
             return Ok(p.clone());
         }
-        let (pack, e) = state.blobs.get(&k).ok_or_else(|| Error::NotFound {
+        let (pack, e) = state.blob(k.0, &k.1).ok_or_else(|| Error::NotFound {
             kind: "blob".into(),
             id: k.1.to_hex(),
         })?;
@@ -605,8 +601,8 @@ fn scan_blobs(
         )?;
         let data = Arc::new(crate::pack::open_blob_with(
             repo.keys(),
-            pack,
-            e,
+            &pack,
+            &e,
             &env,
             &|b| match depth {
                 0 => Err(Error::integrity(
@@ -624,14 +620,15 @@ fn scan_blobs(
         }
         Ok(data)
     }
-    let packs: Vec<(&PackId, &(u64, Vec<crate::format::PackEntry>))> = state.packs.iter().collect();
-    progress.start(packs.iter().map(|(_, (s, _))| *s).sum(), packs.len() as u64);
+    let packs: Vec<crate::index::IndexedPack<'_>> = state.packs().collect();
+    progress.start(packs.iter().map(|p| p.size).sum(), packs.len() as u64);
     let found: Mutex<Vec<(BlobKey, PackId)>> = Mutex::new(Vec::new());
     let raw_found: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let blobs = std::sync::atomic::AtomicU64::new(0);
     packs
         .par_iter()
-        .map(|(pid, (size, entries))| -> Result<()> {
+        .map(|p| -> Result<()> {
+            let pid = &p.id;
             let bytes = match backend.read(FileType::Pack, &pid.to_hex()) {
                 Ok(b) => b,
                 Err(Error::NotFound { .. }) => return Ok(()),
@@ -643,7 +640,7 @@ fn scan_blobs(
                     .unwrap_or_else(|e| e.into_inner())
                     .push(format!("pack file {pid}"));
             }
-            for e in entries {
+            for e in p.entries() {
                 let k = (e.blob_type, e.id);
                 let data = if e.base.is_some() || bases.contains(&k) {
                     plain(state, repo, &bases, &cache, k, crate::pack::MAX_DELTA_DEPTH)?
@@ -652,17 +649,17 @@ fn scan_blobs(
                     let env = bytes
                         .get(e.offset as usize..end)
                         .ok_or_else(|| Error::integrity(format!("pack {pid}"), "truncated"))?;
-                    Arc::new(crate::pack::open_blob(keys, pid, e, env)?)
+                    Arc::new(crate::pack::open_blob(keys, pid, &e, env)?)
                 };
                 blobs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if t.found(&data) {
                     found
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push((k, **pid));
+                        .push((k, *pid));
                 }
             }
-            progress.bytes(*size);
+            progress.bytes(p.size);
             Ok(())
         })
         .collect::<Result<Vec<()>>>()?;

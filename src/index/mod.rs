@@ -6,6 +6,9 @@
 //! absorbed is gone (repair, prune) or the database belongs to another repository, cannot be opened or
 //! has another layout version, it is rebuilt from the index files. Only point lookups and small batches
 //! touch it, so memory stays bounded whatever the repository size.
+//!
+//! [`IndexState`] is the other reader of the index files: what they say, held compactly in memory for
+//! `check`, `prune` and `erase`, which never trust the local database.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -18,6 +21,9 @@ use crate::crypto::{Kind, RepoKeys};
 use crate::error::{Error, Result};
 use crate::format::{BlobType, IndexFile, PackEntry};
 use crate::id::{BlobId, IndexId, PackId, RepoId};
+
+mod state;
+pub use state::{IndexState, IndexedPack};
 
 /// Layout version of the local database; a mismatch triggers a rebuild.
 const CACHE_LAYOUT: &[u8] = b"gatevault-index-cache-2";
@@ -483,135 +489,4 @@ pub fn save_index_file(backend: &dyn Backend, keys: &RepoKeys, f: &IndexFile) ->
     let env = keys.seal_object(Kind::Index, &id.0, &f.encode());
     backend.write(FileType::Index, &id.to_hex(), &env)?;
     Ok(id)
-}
-
-/// The index as the repository's index files state it, read without the local cache (which `check`,
-/// `prune` and `erase` never trust): every blob's location, and every pack with the entries listed for it.
-#[derive(Debug, Default)]
-pub struct IndexState {
-    /// The index files listed (superseded ones included: a new superseding file must name them all).
-    pub files: Vec<IndexId>,
-    /// Blob to the first location an index file gives it.
-    pub blobs: HashMap<(BlobType, BlobId), (PackId, PackEntry)>,
-    /// Pack to its size and the entries the first index file listing it gives.
-    pub packs: HashMap<PackId, (u64, Vec<PackEntry>)>,
-    /// Index files that could not be read, with the error.
-    pub unreadable: Vec<(IndexId, Error)>,
-    /// Index files ignored because another one present supersedes them.
-    pub superseded: Vec<IndexId>,
-}
-
-impl IndexState {
-    /// Reads and decrypts every index file of the repository in parallel.
-    ///
-    /// # Errors
-    /// Backend errors listing `index/`; unreadable files go to [`IndexState::unreadable`].
-    pub fn read(backend: &dyn Backend, keys: &RepoKeys) -> Result<Self> {
-        let files: Vec<IndexId> = backend
-            .list(FileType::Index)?
-            .into_iter()
-            .filter_map(|(n, _)| IndexId::from_hex(&n).ok())
-            .collect();
-        let loaded: Vec<_> = files
-            .par_iter()
-            .map(|id| (*id, load_index_file(backend, keys, id)))
-            .collect();
-        let mut s = Self {
-            files,
-            ..Self::default()
-        };
-        // A file another one supersedes is ignored: it is still there only because it could not be
-        // deleted yet (an object lock), and the packs it names may be gone.
-        let superseded: HashSet<IndexId> = loaded
-            .iter()
-            .filter_map(|(_, f)| f.as_ref().ok())
-            .flat_map(|f| f.supersedes.iter().copied())
-            .collect();
-        for (id, f) in loaded {
-            match f {
-                _ if superseded.contains(&id) => s.superseded.push(id),
-                Ok(f) => {
-                    for p in f.packs {
-                        for e in &p.blobs {
-                            s.blobs.entry((e.blob_type, e.id)).or_insert((p.id, *e));
-                        }
-                        s.packs.entry(p.id).or_insert((p.size, p.blobs));
-                    }
-                }
-                Err(e) => s.unreadable.push((id, e)),
-            }
-        }
-        Ok(s)
-    }
-
-    /// Reads, decrypts and verifies blob `id` of type `t` through these entries, resolving a delta chain
-    /// of at most `depth` deltas the same way. Returns the pack it came from and its plaintext.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] when no index file lists it; integrity and backend errors.
-    pub fn load_blob(
-        &self,
-        backend: &dyn Backend,
-        keys: &RepoKeys,
-        t: BlobType,
-        id: &BlobId,
-        depth: usize,
-    ) -> Result<(PackId, Vec<u8>)> {
-        let (pack, e) = self.blobs.get(&(t, *id)).ok_or_else(|| Error::NotFound {
-            kind: format!("{t:?} blob").to_lowercase(),
-            id: id.to_hex(),
-        })?;
-        let env = backend.read_range(
-            FileType::Pack,
-            &pack.to_hex(),
-            e.offset as u64,
-            e.length as u64,
-        )?;
-        let data = crate::pack::open_blob_with(keys, pack, e, &env, &|b| match depth {
-            0 => Err(Error::integrity(
-                format!("blob {id}"),
-                "its delta chain is longer than allowed",
-            )),
-            _ => self
-                .load_blob(backend, keys, t, b, depth - 1)
-                .map(|(_, d)| d),
-        })?;
-        Ok((*pack, data))
-    }
-
-    /// The plaintext of the base `id` of a delta blob of type `t` (one level less of chain allowed).
-    ///
-    /// # Errors
-    /// As [`IndexState::load_blob`].
-    pub fn load_base(
-        &self,
-        backend: &dyn Backend,
-        keys: &RepoKeys,
-        t: BlobType,
-        id: &BlobId,
-    ) -> Result<Vec<u8>> {
-        self.load_blob(backend, keys, t, id, crate::pack::MAX_DELTA_DEPTH - 1)
-            .map(|(_, d)| d)
-    }
-
-    /// Loads and parses tree `id`.
-    ///
-    /// # Errors
-    /// As [`IndexState::load_blob`], and [`Error::IntegrityMismatch`] when it does not parse.
-    pub fn load_tree(
-        &self,
-        backend: &dyn Backend,
-        keys: &RepoKeys,
-        id: &BlobId,
-    ) -> Result<crate::format::Tree> {
-        let (pack, b) = self.load_blob(
-            backend,
-            keys,
-            BlobType::Tree,
-            id,
-            crate::pack::MAX_DELTA_DEPTH,
-        )?;
-        crate::format::Tree::decode(&b)
-            .map_err(|err| Error::integrity(format!("tree {id} in pack {pack}"), err.to_string()))
-    }
 }
