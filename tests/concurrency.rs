@@ -46,10 +46,7 @@ struct Tally {
 }
 
 fn seconds() -> u64 {
-    std::env::var("GATEVAULT_STRESS_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30)
+    util::stress_env("GATEVAULT_STRESS_SECONDS", 30)
 }
 
 fn host(k: usize) -> String {
@@ -74,12 +71,7 @@ fn four_clients_with_forget_prune_scrub_and_kill_9() {
     let r = Repo::new();
     // Small packs, so that prune has packs to delete and repack while backups run.
     r.run_ok(["init", "-q", "--pack-size", "64K"]);
-    let mut rng = Rng::new(
-        std::env::var("GATEVAULT_STRESS_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2026),
-    );
+    let mut rng = Rng::new(util::stress_env("GATEVAULT_STRESS_SEED", 2026));
     let srcs: Vec<PathBuf> = (0..CLIENTS)
         .map(|k| {
             let src = r.root().join(format!("src-{k}"));

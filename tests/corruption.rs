@@ -459,18 +459,9 @@ struct Tally {
 
 #[test]
 fn random_damage_is_detected_and_never_restores_wrong_bytes() {
-    let cases: usize = std::env::var("GATEVAULT_STRESS_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    let seed: u64 = std::env::var("GATEVAULT_STRESS_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_c0de);
-    let threads: usize = std::env::var("GATEVAULT_STRESS_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
+    let cases: usize = util::stress_env("GATEVAULT_STRESS_CASES", 1000);
+    let seed: u64 = util::stress_env("GATEVAULT_STRESS_SEED", 0x5eed_c0de);
+    let threads: usize = util::stress_env("GATEVAULT_STRESS_THREADS", 12);
     let p = Arc::new(build_pristine());
     for k in [
         Kind::Pack,

@@ -14,7 +14,7 @@ use util::faultproxy::{exchange, FaultProxy, Faults, Flavor, Forbid, Injected};
 use util::remote::{RemoteRepo, RemoteStore};
 use util::Runner;
 use util::{assert_code, assert_tree_eq, code, copy_dir, describe, restored, s, stderr};
-use util::{write_gateway_tree, Rng};
+use util::{stress_env, write_gateway_tree, Rng};
 
 /// moto checks no signatures, but treats a request without credentials as anonymous (which may not
 /// overwrite): every raw request carries a well-formed, unverified SigV4 header.
@@ -242,15 +242,34 @@ fn kinds(n: &Injected) -> [(&'static str, u64); 6] {
     ]
 }
 
-/// init, backup twice, restore both byte for byte, check --read-data, forget --prune, check
-/// --read-data: all through a proxy faulting 30% of the requests.
-fn cycle_under_faults(store: Option<RemoteStore>, seed: u64) {
+/// `cycle_under_faults` in `GATEVAULT_STRESS_ROUNDS` (default 1) fresh buckets of `store`, seeds
+/// counting up from `GATEVAULT_STRESS_SEED` (default `seed`). Each round that passes prints a
+/// `FAULT-SUMMARY` line (store, seed, requests, then the faults of each kind) for `scripts/stress faults`.
+fn cycles_under_faults(store: Option<RemoteStore>, seed: u64) {
     let Some(store) = store else { return };
+    let rounds: u64 = stress_env("GATEVAULT_STRESS_ROUNDS", 1);
+    let first: u64 = stress_env("GATEVAULT_STRESS_SEED", seed);
+    for seed in first..first + rounds {
+        eprintln!("{} round with seed {seed}", store.scheme());
+        let n = cycle_under_faults(&store, seed);
+        let counts: Vec<String> = kinds(&n).iter().map(|(_, c)| c.to_string()).collect();
+        eprintln!(
+            "FAULT-SUMMARY\t{}\t{seed}\t{}\t{}",
+            store.scheme(),
+            n.requests,
+            counts.join("\t")
+        );
+    }
+}
+
+/// init, backup twice, restore both byte for byte, check --read-data, forget --prune, check
+/// --read-data: all through a proxy faulting 30% of the requests. Returns what the proxy injected.
+fn cycle_under_faults(store: &RemoteStore, seed: u64) -> Injected {
     let faults = Faults {
         delay_for: Duration::from_millis(200),
         ..Faults::mixed(seed, 0.3)
     };
-    let (proxy, r) = proxied_repo(&store, faults);
+    let (proxy, r) = proxied_repo(store, faults);
     r.run_ok(["init", "-q", "--pack-size", "512K"]);
     let src = r.root().join("src");
     source_tree(&src, seed);
@@ -297,16 +316,17 @@ fn cycle_under_faults(store: Option<RemoteStore>, seed: u64) {
         rate * 100.0,
         n.requests
     );
+    n
 }
 
 #[test]
 fn cycle_under_faults_s3() {
-    cycle_under_faults(RemoteStore::s3(), 21);
+    cycles_under_faults(RemoteStore::s3(), 21);
 }
 
 #[test]
 fn cycle_under_faults_azure() {
-    cycle_under_faults(RemoteStore::azure(), 22);
+    cycles_under_faults(RemoteStore::azure(), 22);
 }
 
 /// Permanent 403s: a backup fails at once with exit 1 and a message naming the location, without

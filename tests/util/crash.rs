@@ -22,18 +22,12 @@ use super::*;
 /// The number of random kill points of a suite: `GATEVAULT_STRESS_POINTS` when set (by
 /// `scripts/stress`), else `ci`.
 pub fn stress_points(ci: usize) -> usize {
-    std::env::var("GATEVAULT_STRESS_POINTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(ci)
+    stress_env("GATEVAULT_STRESS_POINTS", ci)
 }
 
 /// The seed of the random kill points: `GATEVAULT_STRESS_SEED` when set, else 1.
 pub fn stress_seed() -> u64 {
-    std::env::var("GATEVAULT_STRESS_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
+    stress_env("GATEVAULT_STRESS_SEED", 1)
 }
 
 /// What the points of one suite found. Dropped after [`Tally::finish`] only.

@@ -39,6 +39,15 @@ const SCRUBBED_ENV: &[&str] = &[
     "GATEVAULT_LOG",
 ];
 
+/// A size or seed of a stress suite: environment variable `name` (`GATEVAULT_STRESS_*`, set by
+/// `scripts/stress`) when it is set and parses, else `default` (the CI size).
+pub fn stress_env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Exit codes of the CLI (`src/cli/mod.rs`, `exit`).
 pub mod code {
     pub const OK: i32 = 0;
