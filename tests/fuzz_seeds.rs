@@ -22,6 +22,8 @@ use gatevault::pack::{self, PackBuilder};
 
 /// The committed seeds of one target may not exceed this many bytes in all.
 const MAX_SEED_BYTES: u64 = 64 * 1024;
+/// Nor may its whole corpus, seeds and what `scripts/fuzz merge` added.
+const MAX_CORPUS_BYTES: u64 = 512 * 1024;
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -99,11 +101,12 @@ fn every_seed_runs_and_meets_its_expectation() {
             .filter(|p| p.is_file())
             .collect();
         files.sort();
-        let (mut accepted, mut rejected, mut seed_bytes) = (0, 0, 0);
+        let (mut accepted, mut rejected, mut seed_bytes, mut corpus_bytes) = (0, 0, 0, 0);
         let mut seed_names = BTreeSet::new();
         for path in &files {
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             let data = fs::read(path).expect("seed reads");
+            corpus_bytes += data.len() as u64;
             (t.run)(&data);
             let ok = (t.check)(&data);
             let Some(want) = expectation(&name) else {
@@ -144,6 +147,11 @@ fn every_seed_runs_and_meets_its_expectation() {
             "{}: seeds take {seed_bytes} bytes",
             t.name
         );
+        assert!(
+            corpus_bytes < MAX_CORPUS_BYTES,
+            "{}: the corpus takes {corpus_bytes} bytes; merge fewer inputs",
+            t.name
+        );
         let want: BTreeSet<String> = generated[t.name].keys().cloned().collect();
         assert_eq!(
             seed_names, want,
@@ -175,8 +183,9 @@ fn generated_seeds_meet_their_names() {
     }
 }
 
-/// A tiny deterministic mutational fuzzer on stable Rust: random edits of the committed seeds never
-/// panic, and for the authenticated targets an edited input that is accepted must be an unchanged seed.
+/// A tiny deterministic mutational fuzzer on stable Rust: random edits of the committed seeds
+/// (`accept-*` and `reject-*`; merged inputs are only replayed, above) never panic, and for the
+/// authenticated targets an edited input that is accepted must be an unchanged seed.
 #[test]
 fn mutated_seeds_never_panic_or_forge() {
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
@@ -188,12 +197,20 @@ fn mutated_seeds_never_panic_or_forge() {
     };
     for t in TARGETS {
         let dir = fuzz_dir().join("corpus").join(t.name);
-        let seeds: Vec<Vec<u8>> = fs::read_dir(&dir)
+        let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| fs::read(e.expect("corpus entry").path()).expect("seed reads"))
+            .map(|e| e.expect("corpus entry").path())
+            .filter(|p| expectation(&p.file_name().unwrap().to_string_lossy()).is_some())
+            .collect();
+        paths.sort();
+        let seeds: Vec<Vec<u8>> = paths
+            .iter()
+            .map(|p| fs::read(p).expect("seed reads"))
             .collect();
         let accepted: BTreeSet<&Vec<u8>> = seeds.iter().filter(|d| (t.check)(d)).collect();
         assert!(!accepted.is_empty(), "{}: no accepted seed", t.name);
+        let accepted_blobs: Vec<PackBlobs> =
+            accepted.iter().filter_map(|d| pack_blobs(d)).collect();
         let mut runs = 0;
         for seed in &seeds {
             for _ in 0..300 {
@@ -212,11 +229,23 @@ fn mutated_seeds_never_panic_or_forge() {
                 }
                 // (key_slot checks forgery itself: an edited slot may open only to the fixed master
                 // key, since its name, host and time fields are not authenticated.)
-                if (t.check)(&m) && matches!(t.name, "envelope" | "pack_file") {
+                if (t.check)(&m) && t.name == "envelope" {
                     assert!(
                         accepted.contains(&m),
-                        "{}: an edited seed was accepted",
-                        t.name
+                        "envelope: an edited seed was accepted"
+                    );
+                }
+                // A pack's header does not cover the blob area byte for byte: bytes inserted after
+                // the last blob are read past. What must hold is that nothing else opens: the same
+                // pack id with the same blobs as an accepted seed.
+                if (t.check)(&m) && t.name == "pack_file" {
+                    let blobs = pack_blobs(&m).expect("an accepted pack opens");
+                    assert!(
+                        accepted_blobs.contains(&blobs),
+                        "pack_file: an edited seed opened to other blobs: {} bytes from a {}-byte seed, first difference at {:?}",
+                        m.len(),
+                        seed.len(),
+                        m.iter().zip(seed).position(|(a, b)| a != b)
                     );
                 }
                 runs += 1;
@@ -224,6 +253,23 @@ fn mutated_seeds_never_panic_or_forge() {
         }
         assert!(runs >= 900, "{}: {runs} runs", t.name);
     }
+}
+
+/// A pack's id and its blobs, opened (the `pack_file` input: id, then the pack).
+type PackBlobs = ([u8; 32], Vec<(PackEntry, Vec<u8>)>);
+
+fn pack_blobs(data: &[u8]) -> Option<PackBlobs> {
+    let (id, bytes) = data.split_first_chunk::<32>()?;
+    let pid = PackId(*id);
+    let k = fuzzing::keys();
+    let entries = pack::read_header(k, &pid, bytes).ok()?;
+    let mut blobs = vec![];
+    for e in entries {
+        let (start, end) = (e.offset as usize, e.offset as usize + e.length as usize);
+        let blob = pack::open_blob(k, &pid, &e, bytes.get(start..end)?).ok()?;
+        blobs.push((e, blob));
+    }
+    Some((*id, blobs))
 }
 
 /// A few cheap variations of a seed: prefixes and single flipped bytes.
@@ -307,7 +353,385 @@ fn seeds() -> BTreeMap<&'static str, Seeds> {
         ("key_slot", key_slot_seeds()),
         ("envelope", envelope_seeds()),
         ("pack_file", pack_file_seeds(&packs)),
+        ("canonical", canonical_seeds()),
+        ("gw_kong", gw_kong_seeds()),
+        ("gw_aws", gw_aws_seeds()),
+        ("gw_caddy", gw_caddy_seeds()),
+        ("gw_nginx", gw_nginx_seeds()),
+        ("gw_files", gw_files_seeds()),
+        ("gw_manifest", gw_manifest_seeds()),
     ])
+}
+
+/// A file of the repository (an example or a test fixture), for the gateway seeds.
+fn repo_file(path: &str) -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn json_bytes(v: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec_pretty(&v).unwrap()
+}
+
+fn canonical_seeds() -> Seeds {
+    let mut s = Seeds::new();
+    put(
+        &mut s,
+        "accept-kong-example",
+        repo_file("examples/kong/kong.yaml"),
+    );
+    put(
+        &mut s,
+        "accept-caddy-example",
+        repo_file("examples/caddy/caddy.json"),
+    );
+    // Floats whose shortest form serde_json parses inexactly without `float_roundtrip`.
+    put(
+        &mut s,
+        "accept-hard-floats",
+        r#"{"a": 1.0715660391465826e-75, "b": -1.81996730402717e-179, "c": 0.1, "d": 123456789012345678901234567890, "e": -0.0, "f": 2.2250738585072011e-308}"#,
+    );
+    put(
+        &mut s,
+        "accept-yaml-anchors",
+        r#"base: &b {password: p1, created_at: 1}
+other:
+  <<: *b
+  secret: s
+list: [*b, *b]
+"a/b~c": {token: t}
+"#,
+    );
+    put(&mut s, "accept-nul-key", "{\"\\u0000\": 1, \"\": 2}");
+    put(&mut s, "reject-not-utf8", vec![0xff, 0xfe, b'{', b'}']);
+    put(&mut s, "reject-unclosed", "a: [1,\n");
+    put(&mut s, "reject-trailing", "{\"a\": 1} x");
+    s
+}
+
+fn gw_kong_seeds() -> Seeds {
+    use serde_json::json;
+    let mut s = Seeds::new();
+    put(
+        &mut s,
+        "accept-example",
+        repo_file("examples/kong/kong.yaml"),
+    );
+    put(
+        &mut s,
+        "accept-fixture",
+        repo_file("tests/fixtures/gateways/kong/kong.yaml"),
+    );
+    put(
+        &mut s,
+        "accept-admin-listing",
+        json_bytes(json!({
+            "services": [{"id": "s1", "name": "orders", "host": "o", "created_at": 1, "tags": null}],
+            "routes": [{"id": "r1", "name": "get", "service": {"id": "s1"}, "methods": ["POST", "GET"]},
+                       {"id": "r2", "service": {"id": "s1"}, "paths": ["/x"]}],
+            "plugins": [
+                {"id": "p1", "name": "key-auth", "service": {"id": "s1"}, "route": null},
+                {"id": "p2", "name": "prometheus", "instance_name": "metrics"},
+                {"id": "p3", "name": "rate-limiting", "consumer": {"id": "c1"}, "config": {"redis": {"password": "x"}}}
+            ],
+            "consumers": [{"id": "c1", "username": "alice", "custom_id": "a-1"}],
+            "consumer_groups": [{"id": "g1", "name": "gold", "consumers": [{"id": "c1"}]}],
+            "acls": [{"id": "a1", "group": "g", "consumer": {"id": "c1"}}],
+            "keyauth_credentials": [{"id": "k1", "key": "secret-key", "consumer": {"id": "c1"}}],
+            "upstreams": [{"id": "u1", "name": "up", "targets": [{"id": "t1", "target": "10.0.0.1:80"}]}],
+            "next": "/services?offset=abc",
+            "data": []
+        })),
+    );
+    put(
+        &mut s,
+        "accept-filtered",
+        json_bytes(json!({
+            "_format_version": "3.0",
+            "routes": [{"name": "r", "service": "ghost", "tags": ["t"], "paths": ["/r"]}],
+            "keyauth_credentials": [{"id": "k1", "key": "s3cret", "consumer": "nobody"}],
+            "consumer_groups": [{"name": "g", "consumers": [{"username": "absent"}]}],
+            "consumers": [{"username": "bob", "basicauth_credentials": [{"password": "p"}, {"password": "q"}]}]
+        })),
+    );
+    put(
+        &mut s,
+        "accept-dbless-answer",
+        json_bytes(json!({"config": "_format_version: '3.0'\nservices:\n- name: a\n  host: b\n"})),
+    );
+    put(&mut s, "reject-not-mapping", "- a\n- b\n");
+    put(
+        &mut s,
+        "reject-service-without-name",
+        r#"{"services": [{"host": "x"}]}"#,
+    );
+    put(
+        &mut s,
+        "reject-plugin-without-name",
+        "services:\n- name: a\n  plugins:\n  - config: {}\n",
+    );
+    put(
+        &mut s,
+        "reject-duplicate-service",
+        "services:\n- name: a\n- name: a\n  host: b\n",
+    );
+    put(&mut s, "reject-not-yaml", "services: [1,\n");
+    s
+}
+
+fn gw_aws_seeds() -> Seeds {
+    use serde_json::json;
+    let mut s = Seeds::new();
+    put(
+        &mut s,
+        "accept-export-openapi",
+        repo_file("examples/aws/orders-api-openapi.json"),
+    );
+    put(
+        &mut s,
+        "accept-export-swagger",
+        json_bytes(json!({
+            "swagger": "2.0",
+            "info": {"title": "orders", "version": "2025-08-18T14:30:00Z"},
+            "paths": {"/orders": {"get": {"x-amazon-apigateway-integration": {"type": "mock"}}}}
+        })),
+    );
+    put(
+        &mut s,
+        "accept-resources-page",
+        json_bytes(json!({
+            "item": [
+                {"id": "r0", "path": "/"},
+                {"id": "r1", "parentId": "r0", "path": "/orders", "pathPart": "orders",
+                 "resourceMethods": {"GET": {
+                    "httpMethod": "GET", "authorizationType": "CUSTOM", "authorizerId": "a1",
+                    "requestValidatorId": "v1", "authorizationScopes": ["b", "a"], "apiKeyRequired": null,
+                    "methodIntegration": {"type": "HTTP_PROXY", "connectionType": "VPC_LINK",
+                        "connectionId": "l1", "cacheNamespace": "r1", "cacheKeyParameters": ["b", "a"]}}}},
+                {"id": "r2", "parentId": "r1", "path": "/orders/{id}", "resourceMethods": {"ANY": {}}}
+            ],
+            "position": null
+        })),
+    );
+    put(
+        &mut s,
+        "accept-authorizers-page",
+        json_bytes(json!({
+            "item": [
+                {"id": "a1", "name": "jwt", "type": "TOKEN", "providerARNs": null, "path": "/a"},
+                {"id": "a2", "name": "jwt", "type": "REQUEST", "path": "/a"}
+            ],
+            "position": "next-page"
+        })),
+    );
+    put(&mut s, "reject-not-json", "openapi: 3.0.1\n");
+    put(&mut s, "reject-no-openapi", r#"{"info": {"version": "1"}}"#);
+    put(&mut s, "reject-items-not-objects", r#"{"item": [1, 2]}"#);
+    put(
+        &mut s,
+        "reject-same-name-without-id",
+        r#"{"item": [{"name": "a", "path": "/a"}, {"name": "a", "path": "/a"}]}"#,
+    );
+    s
+}
+
+fn gw_caddy_seeds() -> Seeds {
+    use serde_json::json;
+    let mut s = Seeds::new();
+    put(
+        &mut s,
+        "accept-example",
+        repo_file("examples/caddy/caddy.json"),
+    );
+    put(&mut s, "accept-null", "null");
+    put(
+        &mut s,
+        "accept-slash-in-keys",
+        json_bytes(json!({"apps": {"http": {"servers": {
+            "a": {"routes": [{"@id": "b/c", "handle": [{"handler": "static_response", "body": "1"}]}]},
+            "a/b": {"routes": [{"@id": "c", "handle": [{"handler": "static_response", "body": "2"}]},
+                               {"match": [{"host": ["x.example"], "path": ["/c"]}]},
+                               {"match": [{"host": ["x.example"], "path": ["/c"]}]}]}
+        }}}})),
+    );
+    put(
+        &mut s,
+        "accept-odd-shapes",
+        json_bytes(json!({"apps": {
+            "http": {"servers": ["not", "a", "map"]},
+            "tls": {"certificates": {"load_pem": "not a list"}},
+            "pki": {}
+        }, "admin": {"disabled": true}})),
+    );
+    put(
+        &mut s,
+        "accept-certificates",
+        json_bytes(json!({"apps": {"tls": {"certificates": {
+            "load_pem": [
+                {"certificate": "C", "key": "K"},
+                {"certificate": "C", "key": "K2"},
+                {"certificate": "D", "key": "L", "tags": ["api", "v2"]}
+            ],
+            "automate": ["example.com"]
+        }}}})),
+    );
+    put(&mut s, "reject-array", "[1]");
+    put(&mut s, "reject-apps-not-object", r#"{"apps": 5}"#);
+    put(
+        &mut s,
+        "reject-duplicate-route-id",
+        r#"{"apps": {"http": {"servers": {"s": {"routes": [{"@id": "x"}, {"@id": "x"}]}}}}}"#,
+    );
+    put(
+        &mut s,
+        "reject-routes-not-list",
+        r#"{"apps": {"http": {"servers": {"s": {"routes": 5}}}}}"#,
+    );
+    put(&mut s, "reject-not-json", "{");
+    s
+}
+
+fn gw_nginx_seeds() -> Seeds {
+    let mut s = Seeds::new();
+    put(
+        &mut s,
+        "accept-example",
+        repo_file("examples/nginx/nginx.conf"),
+    );
+    put(
+        &mut s,
+        "accept-example-servers",
+        repo_file("examples/nginx/conf.d/api.conf"),
+    );
+    put(
+        &mut s,
+        "accept-fixture-nginx",
+        repo_file("tests/fixtures/gateways/nginx/nginx.conf"),
+    );
+    put(
+        &mut s,
+        "accept-fixture-haproxy",
+        repo_file("tests/fixtures/gateways/haproxy/haproxy.cfg"),
+    );
+    put(
+        &mut s,
+        "accept-quoting",
+        "set $a \"x\\\ny\";\nssl_certificate_key data:secret;\nssl_certificate \"../a b.pem\";\ninclude '/etc/x/*.conf';\nmap $h $v { include m.map; }\nssl_certificate $host.pem;\nuserlist u\n user \"bob\" password x\nbind :443 crt 'c d.pem' ca-file \\\"q\\\" # c\n",
+    );
+    put(
+        &mut s,
+        "reject-no-references",
+        "events {}\nhttp { server { listen 80; } }\n",
+    );
+    put(
+        &mut s,
+        "reject-comments-only",
+        "# nothing here\n\n   # more\n",
+    );
+    s
+}
+
+fn gw_files_seeds() -> Seeds {
+    let mut s = Seeds::new();
+    let file = |rel: &str, fixture: &str| {
+        let mut v = format!("{rel}\n").into_bytes();
+        v.extend(repo_file(&format!("tests/fixtures/gateways/{fixture}")));
+        v
+    };
+    put(
+        &mut s,
+        "accept-apiops-named-value",
+        file(
+            "namedValues/db-password/namedValueInformation.json",
+            "apiops/namedValues/db-password/namedValueInformation.json",
+        ),
+    );
+    put(
+        &mut s,
+        "accept-apiops-specification",
+        file(
+            "apis/orders-api/specification.yaml",
+            "apiops/apis/orders-api/specification.yaml",
+        ),
+    );
+    put(
+        &mut s,
+        "accept-envoy-dump",
+        file("envoy/config_dump.json", "envoy/config_dump.json"),
+    );
+    put(
+        &mut s,
+        "accept-google-service",
+        file("google/orders-service.yaml", "google/orders-service.yaml"),
+    );
+    put(
+        &mut s,
+        "reject-apiops-policy",
+        file(
+            "apis/orders-api/policy.xml",
+            "apiops/apis/orders-api/policy.xml",
+        ),
+    );
+    put(
+        &mut s,
+        "reject-private-key",
+        file("certs/api.key", "nginx/certs/api.key"),
+    );
+    put(&mut s, "reject-broken-json", "x.json\n{\"a\": ");
+    put(&mut s, "reject-hidden-path", ".git/config\n{}");
+    s
+}
+
+fn gw_manifest_seeds() -> Seeds {
+    use gatevault::gateway::{caddy, canonical, kong, Capture, Source, MANIFEST};
+    use serde_json::json;
+    let mut s = Seeds::new();
+    let doc = canonical::parse_json_or_yaml(&repo_file("examples/kong/kong.yaml")).unwrap();
+    let kong = Capture {
+        source: Source::new("kong", "file:/srv/kong.yaml"),
+        raw: BTreeMap::from([("kong.yaml".to_string(), b"x".to_vec())]),
+        entities: kong::from_deck(&doc, &[]).unwrap(),
+    };
+    put(
+        &mut s,
+        "accept-kong",
+        kong.documents().unwrap()[MANIFEST].clone(),
+    );
+    let source = Source::new("caddy", "http://localhost:2019");
+    let caddy = Capture {
+        entities: caddy::entities(&source, &repo_file("examples/caddy/caddy.json")).unwrap(),
+        source,
+        raw: BTreeMap::new(),
+    };
+    put(
+        &mut s,
+        "accept-caddy",
+        caddy.documents().unwrap()[MANIFEST].clone(),
+    );
+    let hand = json!({
+        "version": 1,
+        "source": {"kind": "nginx", "endpoint": "file:/etc/nginx/nginx.conf", "version": "1.22.1"},
+        "kinds": {"files/x": "file"},
+        "entities": {
+            "nginx/files/etc/nginx/htpasswd": {"kind": "htpasswd", "key": "/etc/nginx/htpasswd",
+                "secrets": ["/0"], "personal": ["/0"], "subject": "nginx:user=a"},
+            "files/x/%00%.json": {"kind": "file", "key": "\u{0}"},
+            "files/x/%00.json": {"kind": "file", "key": ""}
+        },
+        "raw": ["raw/a%2Fb.yaml"]
+    });
+    put(&mut s, "accept-hand-written", json_bytes(hand.clone()));
+    let mut newer = hand.clone();
+    newer["version"] = json!(2);
+    put(&mut s, "reject-newer-version", json_bytes(newer));
+    put(
+        &mut s,
+        "reject-no-source",
+        r#"{"version": 1, "entities": {}}"#,
+    );
+    let full = json_bytes(hand);
+    put(&mut s, "reject-truncated", full[..full.len() / 2].to_vec());
+    s
 }
 
 fn put(s: &mut Seeds, name: &str, data: impl Into<Vec<u8>>) {

@@ -264,11 +264,16 @@ impl Intercept for BodyTap {
 
 /// Surrogate id to natural key, per kind of object.
 #[derive(Default)]
-struct Names(HashMap<String, String>);
+pub(crate) struct Names(HashMap<String, String>);
 
 impl Names {
-    fn get(&self, id: &str) -> Option<&str> {
+    pub(crate) fn get(&self, id: &str) -> Option<&str> {
         self.0.get(id).map(String::as_str)
+    }
+
+    /// Every (id, key) pair.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(i, k)| (i.as_str(), k.as_str()))
     }
 }
 
@@ -569,25 +574,7 @@ impl Reader {
             validators: &validator_names,
             vpc_links: link_names,
         };
-        for (path, mut v) in resources {
-            let resource_id = str_field(&v, "id").unwrap_or_default().to_string();
-            let methods = match v.get_mut("resourceMethods").map(Value::take) {
-                Some(Value::Object(m)) => m,
-                _ => Map::new(),
-            };
-            clean(&mut v, &["id", "parentId", "resourceMethods"]);
-            entities.push(Entity::new(
-                &format!("{dir}/resources"),
-                "resource",
-                &path,
-                v,
-            ));
-            for (verb, mut m) in methods {
-                canonical_method(&mut m, &path, &resource_id, &refs);
-                let key = format!("{verb} {path}");
-                entities.push(Entity::new(&format!("{dir}/methods"), "method", &key, m));
-            }
-        }
+        entities.extend(resource_entities(&dir, resources, &refs));
 
         let responses = self
             .list(&format!("list the gateway responses of {name}"), |p| {
@@ -718,17 +705,7 @@ impl Reader {
             .await
             .map_err(|e| self.sdk_error(&what, &e))?;
         let body = out.body().map(|b| b.as_ref()).unwrap_or_default();
-        let mut doc: Value = serde_json::from_slice(body)
-            .map_err(|e| self.malformed(&what, format!("the export is not JSON ({e})")))?;
-        if let Some(info) = doc.get_mut("info") {
-            drop_fields(info, &["version"]);
-        }
-        let fmt = if doc.get("openapi").is_some() {
-            "openapi"
-        } else {
-            "swagger"
-        };
-        Ok((fmt, canonical::to_bytes(&doc)))
+        canonical_export(body).map_err(|why| self.malformed(&what, why))
     }
 
     /// Sends one request and returns its JSON body.
@@ -788,12 +765,8 @@ impl Reader {
     }
 
     /// The `item` list of a list response (absent when empty).
-    fn items(&self, mut v: Value, what: &str) -> Result<Vec<Value>> {
-        match v.get_mut("item").map(Value::take) {
-            None | Some(Value::Null) => Ok(vec![]),
-            Some(Value::Array(items)) if items.iter().all(Value::is_object) => Ok(items),
-            Some(_) => Err(self.malformed(what, "its item list is not a list of objects")),
-        }
+    fn items(&self, v: Value, what: &str) -> Result<Vec<Value>> {
+        list_items(v).map_err(|why| self.malformed(what, why))
     }
 
     /// Keys `items` as [`Reader::keyed`] does and maps each key to the object's id (what a restore
@@ -821,47 +794,16 @@ impl Reader {
         field: &str,
         kind: &str,
     ) -> Result<(Vec<(String, Value)>, Names)> {
-        let mut keyed = Vec::with_capacity(items.len());
-        for mut v in items {
-            strip_nulls(&mut v);
-            let Some(key) = str_field(&v, field).map(str::to_string) else {
-                return Err(
-                    self.malformed(&format!("list {kind}s"), format!("a {kind} has no {field}"))
-                );
-            };
-            keyed.push((key, v));
-        }
-        self.keyed_by(keyed, kind)
+        keyed(items, field, kind).map_err(|why| self.malformed(&format!("list {kind}s"), why))
     }
 
-    /// Makes the keys of `keyed` unique (`<key>@<id>` where a key repeats) and maps ids to keys.
+    /// Makes the keys of `keyed` unique, as [`keyed_by`] does.
     fn keyed_by(
         &self,
-        mut keyed: Vec<(String, Value)>,
+        keyed: Vec<(String, Value)>,
         kind: &str,
     ) -> Result<(Vec<(String, Value)>, Names)> {
-        let mut count: HashMap<String, usize> = HashMap::new();
-        for (k, _) in &keyed {
-            *count.entry(k.clone()).or_default() += 1;
-        }
-        let mut names = Names::default();
-        for (k, v) in keyed.iter_mut() {
-            let id = str_field(v, "id").map(str::to_string);
-            if count[k.as_str()] > 1 {
-                let Some(id) = &id else {
-                    return Err(self.malformed(
-                        &format!("list {kind}s"),
-                        format!("two {kind}s are named {k:?} and one has no id"),
-                    ));
-                };
-                *k = format!("{k}@{id}");
-            }
-            if let Some(id) = id {
-                names.0.insert(id, k.clone());
-            }
-        }
-        keyed.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok((keyed, names))
+        keyed_by(keyed, kind).map_err(|why| self.malformed(&format!("list {kind}s"), why))
     }
 
     /// The `id` of an object the capture reads further through it.
@@ -917,11 +859,129 @@ impl Reader {
     }
 }
 
+/// The canonical export document of a stage, from the body `get-export` answered: the fields that
+/// change on every call (`info.version`) removed, and whether it is `openapi` (3) or `swagger` (2).
+///
+/// # Errors
+/// A message when the body is not JSON or not an OpenAPI or Swagger document.
+pub(crate) fn canonical_export(
+    body: &[u8],
+) -> std::result::Result<(&'static str, Vec<u8>), String> {
+    let mut doc: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the export is not JSON ({e})"))?;
+    let fmt = if doc.get("openapi").is_some() {
+        "openapi"
+    } else if doc.get("swagger").is_some() {
+        "swagger"
+    } else {
+        return Err(
+            "the export is not an OpenAPI or Swagger document (no `openapi` or `swagger` field)"
+                .into(),
+        );
+    };
+    if let Some(info) = doc.get_mut("info") {
+        drop_fields(info, &["version"]);
+    }
+    Ok((fmt, canonical::to_bytes(&doc)))
+}
+
+/// The `item` list of a list response (absent when empty).
+///
+/// # Errors
+/// A message when `item` is not a list of objects.
+pub(crate) fn list_items(mut v: Value) -> std::result::Result<Vec<Value>, String> {
+    match v.get_mut("item").map(Value::take) {
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::Array(items)) if items.iter().all(Value::is_object) => Ok(items),
+        Some(_) => Err("its item list is not a list of objects".into()),
+    }
+}
+
+/// Keys `items` (of `kind`, for messages) by their field `field`, nulls removed, as [`keyed_by`] does.
+///
+/// # Errors
+/// A message when an item has no `field`, or as [`keyed_by`].
+pub(crate) fn keyed(
+    items: Vec<Value>,
+    field: &str,
+    kind: &str,
+) -> std::result::Result<(Vec<(String, Value)>, Names), String> {
+    let mut keyed = Vec::with_capacity(items.len());
+    for mut v in items {
+        strip_nulls(&mut v);
+        let Some(key) = str_field(&v, field).map(str::to_string) else {
+            return Err(format!("a {kind} has no {field}"));
+        };
+        keyed.push((key, v));
+    }
+    keyed_by(keyed, kind)
+}
+
+/// Makes the keys of `keyed` unique (`<key>@<id>` where a key repeats), sorts by key and maps ids to
+/// keys.
+///
+/// # Errors
+/// A message when two objects share a key and one has no id.
+pub(crate) fn keyed_by(
+    mut keyed: Vec<(String, Value)>,
+    kind: &str,
+) -> std::result::Result<(Vec<(String, Value)>, Names), String> {
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for (k, _) in &keyed {
+        *count.entry(k.clone()).or_default() += 1;
+    }
+    let mut names = Names::default();
+    for (k, v) in keyed.iter_mut() {
+        let id = str_field(v, "id").map(str::to_string);
+        if count[k.as_str()] > 1 {
+            let Some(id) = &id else {
+                return Err(format!("two {kind}s are named {k:?} and one has no id"));
+            };
+            *k = format!("{k}@{id}");
+        }
+        if let Some(id) = id {
+            names.0.insert(id, k.clone());
+        }
+    }
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((keyed, names))
+}
+
+/// The entities of the resources of one REST API (keyed by path, methods embedded) under `dir`:
+/// each resource without its methods, and each method as `<VERB> <path>` in canonical form.
+pub(crate) fn resource_entities(
+    dir: &str,
+    resources: Vec<(String, Value)>,
+    refs: &MethodRefs<'_>,
+) -> Vec<Entity> {
+    let mut entities = vec![];
+    for (path, mut v) in resources {
+        let resource_id = str_field(&v, "id").unwrap_or_default().to_string();
+        let methods = match v.get_mut("resourceMethods").map(Value::take) {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        clean(&mut v, &["id", "parentId", "resourceMethods"]);
+        entities.push(Entity::new(
+            &format!("{dir}/resources"),
+            "resource",
+            &path,
+            v,
+        ));
+        for (verb, mut m) in methods {
+            canonical_method(&mut m, &path, &resource_id, refs);
+            let key = format!("{verb} {path}");
+            entities.push(Entity::new(&format!("{dir}/methods"), "method", &key, m));
+        }
+    }
+    entities
+}
+
 /// What a method's ids point at.
-struct MethodRefs<'a> {
-    authorizers: &'a Names,
-    validators: &'a Names,
-    vpc_links: &'a Names,
+pub(crate) struct MethodRefs<'a> {
+    pub(crate) authorizers: &'a Names,
+    pub(crate) validators: &'a Names,
+    pub(crate) vpc_links: &'a Names,
 }
 
 /// Canonical form of one method of the resource at `path` (id `resource_id`), integration and

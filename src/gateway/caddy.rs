@@ -58,13 +58,7 @@ pub fn capture(opts: &GatewayOptions) -> Result<Capture> {
         }
         None => fetch(opts.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT))?,
     };
-    let config: Value = serde_json::from_slice(&body).map_err(|e| {
-        Error::gateway(
-            source.describe(),
-            format!("the config is not JSON ({e}): check that this is Caddy's JSON config (a Caddyfile must be adapted first: `caddy adapt`)"),
-        )
-    })?;
-    let entities = split(&source, &config)?;
+    let entities = entities(&source, &body)?;
     let mut raw = BTreeMap::new();
     raw.insert("caddy.json".to_string(), body);
     Ok(Capture {
@@ -223,6 +217,25 @@ pub(crate) fn request(
     Ok(resp)
 }
 
+/// The entities of a Caddy JSON config, `body` as the admin API or the file gave it.
+///
+/// # Errors
+/// [`Error::Gateway`] when it is not JSON, or not shaped like a Caddy config.
+pub fn entities(source: &Source, body: &[u8]) -> Result<Vec<Entity>> {
+    let config: Value = serde_json::from_slice(body).map_err(|e| {
+        Error::gateway(
+            source.describe(),
+            format!("the config is not JSON ({e}): check that this is Caddy's JSON config (a Caddyfile must be adapted first: `caddy adapt`)"),
+        )
+    })?;
+    split(source, &config)
+}
+
+/// The folder of the route documents of server `server`.
+pub fn routes_dir(server: &str) -> String {
+    format!("caddy/apps/http/servers/{}/routes", file_name(server))
+}
+
 /// Splits a Caddy config into entities.
 fn split(source: &Source, config: &Value) -> Result<Vec<Entity>> {
     let top = match config {
@@ -269,8 +282,14 @@ fn marked(mut e: Entity) -> Entity {
 
 /// Takes the servers out of the http app: a document per server and per route.
 fn http_servers(source: &Source, http: &mut Value) -> Result<Vec<Entity>> {
-    let Some(Value::Object(servers)) = http.as_object_mut().and_then(|m| m.remove("servers"))
+    // Only a map of servers is split out; anything else stays in the app as it is.
+    let Some(m) = http
+        .as_object_mut()
+        .filter(|m| m.get("servers").is_some_and(Value::is_object))
     else {
+        return Ok(vec![]);
+    };
+    let Some(Value::Object(servers)) = m.remove("servers") else {
         return Ok(vec![]);
     };
     let mut out = vec![];
@@ -286,7 +305,7 @@ fn http_servers(source: &Source, http: &mut Value) -> Result<Vec<Entity>> {
             }
         };
         let keys = route_keys(&routes);
-        let dir = format!("caddy/apps/http/servers/{}/routes", file_name(&name));
+        let dir = routes_dir(&name);
         for (key, route) in keys.iter().zip(routes) {
             let mut e = marked(Entity::new(&dir, "route", key, route));
             e.key = format!("{name}/{key}");
@@ -360,6 +379,10 @@ fn tls_certificates(tls: &mut Value) -> Vec<Entity> {
     let Some(certs) = tls.get_mut("certificates").and_then(Value::as_object_mut) else {
         return vec![];
     };
+    // Only a list of certificates is split out; anything else stays in the app as it is.
+    if !certs.get("load_pem").is_some_and(Value::is_array) {
+        return vec![];
+    }
     let Some(Value::Array(pems)) = certs.remove("load_pem") else {
         return vec![];
     };
@@ -414,6 +437,24 @@ mod tests {
             route_keys(&routes),
             vec!["/a-2", "/a", "x.example/a", "/a-3", "route"]
         );
+    }
+
+    #[test]
+    fn servers_and_certificates_of_another_shape_stay_in_their_app() {
+        let s = Source::new("caddy", "file:x");
+        let c = json!({"apps": {
+            "http": {"servers": ["not", "a", "map"]},
+            "tls": {"certificates": {"load_pem": "not a list"}}
+        }});
+        let es = split(&s, &c).unwrap();
+        let app = |k: &str| {
+            &es.iter()
+                .find(|e| e.kind == "app" && e.key == k)
+                .unwrap()
+                .value
+        };
+        assert_eq!(app("http"), &c["apps"]["http"]);
+        assert_eq!(app("tls"), &c["apps"]["tls"]);
     }
 
     #[test]

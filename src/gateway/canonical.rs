@@ -86,7 +86,13 @@ pub fn str_field<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
 
 /// A file name for the natural key `key`: characters outside `[A-Za-z0-9._@=+,:-]` are percent-encoded
 /// (so are a leading dot and `%` itself), keeping names unique, portable and free of `/`.
+///
+/// The empty key is `%00`, which is also how the key of one NUL byte would be written; that key is
+/// therefore `%00%` instead (a lone `%` is never written otherwise), so that no two keys share a name.
 pub fn file_name(key: &str) -> String {
+    if key == NUL_KEY {
+        return NUL_KEY_NAME.into();
+    }
     let mut out = String::with_capacity(key.len());
     for (i, b) in key.bytes().enumerate() {
         let plain = b.is_ascii_alphanumeric()
@@ -104,10 +110,17 @@ pub fn file_name(key: &str) -> String {
     out
 }
 
+/// The key made of one NUL byte, and its file name (see [`file_name`]).
+const NUL_KEY: &str = "\0";
+const NUL_KEY_NAME: &str = "%00%";
+
 /// The key a [`file_name`] stands for; `None` when `name` is not one.
 pub fn key_of_file_name(name: &str) -> Option<String> {
     if name == "%00" {
         return Some(String::new());
+    }
+    if name == NUL_KEY_NAME {
+        return Some(NUL_KEY.into());
     }
     let b = name.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -180,6 +193,7 @@ mod tests {
         assert_eq!(file_name(".hidden"), "%2Ehidden");
         assert_eq!(file_name("50%"), "50%25");
         assert_eq!(file_name(""), "%00");
+        assert_eq!(file_name("\0"), "%00%");
         assert_ne!(file_name("a b"), file_name("a_b"));
         for k in [
             "orders-get",
@@ -187,6 +201,8 @@ mod tests {
             ".hidden",
             "50%",
             "",
+            "\0",
+            "\0\0",
             "ü x",
             "up@10.0.0.1:80",
         ] {

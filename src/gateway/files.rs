@@ -128,8 +128,8 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
     Ok(())
 }
 
-/// Adds the entities (and raw copy) of one file.
-fn classify(capture: &mut Capture, rel: &str, bytes: Vec<u8>) {
+/// Adds the entities (and raw copy) of one file, at `rel` (relative, `/`-separated) in the folder.
+pub(crate) fn classify(capture: &mut Capture, rel: &str, bytes: Vec<u8>) {
     let ext = Path::new(rel)
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())

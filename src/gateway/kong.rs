@@ -156,14 +156,43 @@ pub(crate) fn admin_client(endpoint: &str, describe: String) -> super::http::Cli
 /// `{"consumers": [...]}` in one piece; a paged `data` answer is read page by page.
 fn members(c: &super::http::Client, ws: &str, path: &str) -> Result<Vec<Value>> {
     match c.get_json(&format!("{ws}{path}"))? {
-        Some(page) if page.get("data").is_none() => Ok(page
+        Some(page) => match group_members(&page) {
+            Some(m) => Ok(m),
+            None => Ok(paginate(c, ws, path)?.unwrap_or_default()),
+        },
+        None => Ok(vec![]),
+    }
+}
+
+/// The members in an answer to `GET /consumer_groups/{id}/consumers`: its `consumers` list (none
+/// when absent), or `None` when the answer is a page of a listing (`data`), to be read page by page.
+pub fn group_members(answer: &Value) -> Option<Vec<Value>> {
+    if answer.get("data").is_some() {
+        return None;
+    }
+    Some(
+        answer
             .get("consumers")
             .and_then(Value::as_array)
             .cloned()
-            .unwrap_or_default()),
-        Some(_) => Ok(paginate(c, ws, path)?.unwrap_or_default()),
-        None => Ok(vec![]),
-    }
+            .unwrap_or_default(),
+    )
+}
+
+/// One page of an Admin API listing in workspace `ws` (`""` or `/<workspace>`): its items and the
+/// path (or URL) of the next page; `None` when the page has no `data` list. A `next` link is taken
+/// as Kong writes it: workspace-relative paths get the workspace in front.
+pub fn admin_page(ws: &str, page: &Value) -> Option<(Vec<Value>, Option<String>)> {
+    let data = page.get("data").and_then(Value::as_array)?;
+    let next = match page.get("next") {
+        Some(Value::String(n)) if n.starts_with(&format!("{ws}/")) || ws.is_empty() => {
+            Some(n.clone())
+        }
+        Some(Value::String(n)) if n.starts_with('/') => Some(format!("{ws}{n}")),
+        Some(Value::String(n)) => Some(n.clone()),
+        _ => None,
+    };
+    Some((data.clone(), next))
 }
 
 /// Every item of an Admin API collection at `path`, following `next` links; `None` when the
@@ -176,7 +205,7 @@ fn paginate(c: &super::http::Client, ws: &str, path: &str) -> Result<Option<Vec<
         let Some(page) = c.get_json(&p)? else {
             return Ok(None);
         };
-        let data = page.get("data").and_then(Value::as_array).ok_or_else(|| {
+        let (data, next_page) = admin_page(ws, &page).ok_or_else(|| {
             Error::gateway(
                 "kong",
                 format!(
@@ -185,16 +214,9 @@ fn paginate(c: &super::http::Client, ws: &str, path: &str) -> Result<Option<Vec<
                 ),
             )
         })?;
-        items.extend(data.iter().cloned());
+        items.extend(data);
         pages += 1;
-        next = match page.get("next") {
-            Some(Value::String(n)) if n.starts_with(&format!("{ws}/")) || ws.is_empty() => {
-                Some(n.clone())
-            }
-            Some(Value::String(n)) if n.starts_with('/') => Some(format!("{ws}{n}")),
-            Some(Value::String(n)) => Some(n.clone()),
-            _ => None,
-        };
+        next = next_page;
         if pages > 100_000 {
             return Err(Error::gateway(
                 "kong",
@@ -234,19 +256,9 @@ fn capture_admin(opts: &GatewayOptions) -> Result<Capture> {
         == Some("off");
     let (doc, raw_name, raw) = if dbless {
         let cfg = c.get_json(&format!("{ws}/config"))?.unwrap_or(Value::Null);
-        let text = str_field(&cfg, "config").ok_or_else(|| {
-            Error::gateway(
-                source.describe(),
-                "GET /config gave no `config`: is this Kong in DB-less mode?",
-            )
-        })?;
-        let doc = canonical::parse_json_or_yaml(text.as_bytes()).map_err(|e| {
-            Error::gateway(
-                source.describe(),
-                format!("GET /config is not a declarative config: {e}"),
-            )
-        })?;
-        (doc, DBLESS_CONFIG, text.as_bytes().to_vec())
+        let (doc, text) =
+            dbless_config(&cfg).map_err(|why| Error::gateway(source.describe(), why))?;
+        (doc, DBLESS_CONFIG, text)
     } else {
         let mut doc = Map::new();
         for (path, field) in ADMIN_COLLECTIONS {
@@ -295,6 +307,18 @@ fn capture_admin(opts: &GatewayOptions) -> Result<Capture> {
         raw: BTreeMap::from([(raw_name.to_string(), raw)]),
         entities,
     })
+}
+
+/// The declarative document in Kong's answer to `GET /config` (DB-less mode), and its text as given.
+///
+/// # Errors
+/// A message when the answer has no `config` text or the text is not YAML or JSON.
+pub fn dbless_config(answer: &Value) -> std::result::Result<(Value, Vec<u8>), String> {
+    let text = str_field(answer, "config")
+        .ok_or("GET /config gave no `config`: is this Kong in DB-less mode?")?;
+    let doc = canonical::parse_json_or_yaml(text.as_bytes())
+        .map_err(|e| format!("GET /config is not a declarative config: {e}"))?;
+    Ok((doc, text.as_bytes().to_vec()))
 }
 
 /// Marker of the select tags in a source's scope: `workspace team-a; select tags a,b`.
@@ -349,14 +373,17 @@ fn list<'a>(v: &'a Value, field: &str) -> &'a [Value] {
 
 /// The natural key of an entity: the first of `fields` present, else its id.
 fn natural(v: &Value, fields: &[&str]) -> Option<String> {
-    fields
-        .iter()
-        .chain(std::iter::once(&"id"))
-        .find_map(|f| match v.get(*f) {
-            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        })
+    named(v, fields).or_else(|| named(v, &["id"]))
+}
+
+/// The first of `fields` that is non-empty text or a number. Where none is, the natural key is the
+/// id, which must then be kept.
+fn named(v: &Value, fields: &[&str]) -> Option<String> {
+    fields.iter().find_map(|f| match v.get(*f) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    })
 }
 
 /// Ids to names, over every entity kind that is referenced by name.
@@ -503,7 +530,7 @@ impl Builder<'_> {
             return Ok(());
         }
         let key = natural(r, &["name"]).ok_or("a route has neither name nor id")?;
-        let keep_id = str_field(r, "name").is_none();
+        let keep_id = named(r, &["name"]).is_none();
         let mut v = clean(r, &["plugins"], keep_id);
         let svc = service
             .map(str::to_string)
@@ -531,7 +558,8 @@ impl Builder<'_> {
         let key = natural(c, &["username", "custom_id"]).ok_or("a consumer has no username")?;
         let subject = format!("kong:consumer={key}");
         let children: Vec<&str> = CREDENTIALS.iter().map(|c| c.0).chain(["plugins"]).collect();
-        let mut v = clean(c, &children, false);
+        let keep_id = named(c, &["username", "custom_id"]).is_none();
+        let mut v = clean(c, &children, keep_id);
         // Group membership lives in the group's entity, whichever side the input named it on.
         for g in list(c, "groups") {
             if let Some(g) = reference(g, &self.ids) {
@@ -564,32 +592,33 @@ impl Builder<'_> {
         cred: &Value,
         consumer: &str,
     ) -> std::result::Result<(), String> {
+        if !cred.is_object() {
+            return Err(format!(
+                "a {field} entry of consumer {consumer} is not a mapping"
+            ));
+        }
         // Without a natural key or an id (a hand-written decK file), the credential's position among
         // its consumer's credentials of this kind names it: never its secret.
+        let kind = field.trim_end_matches('s');
         let own = match natural(cred, &[nat]) {
             Some(k) => k,
             None => {
                 let n = self
                     .out
                     .iter()
-                    .filter(|e| {
-                        e.path.starts_with(&format!(
-                            "kong/{field}/{}@",
-                            super::canonical::file_name(consumer)
-                        ))
-                    })
+                    .filter(|e| e.kind == kind && str_field(&e.value, "consumer") == Some(consumer))
                     .count();
                 format!("#{}", n + 1)
             }
         };
-        let mut v = clean(cred, &[], nat == "id" || str_field(cred, nat).is_none());
+        let mut v = clean(cred, &[], nat == "id" || named(cred, &[nat]).is_none());
         if let Some(m) = v.as_object_mut() {
             m.insert("consumer".into(), Value::String(consumer.into()));
         }
         self.push(
             Entity::new(
                 &format!("kong/{field}"),
-                field.trim_end_matches('s'),
+                kind,
                 &format!("{consumer}@{own}"),
                 v,
             )
@@ -617,7 +646,7 @@ impl Builder<'_> {
             }
             let key = natural(e, fields)
                 .ok_or_else(|| format!("a {kind} has no {} or id", fields.join("/")))?;
-            let keep_id = fields.iter().all(|f| e.get(*f).is_none());
+            let keep_id = named(e, fields).is_none();
             let mut v = clean(e, children, keep_id);
             let mut secrets: Vec<String> = vec![];
             if kind == "vault" {
@@ -714,8 +743,14 @@ pub fn from_deck(doc: &Value, select: &[String]) -> std::result::Result<Vec<Enti
         members.sort();
         members.dedup();
         if !members.is_empty() {
-            if let Some(last) = b.out.last_mut() {
-                last.value["consumers"] = json!(members);
+            // The group's own entity (`simple` pushed every group before this loop began).
+            if let Some(group) = b
+                .out
+                .iter_mut()
+                .rev()
+                .find(|e| e.kind == "consumer_group" && e.key == key)
+            {
+                group.value["consumers"] = json!(members);
             }
         }
         for p in list(&raw, "plugins") {
@@ -728,7 +763,7 @@ pub fn from_deck(doc: &Value, select: &[String]) -> std::result::Result<Vec<Enti
     for (key, raw) in b.simple(doc, "upstreams", "upstream", &["name"], &["targets"], &[])? {
         for t in list(&raw, "targets") {
             let target = natural(t, &["target"]).ok_or("a target has no target address")?;
-            let mut v = clean(t, &[], false);
+            let mut v = clean(t, &[], named(t, &["target"]).is_none());
             v["upstream"] = Value::String(key.clone());
             b.push(Entity::new(
                 "kong/targets",
@@ -748,14 +783,14 @@ pub fn from_deck(doc: &Value, select: &[String]) -> std::result::Result<Vec<Enti
     )? {
         for s in list(&raw, "snis") {
             let name = natural(s, &["name"]).ok_or("an SNI has no name")?;
-            let mut v = clean(s, &[], false);
+            let mut v = clean(s, &[], named(s, &["name"]).is_none());
             v["certificate"] = Value::String(key.clone());
             b.push(Entity::new("kong/snis", "sni", &name, v));
         }
     }
     for s in list(doc, "snis") {
         let name = natural(s, &["name"]).ok_or("an SNI has no name")?;
-        let mut v = clean(s, &[], false);
+        let mut v = clean(s, &[], named(s, &["name"]).is_none());
         if let Some(c) = s.get("certificate").and_then(|c| reference(c, &b.ids)) {
             v["certificate"] = Value::String(c);
         }
@@ -880,6 +915,17 @@ pub fn to_deck(entities: &[(String, Value)]) -> Value {
         }
         services.push(s);
     }
+    // Routes whose service is not in the snapshot (a filtered capture) stay top level, naming it.
+    for (service, rs) in routes_of {
+        for mut r in rs {
+            r["service"] = Value::String(service.clone());
+            top_routes.push(r);
+        }
+    }
+    let consumer_keys: std::collections::BTreeSet<String> = by("consumer")
+        .iter()
+        .map(|c| natural(c, &["username", "custom_id"]).unwrap_or_default())
+        .collect();
     // Membership goes on the consumers (`groups`), as decK 3 writes it.
     let mut groups_of: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for g in by("consumer_group") {
@@ -921,7 +967,17 @@ pub fn to_deck(entities: &[(String, Value)]) -> Value {
     let mut groups = vec![];
     for mut g in by("consumer_group") {
         let key = natural(&g, &["name"]).unwrap_or_default();
+        // Members that are not consumers of the snapshot stay on the group, or they would be lost.
+        let absent: Vec<Value> = list(&g, "consumers")
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|m| !consumer_keys.contains(*m))
+            .map(|m| json!({ "username": m }))
+            .collect();
         canonical::drop_fields(&mut g, &["consumers"]);
+        if !absent.is_empty() {
+            g["consumers"] = Value::Array(absent);
+        }
         let plugins = take("consumer_group", &key);
         if !plugins.is_empty() {
             g["plugins"] = Value::Array(plugins);
@@ -971,6 +1027,16 @@ pub fn to_deck(entities: &[(String, Value)]) -> Value {
         for mut p in ps {
             p[scope.as_str()] = Value::String(parent.clone());
             top_plugins.push(p);
+        }
+    }
+    // Credentials whose consumer is not in the snapshot stay top level, naming it.
+    for (field, ..) in CREDENTIALS {
+        let orphans: Vec<Value> = by(field.trim_end_matches('s'))
+            .into_iter()
+            .filter(|x| str_field(x, "consumer").is_none_or(|c| !consumer_keys.contains(c)))
+            .collect();
+        if !orphans.is_empty() {
+            doc.insert((*field).into(), Value::Array(orphans));
         }
     }
     for (field, v) in [
@@ -1128,6 +1194,103 @@ certificates:
     }
 
     #[test]
+    fn an_entity_keyed_by_its_id_keeps_it() {
+        // No usable name (absent, empty or not text): the id is the key, and the export needs it.
+        let doc = json!({
+            "_format_version": "3.0",
+            "consumers": [{"id": "c1", "tags": ["x"]}, {"id": "c2", "username": ""}],
+            "routes": [{"id": "r1", "name": "", "paths": ["/"]}],
+            "upstreams": [{"name": "up", "targets": [{"id": "t1", "target": ""}]}]
+        });
+        let es = entities_of(&doc);
+        assert_eq!(es["kong/consumers/c1.json"].1["id"], "c1");
+        assert_eq!(es["kong/consumers/c2.json"].1["id"], "c2");
+        assert_eq!(es["kong/routes/r1.json"].1["id"], "r1");
+        assert_eq!(es["kong/targets/up@t1.json"].1["id"], "t1");
+        assert_eq!(entities_of(&to_deck(&pairs(&es))), es);
+    }
+
+    #[test]
+    fn anonymous_credentials_are_numbered_per_consumer() {
+        // `a@b`'s credentials are not `a`'s, though its file names start the same.
+        let doc = json!({"consumers": [
+            {"username": "a@b", "basicauth_credentials": [{"password": "x"}]},
+            {"username": "a", "basicauth_credentials": [{"password": "y"}]}
+        ]});
+        let es = entities_of(&doc);
+        assert!(
+            es.contains_key("kong/basicauth_credentials/a@b@%231.json"),
+            "{es:?}"
+        );
+        assert!(
+            es.contains_key("kong/basicauth_credentials/a@%231.json"),
+            "{es:?}"
+        );
+    }
+
+    #[test]
+    fn each_consumer_group_lists_its_own_members() {
+        let doc = json!({
+            "consumer_groups": [
+                {"name": "gold", "plugins": [{"name": "rate-limiting", "config": {"minute": 5}}]},
+                {"name": "free", "consumers": [{"username": "carol"}]}
+            ],
+            "consumers": [
+                {"username": "alice", "groups": [{"name": "gold"}]},
+                {"username": "bob", "groups": [{"name": "free"}]}
+            ]
+        });
+        let es = from_deck(&doc, &[]).unwrap();
+        assert_eq!(
+            get(&es, "kong/consumer_groups/gold.json").value["consumers"],
+            json!(["alice"])
+        );
+        assert_eq!(
+            get(&es, "kong/consumer_groups/free.json").value["consumers"],
+            json!(["bob", "carol"])
+        );
+        let p = get(&es, "kong/plugins/rate-limiting@consumer_group=gold.json");
+        assert!(p.value.get("consumers").is_none(), "{:?}", p.value);
+    }
+
+    #[test]
+    fn export_keeps_entities_whose_parent_is_not_in_the_snapshot() {
+        // What a capture with --select-tag keeps when a route, a credential or a group member is
+        // tagged but its service or consumer is not.
+        let doc = json!({
+            "_format_version": "3.0",
+            "routes": [{"name": "r", "service": "ghost", "tags": ["t"], "paths": ["/r"]}],
+            "keyauth_credentials": [{"id": "k1", "key": "s3cret", "consumer": "nobody"}],
+            "consumer_groups": [{"name": "g", "consumers": [{"username": "absent"}]}]
+        });
+        let es = entities_of(&doc);
+        let again = entities_of(&to_deck(&pairs(&es)));
+        assert_eq!(again, es);
+        assert_eq!(
+            again["kong/routes/r.json"].1["service"],
+            json!("ghost"),
+            "{again:?}"
+        );
+        assert!(again.contains_key("kong/keyauth_credentials/nobody@k1.json"));
+        assert_eq!(
+            again["kong/consumer_groups/g.json"].1["consumers"],
+            json!(["absent"])
+        );
+    }
+
+    fn pairs(es: &BTreeMap<String, (String, Value)>) -> Vec<(String, Value)> {
+        es.values().cloned().collect()
+    }
+
+    fn entities_of(doc: &Value) -> BTreeMap<String, (String, Value)> {
+        from_deck(doc, &[])
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.path, (e.kind, e.value)))
+            .collect()
+    }
+
+    #[test]
     fn admin_ids_key_a_listing_by_document_path() {
         let listing = json!({
             "services": [{"id": "s1", "name": "orders", "host": "o"}],
@@ -1169,6 +1332,10 @@ certificates:
     fn malformed_entities_are_named() {
         let doc = json!({"services": [{"host": "x"}]});
         assert!(from_deck(&doc, &[]).unwrap_err().contains("service"));
+        let doc = json!({"consumers": [{"username": "a", "acls": ["admins"]}]});
+        assert!(from_deck(&doc, &[])
+            .unwrap_err()
+            .contains("acls entry of consumer a"));
         assert!(from_deck(&json!([1]), &[]).is_err());
     }
 }

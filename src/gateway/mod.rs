@@ -199,7 +199,7 @@ pub struct Manifest {
 
 /// The folder of a document path and the key its file name stands for (`None` for `a.json` at the
 /// top or a name that is not an encoded key).
-fn derived(path: &str) -> Option<(&str, String)> {
+pub(crate) fn derived(path: &str) -> Option<(&str, String)> {
     let (dir, file) = path.rsplit_once('/')?;
     let stem = file.strip_suffix(".json")?;
     let key = canonical::key_of_file_name(stem)?;
@@ -251,7 +251,11 @@ impl Capture {
         let mut docs = BTreeMap::new();
         let mut entries = BTreeMap::new();
         let mut kinds: BTreeMap<String, String> = BTreeMap::new();
-        for e in &self.entities {
+        // In path order, so that which kind a folder gets (the first derivable entity's) does not
+        // depend on the order the entities came in: a capture read back stores the same manifest.
+        let mut by_path: Vec<&Entity> = self.entities.iter().collect();
+        by_path.sort_by(|a, b| a.path.cmp(&b.path));
+        for e in by_path {
             let bytes = match &e.text {
                 Some(t) => t.clone(),
                 None => canonical::to_bytes(&e.value),
@@ -288,8 +292,19 @@ impl Capture {
         let mut raw = vec![];
         for (name, bytes) in &self.raw {
             let p = format!("raw/{}", canonical::file_name(name));
-            docs.insert(p.clone(), bytes.clone());
+            if docs.insert(p.clone(), bytes.clone()).is_some() {
+                return Err(Error::InvalidInput(format!(
+                    "{}: the raw export {name:?} and an entity share the path {p}",
+                    self.source.describe()
+                )));
+            }
             raw.push(p);
+        }
+        if docs.contains_key(MANIFEST) {
+            return Err(Error::InvalidInput(format!(
+                "{}: an entity has the manifest's path {MANIFEST}",
+                self.source.describe()
+            )));
         }
         let manifest = Manifest {
             version: MANIFEST_VERSION,
@@ -301,6 +316,62 @@ impl Capture {
         let m = serde_json::to_value(&manifest).expect("manifest serializes");
         docs.insert(MANIFEST.into(), canonical::to_bytes(&m));
         Ok(docs)
+    }
+}
+
+impl Capture {
+    /// The capture whose [`Capture::documents`] are `docs` (path to bytes, the manifest included): the
+    /// inverse of that function, as a restore reads a snapshot back. A document is taken as JSON when
+    /// it is exactly the canonical form of its parse, else as verbatim text; documents that are neither
+    /// raw exports nor entities of the manifest are left out.
+    ///
+    /// # Errors
+    /// [`Error::IntegrityMismatch`] without a manifest; [`Error::Format`] for a manifest that does not
+    /// parse.
+    pub fn from_documents(mut docs: BTreeMap<String, Vec<u8>>) -> Result<Self> {
+        let manifest = match docs.remove(MANIFEST) {
+            Some(b) => Manifest::parse(&b)?,
+            None => return Err(Error::integrity(
+                MANIFEST,
+                "the snapshot has no gateway manifest (damaged, or not made by backup --gateway)",
+            )),
+        };
+        let mut raw = BTreeMap::new();
+        let mut entities = vec![];
+        for (path, bytes) in docs {
+            if manifest.raw.contains(&path) {
+                // Stored under its file name: the name the export had is the key it stands for.
+                let stored = path.strip_prefix("raw/").unwrap_or(&path);
+                let name = canonical::key_of_file_name(stored).unwrap_or_else(|| stored.into());
+                raw.insert(name, bytes);
+                continue;
+            }
+            let Some(entry) = manifest.entry(&path) else {
+                continue;
+            };
+            let parsed = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .filter(|v| canonical::to_bytes(v) == bytes);
+            let (value, text) = match parsed {
+                Some(v) => (v, None),
+                None => (Value::Null, Some(bytes)),
+            };
+            entities.push(Entity {
+                path,
+                kind: entry.kind,
+                key: entry.key,
+                value,
+                secrets: entry.secrets,
+                personal: entry.personal,
+                subject: entry.subject,
+                text,
+            });
+        }
+        Ok(Self {
+            source: manifest.source,
+            raw,
+            entities,
+        })
     }
 }
 

@@ -136,6 +136,24 @@ impl File {
     }
 }
 
+/// The entity of the file at `path` (`role` as a reference gives it) with these lines marked, as
+/// the capture makes it.
+pub(crate) fn file_entity(
+    kind: &str,
+    path: &Path,
+    role: &'static str,
+    bytes: Vec<u8>,
+    marks: &[LineMark],
+) -> Entity {
+    let mut files = Files {
+        describe: String::new(),
+        found: BTreeMap::from([(path.to_path_buf(), File::new(role, bytes))]),
+    };
+    files.mark(path, marks);
+    let f = files.found.remove(path).expect("the file was added above");
+    f.entity(kind, path)
+}
+
 fn has_private_key(b: &[u8]) -> bool {
     let t = String::from_utf8_lossy(b);
     t.contains("-----BEGIN") && t.contains("PRIVATE KEY-----")
@@ -230,15 +248,15 @@ fn resolve(base: &Path, arg: &str) -> PathBuf {
 
 /// One nginx directive: name, arguments, line, and the blocks it sits in.
 #[derive(Debug, PartialEq)]
-struct Directive {
-    name: String,
-    args: Vec<String>,
-    line: usize,
-    blocks: Vec<String>,
+pub(crate) struct Directive {
+    pub(crate) name: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) line: usize,
+    pub(crate) blocks: Vec<String>,
 }
 
 /// Splits nginx config text into directives (block openers included, with their arguments).
-fn nginx_directives(text: &str) -> Vec<Directive> {
+pub(crate) fn nginx_directives(text: &str) -> Vec<Directive> {
     let mut out = vec![];
     let mut words: Vec<String> = vec![];
     let mut start_line = 1;
@@ -289,6 +307,9 @@ fn nginx_directives(text: &str) -> Vec<Directive> {
                             if let Some(e) = chars.next() {
                                 if e != c && e != '\\' {
                                     w.push('\\');
+                                }
+                                if e == '\n' {
+                                    line += 1;
                                 }
                                 w.push(e);
                             }
@@ -354,86 +375,177 @@ fn nginx_role(name: &str) -> Option<&'static str> {
     }
 }
 
+/// A file that a configuration file names.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Reference {
+    /// The directive (or keyword) that names it, for messages.
+    pub(crate) directive: String,
+    /// Its line (1-based) in the naming file.
+    pub(crate) line: usize,
+    /// The path, resolved against the base folder and normalized; a glob pattern when `pattern`.
+    pub(crate) path: PathBuf,
+    /// What the file is (`include`, `map`, `key`, `certificate`, ...).
+    pub(crate) role: &'static str,
+    /// An nginx `include`: the files it names are read as configuration in turn.
+    pub(crate) include: bool,
+    /// The path is a glob pattern (an nginx `include` with `*`, `?` or `[`).
+    pub(crate) pattern: bool,
+}
+
+/// A line (1-based) of a configuration file that holds a secret and/or personal data.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct LineMark {
+    pub(crate) line: usize,
+    pub(crate) secret: bool,
+    pub(crate) personal: bool,
+}
+
+/// What one configuration file names, found from its text alone (no file is read).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct References {
+    pub(crate) files: Vec<Reference>,
+    pub(crate) marks: Vec<LineMark>,
+}
+
+impl Files {
+    /// Marks the lines `marks` of `file`.
+    fn mark(&mut self, file: &Path, marks: &[LineMark]) {
+        for m in marks {
+            self.mark_line(file, m.line, m.secret, m.personal);
+        }
+    }
+
+    /// Reads the files `r` (made in `file`) names: its path, the matches of its pattern, or the
+    /// files of a HAProxy `crt` folder. Returns those read for the first time, in order.
+    fn follow(&mut self, file: &Path, r: &Reference) -> Result<Vec<PathBuf>> {
+        let from = Origin {
+            file,
+            line: r.line,
+            directive: &r.directive,
+        };
+        let paths = if r.pattern {
+            self.glob(&r.path, &from)?
+        } else if r.role == "certificate" && r.directive == "crt" && r.path.is_dir() {
+            // A crt directory: HAProxy loads every file in it.
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&r.path)
+                .map_err(|e| Error::io(format!("listing {}", r.path.display()), e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            entries.sort();
+            entries
+        } else {
+            vec![r.path.clone()]
+        };
+        let mut new = vec![];
+        for p in paths {
+            if self.add(&p, r.role, &from)? {
+                new.push(p);
+            }
+        }
+        Ok(new)
+    }
+
+    /// The files matching `pattern`, sorted (none is fine).
+    fn glob(&self, pattern: &Path, from: &Origin) -> Result<Vec<PathBuf>> {
+        let text = pattern.to_string_lossy().into_owned();
+        let paths = glob::glob(&text).map_err(|e| {
+            Error::gateway(
+                self.describe.clone(),
+                format!(
+                    "`{} {}` at {}:{} is not a valid pattern ({e}): fix the directive",
+                    from.directive,
+                    pattern.display(),
+                    from.file.display(),
+                    from.line
+                ),
+            )
+        })?;
+        let mut out: Vec<PathBuf> = paths
+            .filter_map(|r| r.ok())
+            .filter(|p| p.is_file())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}
+
 fn nginx_refs(files: &mut Files, main: &Path, base: &Path) -> Result<()> {
     let mut queue = vec![main.to_path_buf()];
     while let Some(file) = queue.pop() {
-        let text = files.text(&file);
-        for d in nginx_directives(&text) {
-            let Some(arg) = d.args.first() else { continue };
-            let from = Origin {
-                file: &file,
-                line: d.line,
-                directive: &d.name,
-            };
-            if d.name == "include" {
-                let in_map = d
-                    .blocks
-                    .iter()
-                    .any(|b| matches!(b.as_str(), "map" | "geo" | "split_clients"));
-                let role = if in_map { "map" } else { "include" };
-                if arg.contains('$') {
-                    tracing::warn!(
-                        "{}:{}: include {arg} has variables: not followed",
-                        file.display(),
-                        d.line
-                    );
-                    continue;
-                }
-                for p in expand_include(files, base, arg, &from)? {
-                    if files.add(&p, role, &from)? {
-                        queue.push(p);
-                    }
-                }
-                continue;
+        let refs = nginx_references(&file, &files.text(&file), base);
+        files.mark(&file, &refs.marks);
+        for r in &refs.files {
+            let new = files.follow(&file, r)?;
+            if r.include {
+                queue.extend(new);
             }
-            let Some(role) = nginx_role(&d.name) else {
-                continue;
-            };
-            if arg.starts_with("data:") {
-                if role == "key" {
-                    files.mark_line(&file, d.line, true, false);
-                }
-                continue;
-            }
-            if arg.contains('$') || arg.starts_with("engine:") || arg.starts_with("store:") {
-                tracing::warn!(
-                    "{}:{}: {} {arg} is not a plain file name: not captured",
-                    file.display(),
-                    d.line,
-                    d.name
-                );
-                continue;
-            }
-            files.add(&resolve(base, arg), role, &from)?;
         }
     }
     Ok(())
 }
 
-/// The files an `include` names: one path, or the sorted matches of a glob (none is fine).
-fn expand_include(files: &Files, base: &Path, arg: &str, from: &Origin) -> Result<Vec<PathBuf>> {
-    let p = resolve(base, arg);
-    if !arg.contains(['*', '?', '[']) {
-        return Ok(vec![p]);
+/// The files nginx config text (of `file`, for messages) names: includes, certificates, keys, user
+/// files; and the lines holding inline (`data:`) keys. Relative paths resolve against `base`.
+pub(crate) fn nginx_references(file: &Path, text: &str, base: &Path) -> References {
+    let mut out = References::default();
+    for d in nginx_directives(text) {
+        let Some(arg) = d.args.first() else { continue };
+        if d.name == "include" {
+            let in_map = d
+                .blocks
+                .iter()
+                .any(|b| matches!(b.as_str(), "map" | "geo" | "split_clients"));
+            if arg.contains('$') {
+                tracing::warn!(
+                    "{}:{}: include {arg} has variables: not followed",
+                    file.display(),
+                    d.line
+                );
+                continue;
+            }
+            out.files.push(Reference {
+                directive: d.name.clone(),
+                line: d.line,
+                path: resolve(base, arg),
+                role: if in_map { "map" } else { "include" },
+                include: true,
+                pattern: arg.contains(['*', '?', '[']),
+            });
+            continue;
+        }
+        let Some(role) = nginx_role(&d.name) else {
+            continue;
+        };
+        if arg.starts_with("data:") {
+            if role == "key" {
+                out.marks.push(LineMark {
+                    line: d.line,
+                    secret: true,
+                    personal: false,
+                });
+            }
+            continue;
+        }
+        if arg.contains('$') || arg.starts_with("engine:") || arg.starts_with("store:") {
+            tracing::warn!(
+                "{}:{}: {} {arg} is not a plain file name: not captured",
+                file.display(),
+                d.line,
+                d.name
+            );
+            continue;
+        }
+        out.files.push(Reference {
+            directive: d.name.clone(),
+            line: d.line,
+            path: resolve(base, arg),
+            role,
+            include: false,
+            pattern: false,
+        });
     }
-    let pattern = p.to_string_lossy().into_owned();
-    let paths = glob::glob(&pattern).map_err(|e| {
-        Error::gateway(
-            files.describe.clone(),
-            format!(
-                "`{} {arg}` at {}:{} is not a valid pattern ({e}): fix the directive",
-                from.directive,
-                from.file.display(),
-                from.line
-            ),
-        )
-    })?;
-    let mut out: Vec<PathBuf> = paths
-        .filter_map(|r| r.ok())
-        .filter(|p| p.is_file())
-        .collect();
-    out.sort();
-    Ok(out)
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -523,7 +635,35 @@ const SECTIONS: &[&str] = &[
 ];
 
 fn haproxy_refs(files: &mut Files, main: &Path, base: &Path) -> Result<()> {
-    let text = files.text(main);
+    let h = haproxy_references(main, &files.text(main), base);
+    files.mark(main, &h.refs.marks);
+    for r in &h.refs.files {
+        for p in files.follow(main, r)? {
+            if r.role == "crt-list" {
+                for entry in crt_list_references(&files.text(&p), &h.crt_base, &h.ca_base).files {
+                    files.follow(&p, &entry)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a HAProxy main config file names, and the folders its certificates resolve against.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct HaproxyReferences {
+    pub(crate) refs: References,
+    /// `crt-base`, else the base folder.
+    pub(crate) crt_base: PathBuf,
+    /// `ca-base`, else the base folder.
+    pub(crate) ca_base: PathBuf,
+}
+
+/// The files HAProxy config text (of `main`, for messages) names: certificates, crt-lists, CA and
+/// CRL files, maps and ACL files, Lua scripts, error files; and the userlist lines (user names are
+/// personal, passwords secret). Relative paths resolve against `base`, certificates against
+/// `crt-base` / `ca-base`.
+pub(crate) fn haproxy_references(main: &Path, text: &str, base: &Path) -> HaproxyReferences {
     let lines: Vec<Vec<String>> = text.lines().map(haproxy_words).collect();
     // crt-base and ca-base apply wherever they are set in the global section.
     let mut crt_base = base.to_path_buf();
@@ -535,6 +675,7 @@ fn haproxy_refs(files: &mut Files, main: &Path, base: &Path) -> Result<()> {
             _ => {}
         }
     }
+    let mut out = References::default();
     let mut section = "";
     for (i, w) in lines.iter().enumerate() {
         let Some(first) = w.first() else { continue };
@@ -548,7 +689,11 @@ fn haproxy_refs(files: &mut Files, main: &Path, base: &Path) -> Result<()> {
             let has_pw = w
                 .iter()
                 .any(|x| x == "password" || x == "insecure-password");
-            files.mark_line(main, line, has_pw, true);
+            out.marks.push(LineMark {
+                line,
+                secret: has_pw,
+                personal: true,
+            });
             continue;
         }
         let mut refs: Vec<(String, PathBuf, &'static str)> = vec![];
@@ -601,45 +746,40 @@ fn haproxy_refs(files: &mut Files, main: &Path, base: &Path) -> Result<()> {
                 );
                 continue;
             }
-            let from = Origin {
-                file: main,
+            out.files.push(Reference {
+                directive,
                 line,
-                directive: &directive,
-            };
-            if role == "certificate" && directive == "crt" && path.is_dir() {
-                // A crt directory: HAProxy loads every file in it.
-                let mut entries: Vec<PathBuf> = std::fs::read_dir(&path)
-                    .map_err(|e| Error::io(format!("listing {}", path.display()), e))?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.is_file())
-                    .collect();
-                entries.sort();
-                for p in entries {
-                    files.add(&p, role, &from)?;
-                }
-                continue;
-            }
-            if files.add(&path, role, &from)? && role == "crt-list" {
-                crt_list_refs(files, &path, &crt_base, &ca_base)?;
-            }
+                path,
+                role,
+                include: false,
+                pattern: false,
+            });
         }
     }
-    Ok(())
+    HaproxyReferences {
+        refs: out,
+        crt_base,
+        ca_base,
+    }
 }
 
-/// The certificates a crt-list names: the first word of each line, and `ca-file` / `crl-file` in
-/// its bracketed options.
-fn crt_list_refs(files: &mut Files, list: &Path, crt_base: &Path, ca_base: &Path) -> Result<()> {
-    let text = files.text(list);
+/// The certificates a crt-list (its text) names: the first word of each line, and `ca-file` /
+/// `crl-file` in its bracketed options.
+pub(crate) fn crt_list_references(text: &str, crt_base: &Path, ca_base: &Path) -> References {
+    let mut out = References::default();
     for (i, line) in text.lines().enumerate() {
         let w = haproxy_words(line);
         let Some(first) = w.first() else { continue };
-        let from = Origin {
-            file: list,
+        let entry = |path: PathBuf, role: &'static str| Reference {
+            directive: "crt-list entry".into(),
             line: i + 1,
-            directive: "crt-list entry",
+            path,
+            role,
+            include: false,
+            pattern: false,
         };
-        files.add(&resolve(crt_base, first), "certificate", &from)?;
+        out.files
+            .push(entry(resolve(crt_base, first), "certificate"));
         for (j, word) in w.iter().enumerate() {
             let word = word.trim_start_matches('[');
             if let ("ca-file" | "crl-file", Some(arg)) = (word, w.get(j + 1)) {
@@ -649,11 +789,11 @@ fn crt_list_refs(files: &mut Files, list: &Path, crt_base: &Path, ca_base: &Path
                 } else {
                     "certificate"
                 };
-                files.add(&resolve(ca_base, arg), role, &from)?;
+                out.files.push(entry(resolve(ca_base, arg), role));
             }
         }
     }
-    Ok(())
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -764,6 +904,66 @@ mod tests {
         assert_eq!(d[3].name, "include");
         assert_eq!(d[3].blocks, vec!["http", "map"]);
         assert_eq!(d[4].args, vec!["$v", "${a}x"]);
+    }
+
+    #[test]
+    fn an_escaped_line_break_in_quotes_still_counts_as_a_line() {
+        let d = nginx_directives("set $a \"x\\\ny\";\nssl_certificate_key data:k;\n");
+        assert_eq!(d[1].name, "ssl_certificate_key");
+        assert_eq!(d[1].line, 3);
+    }
+
+    #[test]
+    fn references_resolve_and_mark_lines_without_reading_files() {
+        let text = "http {\n include conf.d/*.conf;\n ssl_certificate_key ../k.pem;\n ssl_certificate_key data:x;\n}\n";
+        let r = nginx_references(
+            Path::new("/etc/nginx/nginx.conf"),
+            text,
+            Path::new("/etc/nginx"),
+        );
+        assert_eq!(r.files.len(), 2);
+        assert!(r.files[0].include && r.files[0].pattern);
+        assert_eq!(r.files[0].path, PathBuf::from("/etc/nginx/conf.d/*.conf"));
+        assert_eq!((r.files[1].role, r.files[1].line), ("key", 3));
+        assert_eq!(r.files[1].path, PathBuf::from("/etc/k.pem"));
+        assert_eq!(
+            r.marks,
+            vec![LineMark {
+                line: 4,
+                secret: true,
+                personal: false
+            }]
+        );
+        let h = haproxy_references(
+            Path::new("/h/haproxy.cfg"),
+            "global\n crt-base certs\nuserlist u\n user a password x\nfrontend f\n bind :443 crt site.pem crt-list l.txt\n",
+            Path::new("/h"),
+        );
+        assert_eq!(h.crt_base, PathBuf::from("/h/certs"));
+        let paths: Vec<_> = h
+            .refs
+            .files
+            .iter()
+            .map(|r| (r.role, r.path.clone()))
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                ("certificate", PathBuf::from("/h/certs/site.pem")),
+                ("crt-list", PathBuf::from("/h/l.txt"))
+            ]
+        );
+        assert_eq!(
+            h.refs.marks,
+            vec![LineMark {
+                line: 4,
+                secret: true,
+                personal: true
+            }]
+        );
+        let l = crt_list_references("a.pem [ca-file ca.crt]\n", &h.crt_base, &h.ca_base);
+        assert_eq!(l.files[0].path, PathBuf::from("/h/certs/a.pem"));
+        assert_eq!(l.files[1].path, PathBuf::from("/h/ca.crt"));
     }
 
     #[test]

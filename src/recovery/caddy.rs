@@ -10,7 +10,8 @@ use serde_json::{Map, Value};
 
 use super::{Applied, Plan, Rewrite, Step, Target};
 use crate::error::{Error, Result};
-use crate::gateway::caddy::{request, DEFAULT_ENDPOINT};
+use crate::gateway::caddy::{request, routes_dir, DEFAULT_ENDPOINT};
+use crate::gateway::canonical::file_name;
 use crate::gateway::{Capture, Entity, GatewayOptions};
 
 /// A Caddy admin API to restore into.
@@ -58,18 +59,27 @@ pub fn join(entities: &[Entity]) -> Result<Value> {
     let mut top = Map::new();
     let mut apps = Map::new();
     let mut servers = Map::new();
+    // By document path: a route's key (`<server>/<route key>`) is ambiguous when a server name or a
+    // route id holds a `/`, its path is not.
     let mut routes: std::collections::HashMap<&str, &Value> = Default::default();
     let mut certs = vec![];
-    for e in entities {
+    // A top-level field (`caddy/<field>.json`) has its name for kind, so its folder tells it apart
+    // from an app, server, route or certificate, whatever it is called.
+    let top_level = |e: &Entity| e.path.rsplit_once('/').map(|(dir, _)| dir) == Some("caddy");
+    for e in entities.iter().filter(|e| !top_level(e)) {
         match e.kind.as_str() {
             "route" => {
-                routes.insert(e.key.as_str(), &e.value);
+                routes.insert(e.path.as_str(), &e.value);
             }
             "certificate" => certs.push(e.value.clone()),
             _ => {}
         }
     }
     for e in entities {
+        if top_level(e) {
+            top.insert(e.key.clone(), e.value.clone());
+            continue;
+        }
         match e.kind.as_str() {
             "route" | "certificate" => {}
             "app" => {
@@ -89,8 +99,9 @@ pub fn join(entities: &[Entity]) -> Result<Value> {
                     let k = k
                         .as_str()
                         .ok_or_else(|| bad(e, "a route key is not text"))?;
+                    let path = format!("{}/{}.json", routes_dir(&e.key), file_name(k));
                     let r = routes
-                        .get(format!("{}/{k}", e.key).as_str())
+                        .get(path.as_str())
                         .ok_or_else(|| bad(e, &format!("route {k:?} is missing")))?;
                     list.push((*r).clone());
                 }
@@ -274,5 +285,23 @@ mod tests {
         })
         .unwrap();
         assert_eq!(join(&c.entities).unwrap(), config);
+    }
+
+    #[test]
+    fn join_tells_apart_route_keys_that_hold_a_slash() {
+        // `a` + route `b/c` and `a/b` + route `c` both have the entity key `a/b/c`.
+        let config = json!({"apps": {"http": {"servers": {
+            "a": {"routes": [{"@id": "b/c", "handle": [{"handler": "static_response", "body": "1"}]}]},
+            "a/b": {"routes": [{"@id": "c", "handle": [{"handler": "static_response", "body": "2"}]}]}
+        }}}});
+        let s = crate::gateway::Source::new("caddy", "file:x");
+        let es =
+            crate::gateway::caddy::entities(&s, &serde_json::to_vec(&config).unwrap()).unwrap();
+        assert_eq!(join(&es).unwrap(), config);
+        // Top-level fields named like the parts of a config stay top-level fields.
+        let config = json!({"route": {"a": 1}, "server": [1], "app": "x", "certificate": 2});
+        let es =
+            crate::gateway::caddy::entities(&s, &serde_json::to_vec(&config).unwrap()).unwrap();
+        assert_eq!(join(&es).unwrap(), config);
     }
 }

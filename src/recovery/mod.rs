@@ -24,12 +24,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::backup::{backup, BackupOptions, NoProgress};
 use crate::error::{Error, Result};
 use crate::format::{NodeType, Snapshot};
-use crate::gateway::{Capture, Entity, GatewayOptions, Manifest, MANIFEST};
+use crate::gateway::{Capture, GatewayOptions};
 use crate::id::SnapshotId;
 use crate::repo::Repository;
 
@@ -194,51 +193,7 @@ pub fn load(repo: &Repository, snap: &Snapshot) -> Result<(Capture, Vec<String>)
         docs.insert(p, bytes);
         Ok(true)
     })?;
-    let manifest =
-        match docs.remove(MANIFEST) {
-            Some(b) => Manifest::parse(&b)?,
-            None => return Err(Error::integrity(
-                MANIFEST,
-                "the snapshot has no gateway manifest (damaged, or not made by backup --gateway)",
-            )),
-        };
-    let mut raw = BTreeMap::new();
-    let mut entities = vec![];
-    for (path, bytes) in docs {
-        if manifest.raw.contains(&path) {
-            raw.insert(path.trim_start_matches("raw/").to_string(), bytes);
-            continue;
-        }
-        let Some(entry) = manifest.entry(&path) else {
-            continue;
-        };
-        // A document is JSON when it is exactly the canonical form of its parse; else verbatim text.
-        let parsed = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .filter(|v| crate::gateway::canonical::to_bytes(v) == bytes);
-        let (value, text) = match parsed {
-            Some(v) => (v, None),
-            None => (Value::Null, Some(bytes)),
-        };
-        entities.push(Entity {
-            path,
-            kind: entry.kind,
-            key: entry.key,
-            value,
-            secrets: entry.secrets,
-            personal: entry.personal,
-            subject: entry.subject,
-            text,
-        });
-    }
-    Ok((
-        Capture {
-            source: manifest.source,
-            raw,
-            entities,
-        },
-        damaged,
-    ))
+    Ok((Capture::from_documents(docs)?, damaged))
 }
 
 /// How to restore.
