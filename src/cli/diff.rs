@@ -93,8 +93,13 @@ fn entity_diff(
 
 pub(crate) fn run(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
     let repo = g.open()?;
-    let (ia, sa) = crate::select::resolve(&repo, Some(&a.first), &Default::default(), None)?;
-    let (ib, sb) = crate::select::resolve(&repo, Some(&a.second), &Default::default(), None)?;
+    let ((ia, sa), (ib, sb)) = repo.warming_index(|| -> crate::Result<_> {
+        let none = Default::default();
+        Ok((
+            crate::select::resolve(&repo, Some(&a.first), &none, None)?,
+            crate::select::resolve(&repo, Some(&a.second), &none, None)?,
+        ))
+    })?;
     if !a.files && sa.source.is_some() && sb.source.is_some() {
         return entity_diff(g, &repo, (&ia, &sa), (&ib, &sb), a.show_secrets);
     }

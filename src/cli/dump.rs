@@ -18,7 +18,9 @@ pub(crate) struct DumpArgs {
 
 pub(crate) fn run(g: &Global, a: DumpArgs) -> anyhow::Result<u8> {
     let repo = g.open()?;
-    let (_, snap) = crate::select::resolve(&repo, Some(&a.snapshot), &a.filter.filter(), None)?;
+    let (_, snap) = repo.warming_index(|| {
+        crate::select::resolve(&repo, Some(&a.snapshot), &a.filter.filter(), None)
+    })?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let path = format!("/{}", a.file.trim_start_matches('/'));

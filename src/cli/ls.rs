@@ -20,7 +20,9 @@ pub(crate) struct LsArgs {
 
 pub(crate) fn run(g: &Global, a: LsArgs) -> anyhow::Result<u8> {
     let repo = g.open()?;
-    let (id, snap) = crate::select::resolve(&repo, Some(&a.snapshot), &a.filter.filter(), None)?;
+    let (id, snap) = repo.warming_index(|| {
+        crate::select::resolve(&repo, Some(&a.snapshot), &a.filter.filter(), None)
+    })?;
     let prefix = a
         .path
         .as_deref()

@@ -146,8 +146,9 @@ pub(crate) fn run(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
     let keep = |s: &crate::format::Snapshot| {
         !(skip_rollback_points && crate::recovery::is_rollback_point(s))
     };
-    let (id, snap) =
-        crate::select::resolve_where(&repo, a.snapshot.as_deref(), &filter, at, &keep)?;
+    let (id, snap) = repo.warming_index(|| {
+        crate::select::resolve_where(&repo, a.snapshot.as_deref(), &filter, at, &keep)
+    })?;
     if let Some(kind) = &a.gateway.target.to_gateway {
         let target = crate::recovery::target(&a.gateway.target.gateway_options(kind))?;
         let opts = a.gateway.restore_options(g);
