@@ -6,7 +6,7 @@
 //! kept where they are the identity (certificates, CA certificates, credentials without a natural
 //! key). [`to_deck`] turns the entities back into a decK file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{json, Map, Value};
 
@@ -472,6 +472,10 @@ struct Builder<'a> {
     out: Vec<Entity>,
     /// Consumer group to member consumers, as consumers name their groups.
     members: BTreeMap<String, Vec<String>>,
+    /// The consumer groups the capture holds (in the file and selected). A consumer's membership
+    /// in any other group (one another decK file manages, found through lookup tags) stays on the
+    /// consumer, or it would be lost.
+    groups: HashSet<String>,
 }
 
 impl Builder<'_> {
@@ -560,13 +564,24 @@ impl Builder<'_> {
         let children: Vec<&str> = CREDENTIALS.iter().map(|c| c.0).chain(["plugins"]).collect();
         let keep_id = named(c, &["username", "custom_id"]).is_none();
         let mut v = clean(c, &children, keep_id);
-        // Group membership lives in the group's entity, whichever side the input named it on.
+        // Group membership lives in the group's entity, whichever side the input named it on,
+        // when the capture holds the group.
+        let mut elsewhere: Vec<String> = vec![];
         for g in list(c, "groups") {
-            if let Some(g) = reference(g, &self.ids) {
-                self.members.entry(g).or_default().push(key.clone());
+            match reference(g, &self.ids) {
+                Some(g) if self.groups.contains(&g) => {
+                    self.members.entry(g).or_default().push(key.clone())
+                }
+                Some(g) => elsewhere.push(g),
+                None => {}
             }
         }
         canonical::drop_fields(&mut v, &["groups"]);
+        if !elsewhere.is_empty() {
+            elsewhere.sort();
+            elsewhere.dedup();
+            v["groups"] = json!(elsewhere);
+        }
         self.push(
             Entity::new("kong/consumers", "consumer", &key, v)
                 .personal(&["/username", "/custom_id"])
@@ -686,6 +701,11 @@ pub fn from_deck(doc: &Value, select: &[String]) -> std::result::Result<Vec<Enti
         select,
         out: vec![],
         members: BTreeMap::new(),
+        groups: list(doc, "consumer_groups")
+            .iter()
+            .filter(|g| has_tags(g, select))
+            .filter_map(|g| natural(g, &["name"]))
+            .collect(),
     };
     let meta: Map<String, Value> = doc
         .as_object()
@@ -942,8 +962,16 @@ pub fn to_deck(entities: &[(String, Value)]) -> Value {
     let mut consumers = vec![];
     for mut c in by("consumer") {
         let key = natural(&c, &["username", "custom_id"]).unwrap_or_default();
-        if let Some(g) = groups_of.remove(&key) {
-            c["groups"] = Value::Array(g);
+        // Groups outside the snapshot are named on the consumer already (as plain names).
+        let mut groups: Vec<Value> = list(&c, "groups")
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|g| json!({ "name": g }))
+            .collect();
+        groups.extend(groups_of.remove(&key).unwrap_or_default());
+        canonical::drop_fields(&mut c, &["groups"]);
+        if !groups.is_empty() {
+            c["groups"] = Value::Array(groups);
         }
         for (field, ..) in CREDENTIALS {
             let creds: Vec<Value> = by(field.trim_end_matches('s'))
@@ -1251,6 +1279,50 @@ certificates:
         );
         let p = get(&es, "kong/plugins/rate-limiting@consumer_group=gold.json");
         assert!(p.value.get("consumers").is_none(), "{:?}", p.value);
+    }
+
+    #[test]
+    fn membership_in_a_group_outside_the_capture_stays_on_the_consumer() {
+        // A group another decK file manages (found through lookup tags), and one --select-tag
+        // leaves out: neither is lost, and an export writes both back.
+        let doc = json!({
+            "consumer_groups": [
+                {"name": "gold", "tags": ["t"]},
+                {"name": "silver"}
+            ],
+            "consumers": [
+                {"username": "alice", "tags": ["t"], "groups": [{"name": "gold"}, {"name": "elsewhere"}, {"name": "silver"}]}
+            ]
+        });
+        let es = from_deck(&doc, &["t".to_string()]).unwrap();
+        assert_eq!(
+            get(&es, "kong/consumers/alice.json").value["groups"],
+            json!(["elsewhere", "silver"])
+        );
+        assert_eq!(
+            get(&es, "kong/consumer_groups/gold.json").value["consumers"],
+            json!(["alice"])
+        );
+        let all = from_deck(&doc, &[]).unwrap();
+        assert_eq!(
+            get(&all, "kong/consumers/alice.json").value["groups"],
+            json!(["elsewhere"])
+        );
+        let pairs: Vec<(String, Value)> = es
+            .iter()
+            .map(|e| (e.kind.clone(), e.value.clone()))
+            .collect();
+        let deck = to_deck(&pairs);
+        let mut names: Vec<&str> = deck["consumers"][0]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|g| g["name"].as_str())
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, ["elsewhere", "gold", "silver"]);
+        let again = from_deck(&deck, &["t".to_string()]).unwrap();
+        assert_eq!(again[1..], es[1..], "all but the decK metadata");
     }
 
     #[test]

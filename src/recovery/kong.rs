@@ -669,6 +669,8 @@ impl Applier {
         let drop: &[&str] = match e.kind.as_str() {
             "target" => &["id", "upstream"],
             "consumer_group" => &["id", "consumers"],
+            // Membership in groups outside the snapshot (`docs/recovery.md`, limits).
+            "consumer" => &["id", "groups"],
             _ => &["id"],
         };
         canonical::drop_fields(&mut v, drop);
