@@ -372,7 +372,10 @@ pub fn check(
             let env = &mut bytes[e.offset as usize..end];
             match crate::pack::open_blob_in_place(keys, pid, e, env, &base) {
                 Ok(_) => n += 1,
-                Err(err) => errs.push(format!("pack {pid}: blob {}: {err}", e.id)),
+                Err(err) => {
+                    let err = crate::pack::explain_read(backend, keys, pid, e, err);
+                    errs.push(format!("pack {pid}: blob {}: {err}", e.id))
+                }
             }
         }
         progress.bytes(size);

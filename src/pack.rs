@@ -249,7 +249,9 @@ pub fn open_blob_with(
     base: BaseResolver<'_>,
 ) -> Result<Vec<u8>> {
     let mut buf = envelope.to_vec();
-    open_blob_in_place(keys, pack, e, &mut buf, base).map(std::borrow::Cow::into_owned)
+    open_blob_in_place(keys, pack, e, &mut buf, base)
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|err| explain(keys, pack, e, envelope, err))
 }
 
 /// [`open_blob_with`] without copying: decrypts inside `envelope`; a stored (uncompressed) blob comes
@@ -257,7 +259,8 @@ pub fn open_blob_with(
 /// own the pack bytes they read.
 ///
 /// # Errors
-/// As [`open_blob_with`].
+/// As [`open_blob_with`], but a blob of the other type is not told apart: on an error the envelope's
+/// bytes are spent, and [`explain`] on the bytes read again gives the precise error.
 pub fn open_blob_in_place<'b>(
     keys: &RepoKeys,
     pack: &PackId,
@@ -292,7 +295,9 @@ pub fn open_blob_in_place<'b>(
 /// [`Error::IntegrityMismatch`] as [`open_blob`].
 pub fn authenticate(keys: &RepoKeys, pack: &PackId, e: &PackEntry, envelope: &[u8]) -> Result<()> {
     let what = format!("blob {} in pack {}", e.id, pack);
-    open_stored(keys, pack, e, &mut envelope.to_vec(), &what).map(|_| ())
+    open_stored(keys, pack, e, &mut envelope.to_vec(), &what)
+        .map(|_| ())
+        .map_err(|err| explain(keys, pack, e, envelope, err))
 }
 
 /// Decrypts a blob's envelope and returns its stored plaintext (flag and payload, as
@@ -303,7 +308,10 @@ pub fn authenticate(keys: &RepoKeys, pack: &PackId, e: &PackEntry, envelope: &[u
 pub fn unseal(keys: &RepoKeys, pack: &PackId, e: &PackEntry, envelope: &[u8]) -> Result<Vec<u8>> {
     let what = format!("blob {} in pack {}", e.id, pack);
     let mut buf = envelope.to_vec();
-    Ok(open_stored(keys, pack, e, &mut buf, &what)?.to_vec())
+    match open_stored(keys, pack, e, &mut buf, &what) {
+        Ok(plain) => Ok(plain.to_vec()),
+        Err(err) => Err(explain(keys, pack, e, envelope, err)),
+    }
 }
 
 /// Decrypts a blob's envelope in place. The item id in its authenticated data binds the base its entry
@@ -316,7 +324,7 @@ fn open_stored<'b>(
     what: &str,
 ) -> Result<&'b mut [u8]> {
     let item = crate::crypto::blob_item_id(&e.id, e.base.as_ref());
-    let opened = keys
+    let len = keys
         .open_in_place(
             Kind::Pack,
             &pack.0,
@@ -324,33 +332,60 @@ fn open_stored<'b>(
             &item,
             envelope,
             what,
-        )
-        .map(|body| body.len());
-    match opened {
-        // The plaintext lies just before the tag.
-        Ok(len) => {
-            let start = envelope.len() - crate::crypto::TAG_LEN - len;
-            Ok(&mut envelope[start..start + len])
-        }
-        Err(err) => {
-            // A blob of the other type under this id (type confusion) gets its own error. The AEADs
-            // check the tag before decrypting, so a failed attempt left the envelope as it was.
-            let (other, other_name, name) = match e.blob_type {
-                BlobType::Data => (Kind::TreeBlob, "tree", "data"),
-                BlobType::Tree => (Kind::DataBlob, "data", "tree"),
-            };
-            if keys
-                .open(Kind::Pack, &pack.0, other, &item, envelope, what)
-                .is_ok()
-            {
-                return Err(Error::WrongType {
-                    object: what.to_string(),
-                    expected: format!("{name} blob"),
-                    actual: format!("a {other_name} blob"),
-                });
-            }
-            Err(err)
-        }
+        )?
+        .len();
+    // The plaintext lies just before the tag.
+    let start = envelope.len() - crate::crypto::TAG_LEN - len;
+    Ok(&mut envelope[start..start + len])
+}
+
+/// The error to report for blob `e` of pack `pack` when opening it failed with `err`, given its
+/// envelope as read (an attempt to open it in place leaves the bytes it decrypted unspecified, so
+/// callers that opened in place read it again): a blob of the other type under this id (type
+/// confusion) gets its own error, anything else keeps `err`.
+pub fn explain(
+    keys: &RepoKeys,
+    pack: &PackId,
+    e: &PackEntry,
+    envelope: &[u8],
+    err: Error,
+) -> Error {
+    let what = format!("blob {} in pack {}", e.id, pack);
+    let item = crate::crypto::blob_item_id(&e.id, e.base.as_ref());
+    let (other, other_name, name) = match e.blob_type {
+        BlobType::Data => (Kind::TreeBlob, "tree", "data"),
+        BlobType::Tree => (Kind::DataBlob, "data", "tree"),
+    };
+    if keys
+        .open(Kind::Pack, &pack.0, other, &item, envelope, &what)
+        .is_ok()
+    {
+        return Error::WrongType {
+            object: what,
+            expected: format!("{name} blob"),
+            actual: format!("a {other_name} blob"),
+        };
+    }
+    err
+}
+
+/// [`explain`] for a caller that opened the envelope in place: reads it from the pack again.
+pub fn explain_read(
+    backend: &dyn crate::backend::Backend,
+    keys: &RepoKeys,
+    pack: &PackId,
+    e: &PackEntry,
+    err: Error,
+) -> Error {
+    let read = backend.read_range(
+        crate::backend::FileType::Pack,
+        &pack.to_hex(),
+        e.offset as u64,
+        e.length as u64,
+    );
+    match read {
+        Ok(envelope) => explain(keys, pack, e, &envelope, err),
+        Err(_) => err,
     }
 }
 

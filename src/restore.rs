@@ -398,7 +398,10 @@ pub fn restore(
                             repo.load_base(BlobType::Data, b)
                         })
                     })
-                    .map_err(|e| e.to_string());
+                    .map_err(|err| {
+                        crate::pack::explain_read(repo.backend(), repo.keys(), pack, e, err)
+                            .to_string()
+                    });
                 for (fi, off) in targets {
                     let r = data.as_ref().map_err(|e| e.clone()).and_then(|d| {
                         let f = &files[*fi];
