@@ -298,6 +298,18 @@ pub fn decode_pack_header(b: &[u8], blobs_len: u64) -> Result<Vec<PackEntry>> {
     }
     r.end()?;
     check_entries(&entries, blobs_len, "pack header")?;
+    // The blobs fill the blob area (the pack writer leaves no gap): bytes between or after them,
+    // inserted into the pack, are damage that no blob's tag would show.
+    let covered: u64 = entries.iter().map(|e| e.length as u64).sum();
+    if covered != blobs_len {
+        return Err(Error::format(
+            "pack header",
+            format!(
+                "{} bytes of the blob area belong to no blob (bytes were inserted into the pack)",
+                blobs_len - covered
+            ),
+        ));
+    }
     Ok(entries)
 }
 
@@ -954,7 +966,11 @@ mod tests {
         );
         assert!(decode_pack_header(&b[..b.len() - 1], 15).is_err());
         let overlap = encode_pack_header(&[entry(0, 0, 10), entry(1, 5, 5)]);
-        assert!(decode_pack_header(&overlap, 100).is_err());
+        assert!(decode_pack_header(&overlap, 15).is_err());
+        let err = decode_pack_header(&b, 16).unwrap_err().to_string();
+        assert!(err.contains("1 bytes of the blob area belong to no blob"), "{err}");
+        let gap = encode_pack_header(&[entry(0, 0, 10), entry(1, 11, 4)]);
+        assert!(decode_pack_header(&gap, 15).is_err(), "a gap between blobs");
         let mut huge = b.clone();
         huge[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_pack_header(&huge, 15).is_err());
