@@ -968,7 +968,10 @@ mod tests {
         let overlap = encode_pack_header(&[entry(0, 0, 10), entry(1, 5, 5)]);
         assert!(decode_pack_header(&overlap, 15).is_err());
         let err = decode_pack_header(&b, 16).unwrap_err().to_string();
-        assert!(err.contains("1 bytes of the blob area belong to no blob"), "{err}");
+        assert!(
+            err.contains("1 bytes of the blob area belong to no blob"),
+            "{err}"
+        );
         let gap = encode_pack_header(&[entry(0, 0, 10), entry(1, 11, 4)]);
         assert!(decode_pack_header(&gap, 15).is_err(), "a gap between blobs");
         let mut huge = b.clone();
