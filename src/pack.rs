@@ -468,7 +468,16 @@ impl PackBuilder {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] when the pack would exceed 4 GiB.
-    pub fn finish(mut self, keys: &RepoKeys) -> Result<FinishedPack> {
+    pub fn finish(self, keys: &RepoKeys) -> Result<FinishedPack> {
+        self.finish_into(keys, Vec::new())
+    }
+
+    /// [`PackBuilder::finish`] into `buffer` (cleared first), which may be one a written pack left:
+    /// reusing it spares the allocator a pack-sized block per pack.
+    ///
+    /// # Errors
+    /// As [`PackBuilder::finish`].
+    pub fn finish_into(mut self, keys: &RepoKeys, mut buffer: Vec<u8>) -> Result<FinishedPack> {
         let id = PackId::random();
         self.blobs.shuffle(&mut rand::thread_rng());
         let oc = keys.object(Kind::Pack, &id.0);
@@ -480,7 +489,9 @@ impl PackBuilder {
         }
         // Sealed straight into the pack buffer, each blob's plaintext freed once it is in: the peak is
         // about one pack, not three copies of it.
-        let mut bytes = Vec::with_capacity(total + 64 + self.blobs.len() * 77);
+        buffer.clear();
+        buffer.reserve(total + 64 + self.blobs.len() * 77);
+        let mut bytes = buffer;
         let mut entries = Vec::with_capacity(self.blobs.len());
         for b in std::mem::take(&mut self.blobs) {
             let offset = bytes.len();

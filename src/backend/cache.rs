@@ -194,16 +194,17 @@ impl Backend for CachedBackend {
             .collect()
     }
 
-    fn write_owned(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<()> {
+    fn write_owned(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
         if Self::caches(t) || t == FileType::Config {
-            return self.write(t, name, &data); // kept in the cache too
+            self.write(t, name, &data)?; // kept in the cache too
+            return Ok(Some(data));
         }
         let len = data.len() as u64;
-        self.inner.write_owned(t, name, data)?;
+        let back = self.inner.write_owned(t, name, data)?;
         if let Some(names) = lock(&self.listed).get_mut(&t) {
             names.insert(name.to_string(), len);
         }
-        Ok(())
+        Ok(back)
     }
 
     fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()> {

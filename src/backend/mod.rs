@@ -313,12 +313,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// [`Backend::write`] taking the bytes by value, so that a backend which hands them to another
     /// task (an object store upload) need not copy them: with several packs in flight a copy each
-    /// would double the memory they hold. Wrappers forward it.
+    /// would double the memory they hold. A backend that did not keep the bytes (a local disk)
+    /// gives them back, so that the caller can reuse the buffer for the next pack. Wrappers forward
+    /// it.
     ///
     /// # Errors
     /// As [`Backend::write`].
-    fn write_owned(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<()> {
-        self.write(t, name, &data)
+    fn write_owned(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        self.write(t, name, &data)?;
+        Ok(Some(data))
     }
 
     /// Removes an object.

@@ -971,10 +971,10 @@ impl Backend for ObjectBackend {
     }
 
     fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()> {
-        self.write_owned(t, name, data.to_vec())
+        self.write_owned(t, name, data.to_vec()).map(drop)
     }
 
-    fn write_owned(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<()> {
+    fn write_owned(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
         let store = Arc::clone(&self.store);
         let key = self.key(t, name);
         let ctx = self.ctx(t, name);
@@ -1060,7 +1060,7 @@ impl Backend for ObjectBackend {
             l.after_write(t, name, self.key(t, name).to_string())?;
         }
         super::crash_point(t);
-        Ok(())
+        Ok(None)
     }
 
     fn remove(&self, t: FileType, name: &str) -> Result<()> {

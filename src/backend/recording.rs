@@ -122,10 +122,10 @@ impl Backend for RecordingBackend {
         Ok(())
     }
 
-    fn write_owned(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<()> {
-        self.inner.write_owned(t, name, data)?;
+    fn write_owned(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        let back = self.inner.write_owned(t, name, data)?;
         self.log.note(t, name, true);
-        Ok(())
+        Ok(back)
     }
 
     fn remove(&self, t: FileType, name: &str) -> Result<()> {
