@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -408,7 +407,7 @@ pub fn restore(
                         OpenOptions::new()
                             .write(true)
                             .open(&f.dest)
-                            .and_then(|h| h.write_all_at(d, *off))
+                            .and_then(|h| crate::util::write_all_at(&h, d, *off))
                             .map_err(|e| format!("writing {}: {e}", f.dest.display()))
                     });
                     match r {
@@ -485,8 +484,7 @@ pub fn dump(
     let mut n = 0;
     for id in &node.content {
         let d = repo.load_blob(BlobType::Data, id)?;
-        out.write_all(&d)
-            .map_err(|e| Error::io("writing to standard output", e))?;
+        crate::util::write_all(out, &d).map_err(|e| Error::io("writing to standard output", e))?;
         n += d.len() as u64;
     }
     Ok(n)

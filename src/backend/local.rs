@@ -7,7 +7,7 @@
 //! operations it records (see [`super::powercut`]).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::powercut::{FsOp, OpLog};
@@ -307,8 +307,7 @@ impl Backend for LocalBackend {
                 .open(&tmp)
                 .map_err(|e| self.io_err("creating", &tmp, e))?;
             self.note(|r| FsOp::Create(r(&tmp)));
-            f.write_all(data)
-                .map_err(|e| self.io_err("writing", &tmp, e))?;
+            crate::util::write_all(&mut f, data).map_err(|e| self.io_err("writing", &tmp, e))?;
             self.note(|r| FsOp::Write(r(&tmp), data.to_vec()));
             f.sync_all().map_err(|e| self.io_err("syncing", &tmp, e))?;
             self.note(|r| FsOp::SyncFile(r(&tmp)));
