@@ -691,19 +691,27 @@ pub fn check_gw_aws(data: &[u8]) -> bool {
         Ok(items) if !items.is_empty() => items,
         _ => return export,
     };
-    let (named, names) = match aws::keyed(items.clone(), "name", "authorizer") {
+    let (named, names, account_entities) = match aws::keyed(items.clone(), "name", "authorizer") {
         Ok((keyed, names)) => {
             assert_unique_keys(&keyed);
             let keys: BTreeSet<&str> = keyed.iter().map(|(k, _)| k.as_str()).collect();
             for (_, k) in names.iter() {
                 assert!(keys.contains(k), "an id maps to a key that is not listed");
             }
-            (true, names)
+            let entities = account_level_entities(&keyed, &items, &names);
+            (true, names, entities)
         }
-        Err(_) => (false, aws::Names::default()),
+        Err(_) => (false, aws::Names::default(), vec![]),
     };
     let authorizer_names = names;
     let Ok((resources, _)) = aws::keyed(items, "path", "resource") else {
+        // The account-level entities alone must pass the capture checks too.
+        let capture = Capture {
+            source: gateway::Source::new("aws", "aws"),
+            raw: BTreeMap::new(),
+            entities: account_entities,
+        };
+        check_capture(&capture, "aws/");
         return export || named;
     };
     assert_unique_keys(&resources);
@@ -712,7 +720,7 @@ pub fn check_gw_aws(data: &[u8]) -> bool {
         validators: &authorizer_names,
         vpc_links: &authorizer_names,
     };
-    let entities = aws::resource_entities("aws/rest-apis/fuzz", resources, &refs);
+    let mut entities = aws::resource_entities("aws/rest-apis/fuzz", resources, &refs);
     for e in &entities {
         assert!(!has_null(&e.value), "{}: a null survived", e.path);
         if e.kind == "method" && e.value.is_object() {
@@ -737,12 +745,81 @@ pub fn check_gw_aws(data: &[u8]) -> bool {
             }
         }
     }
+    entities.extend(account_entities);
     let capture = Capture {
         source: gateway::Source::new("aws", "aws"),
         raw: BTreeMap::new(),
         entities,
     };
-    check_capture(&capture, "aws/rest-apis/fuzz/") || export || named
+    check_capture(&capture, "aws/") || export || named
+}
+
+/// The keyed items of a page read as API keys, as usage plans (every item of the page a member) and
+/// as custom domain names (every item a base path mapping), at most 8 of each: no nulls, no ids (a
+/// domain name has none: its name is its key), no key value (the capture here leaves secret values out), member and mapping lists sorted, and no
+/// mapping repeating its domain.
+fn account_level_entities(
+    keyed: &[(String, Value)],
+    items: &[Value],
+    names: &aws::Names,
+) -> Vec<gateway::Entity> {
+    let mut out = vec![];
+    for (k, v) in keyed.iter().take(8) {
+        out.push(aws::api_key_entity(k, v.clone(), names, false));
+        out.push(aws::usage_plan_entity(k, v.clone(), items, names, names));
+        out.push(aws::domain_name_entity(k, v.clone(), items.to_vec(), names));
+    }
+    let sorted_by = |list: Option<&Value>, field: &str| {
+        list.and_then(Value::as_array).is_none_or(|a| {
+            a.windows(2).all(|w| {
+                w[0].get(field).and_then(Value::as_str) <= w[1].get(field).and_then(Value::as_str)
+            })
+        })
+    };
+    for e in &out {
+        assert!(!has_null(&e.value), "{}: a null survived", e.path);
+        if e.kind != "domain-name" {
+            assert!(e.value.get("id").is_none(), "{}: the id was kept", e.path);
+        }
+        match e.kind.as_str() {
+            "api-key" => {
+                assert!(
+                    e.value.get("value").is_none(),
+                    "{}: the key value was kept",
+                    e.path
+                );
+                assert!(e.secrets.is_empty(), "{}: {:?}", e.path, e.secrets);
+            }
+            "usage-plan" => {
+                let members = e.value.get("apiKeys");
+                assert!(sorted_by(members, "name"), "{}: members not sorted", e.path);
+                for m in members.and_then(Value::as_array).into_iter().flatten() {
+                    assert!(
+                        m.as_object()
+                            .is_some_and(|o| o.keys().all(|f| f == "name" || f == "type")),
+                        "{}: member {m}",
+                        e.path
+                    );
+                }
+            }
+            _ => {
+                let mappings = e.value.get("basePathMappings");
+                assert!(
+                    sorted_by(mappings, "basePath"),
+                    "{}: mappings not sorted",
+                    e.path
+                );
+                for m in mappings.and_then(Value::as_array).into_iter().flatten() {
+                    assert!(
+                        m.get("domainName").is_none() && m.get("domain_name").is_none(),
+                        "{}: a mapping repeats its domain",
+                        e.path
+                    );
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Keys must be unique, unless two objects share key and id (a service that lists one object twice).

@@ -498,6 +498,25 @@ fn gw_aws_seeds() -> Seeds {
             "position": "next-page"
         })),
     );
+    // Read as API keys, usage plans (the items also as members) and custom domain names (the
+    // items also as base path mappings).
+    put(
+        &mut s,
+        "accept-account-page",
+        json_bytes(json!({
+            "item": [
+                {"id": "k1", "name": "partner", "value": "s3cret", "customerId": "cust-7",
+                 "stageKeys": ["k2/prod", "zz/a", "k1/dev"], "enabled": true, "type": "API_KEY",
+                 "createdDate": "2025-08-18T14:30:00Z",
+                 "apiStages": [{"apiId": "zz", "stage": "b"}, {"apiId": "k1", "stage": "prod"}],
+                 "basePath": "v1", "restApiId": "k2", "domainName": "api.example.com",
+                 "domain_name": "api.example.com"},
+                {"id": "k2", "name": "internal", "type": null, "basePath": "(none)",
+                 "restApiId": "k9", "customerId": null, "stageKeys": null}
+            ],
+            "position": null
+        })),
+    );
     put(&mut s, "reject-not-json", "openapi: 3.0.1\n");
     put(&mut s, "reject-no-openapi", r#"{"info": {"version": "1"}}"#);
     put(&mut s, "reject-items-not-objects", r#"{"item": [1, 2]}"#);

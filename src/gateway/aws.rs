@@ -347,29 +347,13 @@ impl Reader {
             })
             .await?;
         let (keys, key_names) = self.keyed(keys, "name", "API key")?;
-        for (key, mut v) in keys {
-            clean(&mut v, &["id"]);
-            if !opts.include_secret_values {
-                drop_fields(&mut v, &["value"]);
-            }
-            if let Some(Value::Array(stage_keys)) = v.get_mut("stageKeys") {
-                for s in stage_keys.iter_mut() {
-                    if let Some((api_id, stage)) = s.as_str().and_then(|s| s.split_once('/')) {
-                        if let Some(name) = api_names.get(api_id) {
-                            *s = Value::String(format!("{name}/{stage}"));
-                        }
-                    }
-                }
-            }
-            sort_set(&mut v, "stageKeys");
-            let customer = str_field(&v, "customerId").map(str::to_string);
-            let mut e = Entity::new("aws/api-keys", "api-key", &key, v)
-                .secret(&["/value"])
-                .personal(&["/customerId"]);
-            if let Some(c) = customer {
-                e = e.subject(format!("aws:customer={c}"));
-            }
-            entities.push(e);
+        for (key, v) in keys {
+            entities.push(api_key_entity(
+                &key,
+                v,
+                &api_names,
+                opts.include_secret_values,
+            ));
         }
 
         let plans = self
@@ -382,7 +366,7 @@ impl Reader {
             })
             .await?;
         let (plans, _) = self.keyed(plans, "name", "usage plan")?;
-        for (key, mut v) in plans {
+        for (key, v) in plans {
             let plan_id = self.id_of(&v, "usage plan", &key)?;
             let members = self
                 .list(&format!("list the keys of usage plan {key}"), |p| {
@@ -394,38 +378,7 @@ impl Reader {
                         .send()
                 })
                 .await?;
-            let mut members: Vec<Value> = members
-                .iter()
-                .map(|m| {
-                    let id = str_field(m, "id").unwrap_or_default();
-                    let name = key_names
-                        .get(id)
-                        .or_else(|| str_field(m, "name"))
-                        .unwrap_or(id);
-                    let mut out = json!({ "name": name });
-                    if let Some(t) = m.get("type") {
-                        out["type"] = t.clone();
-                    }
-                    out
-                })
-                .collect();
-            members.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-            clean(&mut v, &["id"]);
-            if let Some(Value::Array(stages)) = v.get_mut("apiStages") {
-                for s in stages.iter_mut() {
-                    replace_id(s, "apiId", "api", &api_names);
-                }
-                stages.sort_by_key(|s| {
-                    (
-                        s.get("api")
-                            .or_else(|| s.get("apiId"))
-                            .map(canonical::scalar_key),
-                        str_field(s, "stage").map(str::to_string),
-                    )
-                });
-            }
-            v["apiKeys"] = Value::Array(members);
-            entities.push(Entity::new("aws/usage-plans", "usage-plan", &key, v));
+            entities.push(usage_plan_entity(&key, v, &members, &key_names, &api_names));
         }
 
         let domains = self
@@ -438,9 +391,9 @@ impl Reader {
             })
             .await?;
         let (domains, _) = self.keyed(domains, "domainName", "custom domain name")?;
-        for (key, mut v) in domains {
+        for (key, v) in domains {
             let domain = str_field(&v, "domainName").unwrap_or(&key).to_string();
-            let mut mappings = self
+            let mappings = self
                 .list(&format!("list the base path mappings of {domain}"), |p| {
                     self.client
                         .get_base_path_mappings()
@@ -450,16 +403,7 @@ impl Reader {
                         .send()
                 })
                 .await?;
-            for m in mappings.iter_mut() {
-                strip_nulls(m);
-                // The domain is the parent's key (moto repeats it as `domain_name`).
-                drop_fields(m, &["domainName", "domain_name"]);
-                replace_id(m, "restApiId", "api", &api_names);
-            }
-            mappings.sort_by_key(|m| str_field(m, "basePath").map(str::to_string));
-            clean(&mut v, &[]);
-            v["basePathMappings"] = Value::Array(mappings);
-            entities.push(Entity::new("aws/domain-names", "domain-name", &key, v));
+            entities.push(domain_name_entity(&key, v, mappings, &api_names));
         }
 
         let mut account = self
@@ -1057,6 +1001,107 @@ pub(crate) fn causes(e: &(dyn std::error::Error + 'static)) -> String {
         next = err.source();
     }
     parts.join(": ")
+}
+
+/// The entity of the API key `v` (keyed `key`): without its id, its value unless
+/// `include_secret_values`, stage keys naming their API where it is known (`api_names`), sorted.
+pub(crate) fn api_key_entity(
+    key: &str,
+    mut v: Value,
+    api_names: &Names,
+    include_secret_values: bool,
+) -> Entity {
+    clean(&mut v, &["id"]);
+    if !include_secret_values {
+        drop_fields(&mut v, &["value"]);
+    }
+    if let Some(Value::Array(stage_keys)) = v.get_mut("stageKeys") {
+        for s in stage_keys.iter_mut() {
+            if let Some((api_id, stage)) = s.as_str().and_then(|s| s.split_once('/')) {
+                if let Some(name) = api_names.get(api_id) {
+                    *s = Value::String(format!("{name}/{stage}"));
+                }
+            }
+        }
+    }
+    sort_set(&mut v, "stageKeys");
+    let customer = str_field(&v, "customerId").map(str::to_string);
+    let e = Entity::new("aws/api-keys", "api-key", key, v)
+        .secret(&["/value"])
+        .personal(&["/customerId"]);
+    match customer {
+        Some(c) => e.subject(format!("aws:customer={c}")),
+        None => e,
+    }
+}
+
+/// The entity of the usage plan `v` (keyed `key`) whose keys are `members` (as GetUsagePlanKeys
+/// lists them): members by name (`key_names` maps API key ids to names) and type, sorted; API stages
+/// naming their API where it is known (`api_names`), sorted; no ids.
+pub(crate) fn usage_plan_entity(
+    key: &str,
+    mut v: Value,
+    members: &[Value],
+    key_names: &Names,
+    api_names: &Names,
+) -> Entity {
+    let mut members: Vec<Value> = members
+        .iter()
+        .map(|m| {
+            let id = str_field(m, "id").unwrap_or_default();
+            let name = key_names
+                .get(id)
+                .or_else(|| str_field(m, "name"))
+                .unwrap_or(id);
+            let mut out = json!({ "name": name });
+            if let Some(t) = m.get("type").filter(|t| t.is_string()) {
+                out["type"] = t.clone();
+            }
+            out
+        })
+        .collect();
+    members.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    clean(&mut v, &["id"]);
+    if let Some(Value::Array(stages)) = v.get_mut("apiStages") {
+        for s in stages.iter_mut() {
+            replace_id(s, "apiId", "api", api_names);
+        }
+        stages.sort_by_key(|s| {
+            (
+                s.get("api")
+                    .or_else(|| s.get("apiId"))
+                    .map(canonical::scalar_key),
+                str_field(s, "stage").map(str::to_string),
+            )
+        });
+    }
+    if let Value::Object(o) = &mut v {
+        o.insert("apiKeys".into(), Value::Array(members));
+    }
+    Entity::new("aws/usage-plans", "usage-plan", key, v)
+}
+
+/// The entity of the custom domain name `v` (keyed `key`) with its base path `mappings`: without the
+/// domain repeated in each mapping, mappings naming their API where it is known (`api_names`),
+/// sorted by base path.
+pub(crate) fn domain_name_entity(
+    key: &str,
+    mut v: Value,
+    mut mappings: Vec<Value>,
+    api_names: &Names,
+) -> Entity {
+    for m in mappings.iter_mut() {
+        strip_nulls(m);
+        // The domain is the parent's key (moto repeats it as `domain_name`).
+        drop_fields(m, &["domainName", "domain_name"]);
+        replace_id(m, "restApiId", "api", api_names);
+    }
+    mappings.sort_by_key(|m| str_field(m, "basePath").map(str::to_string));
+    clean(&mut v, &[]);
+    if let Value::Object(o) = &mut v {
+        o.insert("basePathMappings".into(), Value::Array(mappings));
+    }
+    Entity::new("aws/domain-names", "domain-name", key, v)
 }
 
 /// Cleans each keyed object (dropping the fields `drop`) and adds it as an entity of `kind` in `dir`.
