@@ -514,7 +514,7 @@ mod tests {
     }
 
     #[test]
-    fn one_writer_for_a_backend_without_concurrency() {
+    fn one_writer_for_a_backend_without_concurrency_and_its_buffers_reused() {
         let cache = tempfile::tempdir().unwrap();
         let store = SlowStore::new(1, None);
         let repo = repo(store.clone(), cache.path());
@@ -523,16 +523,6 @@ mod tests {
         let packs = saver.flush().unwrap();
         assert_eq!(packs.len(), store.pack_writes.load(Ordering::SeqCst));
         assert_eq!(store.max_in_flight.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn buffers_of_written_packs_are_reused_and_every_pack_reads_back_whole() {
-        let cache = tempfile::tempdir().unwrap();
-        let store = SlowStore::new(1, None);
-        let repo = repo(store.clone(), cache.path());
-        let saver = BlobSaver::new(&repo);
-        save_all(&saver, 24).unwrap();
-        let packs = saver.flush().unwrap();
         assert!(packs.len() >= 5, "{} packs", packs.len());
         // The memory store gave each buffer back; the pool kept a bounded number of them.
         let pooled = saver.writer.pool.lock().unwrap().len();
