@@ -851,13 +851,63 @@ pub fn gw_caddy(data: &[u8]) {
     check_gw_caddy(data);
 }
 
-/// The Caddy importer: `data` is a Caddy JSON config as the admin API or a file gives it, split by
-/// [`caddy::entities`]. Returns whether a capture would succeed (it is a config and no two routes share
-/// an `@id`). The split must be deterministic and pass [`check_capture`]; the config a restore rebuilds
-/// ([`crate::recovery::caddy::join`]) must hold every non-null scalar of the original at the same
-/// place and split again into the same entities.
+/// The Caddy importer: `data` is a Caddy JSON config as a file gives it, or (starting with `HTTP/`)
+/// the admin API's whole answer to `GET /config/`, read as the capture reads it
+/// (`caddy::parse_response`, then `caddy::config_body`); the config is split by
+/// [`caddy::entities`]. Returns whether a capture would succeed (an answer with status 200 holding a
+/// config in which no two routes share an `@id`). An answer's body must be the bytes after its head,
+/// as long as its `Content-Length` where it has one. The split must be deterministic and pass
+/// [`check_capture`]; the config a restore rebuilds ([`crate::recovery::caddy::join`]) must hold
+/// every non-null scalar of the original at the same place and split again into the same entities.
 pub fn check_gw_caddy(data: &[u8]) -> bool {
-    let source = gateway::Source::new("caddy", "file:/fuzz/caddy.json");
+    if !data.starts_with(b"HTTP/") {
+        let source = gateway::Source::new("caddy", "file:/fuzz/caddy.json");
+        return check_caddy_config(&source, data);
+    }
+    let Ok(resp) = caddy::parse_response(data.to_vec()) else {
+        return false;
+    };
+    let head_end = data.len() - resp.body.len();
+    assert!(
+        data.ends_with(&resp.body) && data[..head_end].ends_with(b"\r\n\r\n"),
+        "the body is not what follows the head"
+    );
+    if let Some(n) = resp
+        .header("content-length")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        assert_eq!(
+            resp.body.len(),
+            n,
+            "the body disagrees with its Content-Length"
+        );
+    }
+    let mut source = gateway::Source::new("caddy", "http://127.0.0.1:2019");
+    let server = resp.header("server").map(str::to_string);
+    let status = resp.status;
+    match caddy::config_body(&mut source, "http://127.0.0.1:2019/config/", resp) {
+        Ok(body) => {
+            assert_eq!(status, 200, "a config from an answer that was not OK");
+            assert_eq!(
+                source.version, server,
+                "the version is not the Server header"
+            );
+            check_caddy_config(&source, &body)
+        }
+        Err(e) => {
+            assert_ne!(status, 200);
+            assert!(
+                e.to_string().contains(&status.to_string()),
+                "{e}: no status"
+            );
+            false
+        }
+    }
+}
+
+/// [`check_gw_caddy`] for a config `data` from `source`.
+fn check_caddy_config(source: &gateway::Source, data: &[u8]) -> bool {
+    let source = source.clone();
     let Ok(entities) = caddy::entities(&source, data) else {
         return false;
     };

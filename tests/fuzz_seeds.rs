@@ -581,6 +581,46 @@ fn gw_caddy_seeds() -> Seeds {
         r#"{"apps": {"http": {"servers": {"s": {"routes": 5}}}}}"#,
     );
     put(&mut s, "reject-not-json", "{");
+    // The admin API's answer to `GET /config/` as the capture reads it (HTTP/1.0, whole stream).
+    let answer = |head: &str, body: &[u8]| [head.as_bytes(), b"\r\n\r\n", body].concat();
+    let example = repo_file("examples/caddy/caddy.json");
+    put(
+        &mut s,
+        "accept-http-answer",
+        answer(
+            &format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nServer: Caddy\r\nContent-Length: {}",
+                example.len()
+            ),
+            &example,
+        ),
+    );
+    put(
+        &mut s,
+        "accept-http-answer-no-length",
+        answer("HTTP/1.0 200 OK\r\nServer: Caddy", b"null"),
+    );
+    put(
+        &mut s,
+        "reject-http-body-cut-short",
+        answer(
+            &format!("HTTP/1.0 200 OK\r\nContent-Length: {}", example.len() + 1),
+            &example,
+        ),
+    );
+    put(
+        &mut s,
+        "reject-http-forbidden",
+        answer(
+            "HTTP/1.0 403 Forbidden\r\nContent-Length: 24",
+            b"{\"error\":\"not allowed\"}\n",
+        ),
+    );
+    put(
+        &mut s,
+        "reject-http-no-status",
+        answer("HTTP/1.0 OK", b"{}"),
+    );
     s
 }
 

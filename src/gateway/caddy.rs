@@ -85,6 +85,16 @@ fn fetch(endpoint: &str) -> Result<(Source, Vec<u8>)> {
             format!("cannot reach the admin API ({e}): is Caddy running with its admin API at {endpoint}? Give the right address with --endpoint"),
         )
     })?;
+    let body = config_body(&mut source, &url, resp)?;
+    Ok((source, body))
+}
+
+/// The config in the admin API's answer to `GET url`: the body of a 200 answer (its `Server` header
+/// becomes the source's version); any other status is an error with a hint.
+///
+/// # Errors
+/// [`Error::Gateway`] naming the status and the answer's text.
+pub(crate) fn config_body(source: &mut Source, url: &str, resp: Response) -> Result<Vec<u8>> {
     if resp.status != 200 {
         let hint = match resp.status {
             401 | 403 => "the admin API refused access: check its `admin.origins` and identity settings, or run gatevault where the admin API is reachable",
@@ -101,7 +111,7 @@ fn fetch(endpoint: &str) -> Result<(Source, Vec<u8>)> {
         ));
     }
     source.version = resp.header("server").map(str::to_string);
-    Ok((source, resp.body))
+    Ok(resp.body)
 }
 
 /// A response to [`request`].
@@ -183,6 +193,18 @@ pub(crate) fn request(
     s.write_all(body)?;
     let mut buf = vec![];
     s.take(MAX_CONFIG_BYTES).read_to_end(&mut buf)?;
+    parse_response(buf)
+}
+
+/// Reads an HTTP/1.0 answer: `buf` is everything the server sent before it closed the connection.
+/// The status line's code, the headers, and the body after the blank line, which must be as long as
+/// a `Content-Length` header says.
+///
+/// # Errors
+/// `InvalidData` when there is no status line with a code or no end of the headers, or the body
+/// is shorter or longer than its `Content-Length`.
+pub(crate) fn parse_response(buf: Vec<u8>) -> std::io::Result<Response> {
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
     let end = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -209,7 +231,7 @@ pub(crate) fn request(
     {
         if resp.body.len() != n {
             return Err(bad(format!(
-                "the answer was cut short ({} of {n} bytes)",
+                "the answer's body has {} bytes where its Content-Length says {n}",
                 resp.body.len()
             )));
         }
