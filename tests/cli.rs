@@ -872,6 +872,60 @@ fn stale_cache_sees_newer_snapshots() {
     assert_only_ancestor_trees_added(&third, &src);
 }
 
+#[test]
+fn damaged_cache_block_is_rebuilt_on_the_next_run() {
+    let r = Repo::init();
+    let src = r.root().join("src");
+    write_gateway_tree(&src, 12, 60);
+    r.backup(&[&src], &[]);
+    // A cache built from the index files has its entries in table files (a backup's own entries
+    // stay in the write-ahead log until then).
+    fs::remove_dir_all(&r.cache).unwrap();
+    r.run_ok(["ls", "latest"]);
+    let db = r.cache.join(r.repo_id()).join("index");
+    let marker = db.with_extension("damaged");
+    // Damage the first data block of every table file: the blob entries sort first.
+    let mut damaged = 0;
+    for f in fs::read_dir(&db).unwrap().map(|e| e.unwrap().path()) {
+        if f.extension().is_some_and(|e| e == "sst") {
+            let mut bytes = fs::read(&f).unwrap();
+            for b in &mut bytes[16..48] {
+                *b ^= 0x5a;
+            }
+            fs::write(&f, &bytes).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "the cache has table files");
+
+    let t = r.scratch("t");
+    let first = r.run(["restore", "latest", "--target", s(&t)]);
+    assert_ne!(first.status.code(), Some(code::OK), "{}", describe(&first));
+    let msg = stderr(&first) + &stdout(&first);
+    assert!(
+        msg.contains("damaged") && msg.contains("run the command again"),
+        "the error says the cache is damaged and what happens next: {}",
+        describe(&first)
+    );
+    assert!(marker.is_file(), "the damage is recorded for the next run");
+    // No file with wrong bytes was left behind.
+    if t.exists() {
+        let got = restored(&t, &src);
+        for f in files_under(&got) {
+            let rel = f.strip_prefix(&got).unwrap();
+            assert_eq!(fs::read(&f).unwrap(), fs::read(src.join(rel)).unwrap());
+        }
+        fs::remove_dir_all(&t).unwrap();
+    }
+
+    r.restore("latest", &t, &[]);
+    assert_tree_eq(&src, &restored(&t, &src));
+    assert!(!marker.exists(), "the rebuild cleared the mark");
+    r.run_ok(["check", "-q"]);
+    let again = r.backup(&[&src], &["--force"]);
+    assert_only_ancestor_trees_added(&again, &src);
+}
+
 // ------------------------------------------------------------------------------------ 11. kill -9
 
 /// Writes the data set of the kill test: about 20 MiB of random bytes (two files above the streaming

@@ -4,7 +4,8 @@
 //! blindly: it records which index files it has absorbed and the repository id it belongs to. On every
 //! open it is compared with the repository's `index/` listing: new index files are added, and if one it
 //! absorbed is gone (repair, prune) or the database belongs to another repository, cannot be opened or
-//! has another layout version, it is rebuilt from the index files. Only point lookups and small batches
+//! has another layout version, it is rebuilt from the index files. A read that finds a damaged block
+//! (RocksDB checksums every block) marks the database, and the next open rebuilds it. Only point lookups and small batches
 //! touch it, so memory stays bounded whatever the repository size.
 //!
 //! [`IndexState`] is the other reader of the index files: what they say, held compactly in memory for
@@ -114,6 +115,7 @@ impl Drop for LocalIndex {
         if self.temporary {
             let _ = DB::destroy(&Options::default(), &self.path);
             let _ = std::fs::remove_dir_all(&self.path);
+            let _ = std::fs::remove_file(damaged_marker(&self.path));
         }
     }
 }
@@ -132,6 +134,11 @@ fn db_options() -> Options {
     bo.set_block_cache(&rocksdb::Cache::new_lru_cache(16 << 20));
     o.set_block_based_table_factory(&bo);
     o
+}
+
+/// The file beside database `path` that marks it damaged: the next open rebuilds the database.
+fn damaged_marker(path: &Path) -> PathBuf {
+    path.with_extension("damaged")
 }
 
 fn cache_err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -171,6 +178,19 @@ impl LocalIndex {
 
     fn open_at(path: &Path, repo: &RepoId, temporary: bool) -> Result<Self> {
         let opts = db_options();
+        let marker = damaged_marker(path);
+        if marker.exists() {
+            // Found damaged by an earlier run. Destroying takes the database's lock, so one that
+            // another process has open is left alone (and this run uses a temporary index).
+            DB::destroy(&opts, path).map_err(|e| {
+                cache_err(path, format!("damaged, and cannot be rebuilt now ({e})"))
+            })?;
+            tracing::warn!(
+                "local index {} was found damaged by an earlier run; rebuilding it",
+                path.display()
+            );
+            let _ = std::fs::remove_file(&marker);
+        }
         let db = match DB::open(&opts, path) {
             Ok(db) => db,
             Err(e) if e.to_string().contains("lock") => {
@@ -195,16 +215,12 @@ impl LocalIndex {
             path: path.to_path_buf(),
             temporary,
         };
-        let repo_ok = idx
-            .db
-            .get(META_REPO)
-            .map_err(|e| cache_err(path, e))?
-            .as_deref()
-            == Some(&repo.0[..]);
+        let repo_ok =
+            idx.db.get(META_REPO).map_err(|e| idx.db_err(e))?.as_deref() == Some(&repo.0[..]);
         let layout_ok = idx
             .db
             .get(META_LAYOUT)
-            .map_err(|e| cache_err(path, e))?
+            .map_err(|e| idx.db_err(e))?
             .as_deref()
             == Some(CACHE_LAYOUT);
         if !repo_ok || !layout_ok {
@@ -212,7 +228,7 @@ impl LocalIndex {
             let mut b = WriteBatch::default();
             b.put(META_REPO, repo.0);
             b.put(META_LAYOUT, CACHE_LAYOUT);
-            idx.db.write(b).map_err(|e| cache_err(path, e))?;
+            idx.db.write(b).map_err(|e| idx.db_err(e))?;
         }
         Ok(idx)
     }
@@ -222,19 +238,38 @@ impl LocalIndex {
         &self.path
     }
 
+    /// A database error. A damaged block (a checksum that does not match) marks the database
+    /// damaged, so that the next run rebuilds it.
+    fn db_err(&self, e: rocksdb::Error) -> Error {
+        if e.kind() == rocksdb::ErrorKind::Corruption {
+            self.damaged(e)
+        } else {
+            cache_err(&self.path, e)
+        }
+    }
+
+    /// Marks the database damaged (see [`damaged_marker`]) and says what happens next.
+    fn damaged(&self, why: impl std::fmt::Display) -> Error {
+        let next = match std::fs::write(damaged_marker(&self.path), why.to_string()) {
+            Ok(()) => "it is rebuilt from the repository's index files at the next run: run the command again",
+            Err(_) => "delete the cache directory (or use --no-cache) and run the command again",
+        };
+        cache_err(&self.path, format!("damaged ({why}); {next}"))
+    }
+
     fn clear(&self) -> Result<()> {
         let mut b = WriteBatch::default();
         for item in self.db.iterator(rocksdb::IteratorMode::Start) {
-            let (k, _) = item.map_err(|e| cache_err(&self.path, e))?;
+            let (k, _) = item.map_err(|e| self.db_err(e))?;
             b.delete(k);
         }
-        self.db.write(b).map_err(|e| cache_err(&self.path, e))
+        self.db.write(b).map_err(|e| self.db_err(e))
     }
 
     fn ids_with_prefix(&self, prefix: u8) -> Result<Vec<[u8; 32]>> {
         let mut out = Vec::new();
         for item in self.db.prefix_iterator([prefix]) {
-            let (k, _) = item.map_err(|e| cache_err(&self.path, e))?;
+            let (k, _) = item.map_err(|e| self.db_err(e))?;
             if k.first() != Some(&prefix) {
                 break;
             }
@@ -272,7 +307,7 @@ impl LocalIndex {
         let mut b = WriteBatch::default();
         b.put(META_REPO, keys.repo_id().0);
         b.put(META_LAYOUT, CACHE_LAYOUT);
-        self.db.write(b).map_err(|e| cache_err(&self.path, e))
+        self.db.write(b).map_err(|e| self.db_err(e))
     }
 
     /// Brings the database in line with the repository's index files.
@@ -328,7 +363,7 @@ impl LocalIndex {
     /// database and compacts what it replayed, which made each backup into a repository of 10 million
     /// chunks take twice as long as into an empty one (`docs/scale.md`).
     fn settle(&self, compact: bool) -> Result<()> {
-        self.db.flush().map_err(|e| cache_err(&self.path, e))?;
+        self.db.flush().map_err(|e| self.db_err(e))?;
         if compact {
             self.db.compact_range::<&[u8], &[u8]>(None, None);
         }
@@ -361,13 +396,13 @@ impl LocalIndex {
                     }
                 }
             }
-            self.db.write(b).map_err(|e| cache_err(&self.path, e))?;
+            self.db.write(b).map_err(|e| self.db_err(e))?;
             for (id, r) in loaded {
                 match r {
                     _ if superseded.contains(&id) => {
                         self.db
                             .put(index_key(&id), [])
-                            .map_err(|e| cache_err(&self.path, e))?;
+                            .map_err(|e| self.db_err(e))?;
                     }
                     Ok(f) => {
                         self.add_index_file(&id, &f)?;
@@ -395,7 +430,7 @@ impl LocalIndex {
             }
         }
         b.put(index_key(id), []);
-        self.db.write(b).map_err(|e| cache_err(&self.path, e))
+        self.db.write(b).map_err(|e| self.db_err(e))
     }
 
     /// Where blob `id` of type `t` is stored, if anywhere.
@@ -406,15 +441,12 @@ impl LocalIndex {
         let Some(v) = self
             .db
             .get_pinned(blob_key(t, id))
-            .map_err(|e| cache_err(&self.path, e))?
+            .map_err(|e| self.db_err(e))?
         else {
             return Ok(None);
         };
         if v.len() != 44 && v.len() != 76 {
-            return Err(cache_err(
-                &self.path,
-                "malformed entry; delete the cache directory or run `gatevault repair index`",
-            ));
+            return Err(self.damaged(format!("blob {id} has a malformed entry")));
         }
         let u = |o: usize| u32::from_le_bytes([v[o], v[o + 1], v[o + 2], v[o + 3]]);
         let mut pack = [0u8; 32];
@@ -443,7 +475,7 @@ impl LocalIndex {
         Ok(self
             .db
             .get_pinned(blob_key(t, id))
-            .map_err(|e| cache_err(&self.path, e))?
+            .map_err(|e| self.db_err(e))?
             .is_some())
     }
 
@@ -454,7 +486,7 @@ impl LocalIndex {
     pub fn packs(&self) -> Result<HashMap<PackId, u64>> {
         let mut out = HashMap::new();
         for item in self.db.prefix_iterator([b'p']) {
-            let (k, v) = item.map_err(|e| cache_err(&self.path, e))?;
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
             if k.first() != Some(&b'p') {
                 break;
             }

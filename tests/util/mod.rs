@@ -532,6 +532,19 @@ pub fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Every regular file below `dir` (not hidden ones), sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in read_dir_sorted(dir) {
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else if p.is_file() && !file_name(&p).starts_with('.') {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// Where restore puts `source` (an absolute path) below `target`: restic-style, target + absolute path.
 pub fn restored(target: &Path, source: &Path) -> PathBuf {
     assert!(source.is_absolute(), "{} is absolute", source.display());
