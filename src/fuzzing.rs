@@ -1142,6 +1142,18 @@ pub fn check_gw_manifest(data: &[u8]) -> bool {
     for dir in m.kinds.keys() {
         let _ = m.entry(&format!("{dir}/a.json"));
     }
+    // The scope of a Kong source (its workspace and select tags, which a restore keeps to) reads
+    // back through the function a capture writes it with.
+    if m.source.kind == "kong" {
+        let (ws, tags) = kong::scope_parts(m.source.scope.as_deref());
+        if let Ok(s) = kong::scope(ws.as_deref(), &tags) {
+            assert_eq!(
+                kong::scope_parts(s.as_deref()),
+                (ws, tags),
+                "the Kong scope {s:?} reads back as another"
+            );
+        }
+    }
     // The listed entities, as a capture would hold them (stored documents, not raw exports or the
     // manifest itself).
     let entities: Vec<Entity> = m

@@ -730,6 +730,13 @@ fn gw_manifest_seeds() -> Seeds {
         "accept-kong",
         kong.documents().unwrap()[MANIFEST].clone(),
     );
+    let mut scoped = kong.clone();
+    scoped.source.scope = kong::scope(Some("team-a"), &["a; b".into(), "c".into()]).unwrap();
+    put(
+        &mut s,
+        "accept-kong-scope",
+        scoped.documents().unwrap()[MANIFEST].clone(),
+    );
     let source = Source::new("caddy", "http://localhost:2019");
     let caddy = Capture {
         entities: caddy::entities(&source, &repo_file("examples/caddy/caddy.json")).unwrap(),

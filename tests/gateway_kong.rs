@@ -151,6 +151,22 @@ fn workspaces_are_captured_apart() {
     o.workspace = Some("nowhere".into());
     let e = gateway::capture(&o).unwrap_err().to_string();
     assert!(e.contains("nowhere"), "{e}");
+    // Names and tags Kong itself refuses are refused before anything is asked, naming them.
+    o.workspace = Some("team/../x".into());
+    let e = gateway::capture(&o).unwrap_err().to_string();
+    assert!(e.contains("workspace name \"team/../x\""), "{e}");
+    o.workspace = Some("team".into());
+    o.select_tags = vec!["a,b".into()];
+    let e = gateway::capture(&o).unwrap_err().to_string();
+    assert!(e.contains("tag \"a,b\""), "{e}");
+    let mut f = file_opts(&fixture());
+    f.select_tags = vec!["x; y".into(), "z".into()];
+    let c = gateway::capture(&f).unwrap();
+    assert_eq!(
+        gatevault::gateway::kong::scope_parts(c.source.scope.as_deref()).1,
+        vec!["x; y".to_string(), "z".to_string()],
+        "a tag holding `; ` is recorded whole"
+    );
 }
 
 #[test]

@@ -108,13 +108,13 @@ pub fn capture(opts: &GatewayOptions) -> Result<Capture> {
             ),
         )
     })?;
-    if let Some(ws) = str_field(&doc, "_workspace") {
-        source.scope = Some(format!("workspace {ws}"));
-    }
+    let full_scope = scope(str_field(&doc, "_workspace"), &opts.select_tags)
+        .map_err(|why| Error::gateway(source.describe(), format!("{}: {why}", file.display())))?;
+    source.scope = scope(str_field(&doc, "_workspace"), &[]).unwrap_or_default();
     let entities = from_deck(&doc, &opts.select_tags).map_err(|reason| {
         Error::gateway(source.describe(), format!("{}: {reason}", file.display()))
     })?;
-    source.scope = with_select_tags(source.scope, &opts.select_tags);
+    source.scope = full_scope;
     let name = file
         .file_name()
         .map_or("kong.yaml".into(), |n| n.to_string_lossy().into_owned());
@@ -235,13 +235,13 @@ fn capture_admin(opts: &GatewayOptions) -> Result<Capture> {
         .unwrap_or(DEFAULT_ENDPOINT)
         .trim_end_matches('/');
     let mut source = Source::new("kong", endpoint);
-    let ws = match &opts.workspace {
-        Some(w) => {
-            source.scope = Some(format!("workspace {w}"));
-            format!("/{w}")
-        }
-        None => String::new(),
-    };
+    let full_scope = scope(opts.workspace.as_deref(), &opts.select_tags)
+        .map_err(|why| Error::gateway(source.describe(), why))?;
+    source.scope = scope(opts.workspace.as_deref(), &[]).unwrap_or_default();
+    let ws = opts
+        .workspace
+        .as_ref()
+        .map_or(String::new(), |w| format!("/{w}"));
     let c = admin_client(endpoint, source.describe());
     let root = c.get_json("/")?.ok_or_else(|| {
         Error::gateway(
@@ -301,7 +301,7 @@ fn capture_admin(opts: &GatewayOptions) -> Result<Capture> {
     };
     let entities = from_deck(&doc, &opts.select_tags)
         .map_err(|reason| Error::gateway(source.describe(), reason))?;
-    source.scope = with_select_tags(source.scope, &opts.select_tags);
+    source.scope = full_scope;
     Ok(Capture {
         source,
         raw: BTreeMap::from([(raw_name.to_string(), raw)]),
@@ -324,30 +324,59 @@ pub fn dbless_config(answer: &Value) -> std::result::Result<(Value, Vec<u8>), St
 /// Marker of the select tags in a source's scope: `workspace team-a; select tags a,b`.
 pub const SELECT_TAGS: &str = "select tags ";
 
-/// `scope` with the select tags of the capture recorded, so that a restore can keep to them.
-fn with_select_tags(scope: Option<String>, tags: &[String]) -> Option<String> {
+/// The scope a Kong capture records, read back by [`scope_parts`]: `workspace team-a`, `select tags
+/// a,b` or both, joined by `; `.
+///
+/// # Errors
+/// A message when the workspace name or a tag breaks Kong's own rules, which also keep the scope
+/// readable: a workspace name is letters, digits, `.`, `-`, `_` and `~`; a tag is not empty and has no
+/// `,` or `/` (the Admin API's `tags=` filter joins tags with them).
+pub fn scope(
+    workspace: Option<&str>,
+    tags: &[String],
+) -> std::result::Result<Option<String>, String> {
+    if let Some(w) = workspace.filter(|w| {
+        w.is_empty()
+            || !w
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | '~'))
+    }) {
+        return Err(format!(
+            "workspace name {w:?} is not one Kong accepts (letters, digits, `.`, `-`, `_`, `~`)"
+        ));
+    }
+    if let Some(t) = tags.iter().find(|t| t.is_empty() || t.contains([',', '/'])) {
+        return Err(format!(
+            "tag {t:?} is not one Kong accepts (not empty, no `,` or `/`)"
+        ));
+    }
+    let ws = workspace.map(|w| format!("workspace {w}"));
     if tags.is_empty() {
-        return scope;
+        return Ok(ws);
     }
     let t = format!("{SELECT_TAGS}{}", tags.join(","));
-    Some(match scope {
-        Some(s) => format!("{s}; {t}"),
+    Ok(Some(match ws {
+        Some(w) => format!("{w}; {t}"),
         None => t,
-    })
+    }))
 }
 
-/// The workspace and the select tags a source's scope records.
+/// The workspace and the select tags a source's scope records (see [`scope`]). The workspace comes
+/// first and has no `;`, so a tag may hold `; `.
 pub fn scope_parts(scope: Option<&str>) -> (Option<String>, Vec<String>) {
-    let mut ws = None;
-    let mut tags = vec![];
-    for part in scope.unwrap_or_default().split("; ") {
-        if let Some(w) = part.strip_prefix("workspace ") {
-            ws = Some(w.to_string());
-        } else if let Some(t) = part.strip_prefix(SELECT_TAGS) {
-            tags = t.split(',').map(str::to_string).collect();
-        }
-    }
-    (ws, tags)
+    let s = scope.unwrap_or_default();
+    let (ws, rest) = match s.strip_prefix("workspace ") {
+        Some(r) => match r.split_once("; ") {
+            Some((w, t)) => (Some(w), t),
+            None => (Some(r), ""),
+        },
+        None => (None, s),
+    };
+    let tags = rest
+        .strip_prefix(SELECT_TAGS)
+        .map(|t| t.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    (ws.map(str::to_string), tags)
 }
 
 /// A reference (`"name"`, `{"name": ..}` or `{"id": ..}`) as a name, through `ids` for ids.
@@ -1390,6 +1419,40 @@ certificates:
         .map(|(p, i)| (p.to_string(), i.to_string()))
         .collect();
         assert_eq!(ids, want);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn scope_reads_back(
+            ws in proptest::option::of("[a-zA-Z0-9._~-]{1,12}"),
+            tags in proptest::collection::vec(
+                proptest::prop_oneof!["[ab; ]{1,8}", "[^,/]{1,10}"],
+                0..4,
+            ),
+        ) {
+            let s = scope(ws.as_deref(), &tags).unwrap();
+            proptest::prop_assert_eq!(scope_parts(s.as_deref()), (ws, tags));
+        }
+    }
+
+    #[test]
+    fn scope_refuses_what_kong_refuses_and_reads_earlier_scopes() {
+        for w in ["", "a b", "a;b", "a/b"] {
+            let e = scope(Some(w), &[]).unwrap_err();
+            assert!(e.contains("workspace name"), "{w:?}: {e}");
+        }
+        for t in ["", "a,b", "a/b"] {
+            let e = scope(None, &[t.to_string()]).unwrap_err();
+            assert!(e.contains("tag"), "{t:?}: {e}");
+        }
+        // What captures before `scope` existed recorded.
+        assert_eq!(scope_parts(Some("workspace w")), (Some("w".into()), vec![]));
+        assert_eq!(
+            scope_parts(Some("workspace w; select tags a,b")),
+            (Some("w".into()), vec!["a".into(), "b".into()])
+        );
+        assert_eq!(scope_parts(Some("select tags a")), (None, vec!["a".into()]));
+        assert_eq!(scope_parts(None), (None, vec![]));
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! open it is compared with the repository's `index/` listing: new index files are added, and if one it
 //! absorbed is gone (repair, prune) or the database belongs to another repository, cannot be opened or
 //! has another layout version, it is rebuilt from the index files. A read that finds a damaged block
-//! (RocksDB checksums every block) marks the database, and the next open rebuilds it. Only point lookups and small batches
-//! touch it, so memory stays bounded whatever the repository size.
+//! (RocksDB checksums every block) marks the database, and the next open rebuilds it. Only point
+//! lookups and small batches touch it, so memory stays bounded whatever the repository size.
 //!
 //! [`IndexState`] is the other reader of the index files: what they say, held compactly in memory for
 //! `check`, `prune` and `erase`, which never trust the local database.
