@@ -837,11 +837,11 @@ fn assert_unique_keys(keyed: &[(String, Value)]) {
     }
 }
 
+/// Whether a field anywhere in `v` is null (a null element of a list is a value, kept as it is).
 fn has_null(v: &Value) -> bool {
     match v {
-        Value::Null => true,
         Value::Array(a) => a.iter().any(has_null),
-        Value::Object(m) => m.values().any(has_null),
+        Value::Object(m) => m.values().any(|x| x.is_null() || has_null(x)),
         _ => false,
     }
 }

@@ -140,8 +140,13 @@ pub(crate) fn classify(capture: &mut Capture, rel: &str, bytes: Vec<u8>) {
             Ok(v) => {
                 if is_envoy_dump(&v) {
                     let stem = rel.rsplit_once('.').map_or(rel, |(s, _)| s);
-                    capture.entities.extend(envoy_dump(stem, &v));
-                    return;
+                    let resources = envoy_dump(stem, &v);
+                    // A dump without a resource gatevault knows (empty lists, or the lists of
+                    // another Envoy version) is kept whole, as any other document.
+                    if !resources.is_empty() {
+                        capture.entities.extend(resources);
+                        return;
+                    }
                 }
                 let path = if yaml {
                     format!("files/{rel}.json")
@@ -493,6 +498,20 @@ fn envoy_dump(stem: &str, dump: &Value) -> Vec<Entity> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_envoy_dump_without_known_resources_is_kept_whole() {
+        let mut c = Capture {
+            source: Source::new("files", "file:/f"),
+            raw: BTreeMap::new(),
+            entities: vec![],
+        };
+        let dump = br#"{"configs": [{"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": "7", "static_listeners_v4": [{"listener": {"name": "l"}}]}]}"#;
+        classify(&mut c, "envoy/dump.json", dump.to_vec());
+        assert_eq!(c.entities.len(), 1);
+        assert_eq!(c.entities[0].path, "files/envoy/dump.json");
+        assert_eq!(c.entities[0].value["configs"][0]["version_info"], "7");
+    }
 
     #[test]
     fn apiops_paths_give_kinds_and_keys() {

@@ -353,6 +353,10 @@ pub(crate) fn nginx_directives(text: &str) -> Vec<Directive> {
 /// Role of a file named by an nginx directive, and whether the directive names a file at all.
 fn nginx_role(name: &str) -> Option<&'static str> {
     let n = name;
+    // A quoted word nginx would refuse as a name (`"x\nssl_certificate"`) is no directive.
+    if !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return None;
+    }
     if n == "auth_basic_user_file" {
         Some("htpasswd")
     } else if n.ends_with("ssl_certificate_key")
@@ -911,6 +915,15 @@ mod tests {
         let d = nginx_directives("set $a \"x\\\ny\";\nssl_certificate_key data:k;\n");
         assert_eq!(d[1].name, "ssl_certificate_key");
         assert_eq!(d[1].line, 3);
+    }
+
+    #[test]
+    fn only_names_nginx_accepts_are_directives_with_files() {
+        // A quoted name is a name; one spanning lines is none nginx knows.
+        let text = "\"ssl_certificate\" a.pem;\n\"x\nproxy_ssl_certificate\" b.pem;\n";
+        let r = nginx_references(Path::new("/n/nginx.conf"), text, Path::new("/n"));
+        let found: Vec<_> = r.files.iter().map(|f| (f.line, f.path.clone())).collect();
+        assert_eq!(found, vec![(1, PathBuf::from("/n/a.pem"))]);
     }
 
     #[test]
