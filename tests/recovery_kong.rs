@@ -603,6 +603,22 @@ fn restoring_into_another_workspace_shows_the_rewrite() {
     }
     assert!(writes(&kong).is_empty());
 
+    // A workspace name Kong would refuse is refused before anything is read or written.
+    let out = run(
+        &r,
+        &kong,
+        &["restore", &snap],
+        &r.root().join("bad"),
+        &["--workspace", "staging/../default"],
+    );
+    util::assert_code(&out, 1);
+    let err = util::stderr(&out);
+    assert!(
+        err.contains("workspace name \"staging/../default\" is not one Kong accepts"),
+        "{err}"
+    );
+    assert!(writes(&kong).is_empty());
+
     // Into the same Kong: SNI names are unique across workspaces, so Kong refuses the copy's SNI.
     let out = run(
         &r,
