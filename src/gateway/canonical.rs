@@ -146,10 +146,14 @@ pub fn parse_json_or_yaml(bytes: &[u8]) -> Result<Value, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
     let t = text.trim_start();
     if t.starts_with('{') || t.starts_with('[') {
-        serde_json::from_str(text).map_err(|e| e.to_string())
-    } else {
-        serde_yaml_ng::from_str::<Value>(text).map_err(|e| e.to_string())
+        return serde_json::from_str(text).map_err(|e| e.to_string());
     }
+    // A lone JSON scalar is read as JSON too: in a quoted string a YAML reader folds the raw line
+    // breaks U+0085, U+2028 and U+2029 into spaces, which JSON (and so canonical bytes) keeps.
+    if let Ok(v) = serde_json::from_str(text) {
+        return Ok(v);
+    }
+    serde_yaml_ng::from_str::<Value>(text).map_err(|e| e.to_string())
 }
 
 /// JSON pointers of every field named one of `names`, at any depth of `v`, in document order: for
@@ -185,6 +189,23 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn canonical_bytes_of_a_string_with_raw_line_breaks_read_back_the_same() {
+        // Found by the canonical fuzz target: the YAML `"%\N"` is "%" and U+0085, whose canonical
+        // bytes (JSON, the character raw) a YAML reader took for "% ".
+        for s in ["%\u{85}", "a\u{2028}b", "\u{2029}"] {
+            let v = Value::String(s.into());
+            let bytes = to_bytes(&v);
+            assert_eq!(parse_json_or_yaml(&bytes), Ok(v), "{bytes:?}");
+        }
+        assert_eq!(
+            parse_json_or_yaml(b"\"%\\N\""),
+            Ok(Value::String("%\u{85}".into()))
+        );
+        // Still YAML where it is not JSON.
+        assert_eq!(parse_json_or_yaml(b"a: 1"), Ok(serde_json::json!({"a": 1})));
+    }
 
     #[test]
     fn file_names_are_portable_and_distinct() {
