@@ -204,7 +204,7 @@ mod tests {
             Ok(Value::String("%\u{85}".into()))
         );
         // Still YAML where it is not JSON.
-        assert_eq!(parse_json_or_yaml(b"a: 1"), Ok(serde_json::json!({"a": 1})));
+        assert_eq!(parse_json_or_yaml(b"a: 1"), Ok(json!({"a": 1})));
     }
 
     #[test]
